@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build, test and run iovirt (and its lab).
+# Idempotent: packages already present are skipped; apt-get update runs only when something is missing.
+set -euo pipefail
+
+PKGS=(
+  build-essential g++ cmake ninja-build pkg-config clang libclang-rt-14-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  liburing-dev libcivetweb-dev civetweb libcli11-dev libfmt-dev
+  # the nested lab: L1 runs under QEMU TCG, its images come from Debian packages
+  qemu-system-x86 qemu-utils busybox-static cpio kmod pciutils nvme-cli iproute2 xz-utils zstd
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-deps: must run as root (apt-get); re-run with sudo" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  [[ $p == \#* ]] && continue
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "install-deps: all packages present"
+fi
