@@ -65,19 +65,28 @@ BusDevice* Bus::find(uint64_t addr, uint64_t size, uint64_t* offset) const {
   return it->second.dev;
 }
 
+// The lock covers only the lookup: a device access may itself change this bus (a config write
+// through port I/O that moves an I/O BAR), and devices outlive every vCPU, so calling one after
+// its range was moved or removed is harmless.
 bool Bus::read(uint64_t addr, std::span<uint8_t> data) const {
-  std::shared_lock lock(mu_);
   uint64_t off = 0;
-  BusDevice* d = find(addr, data.size(), &off);
+  BusDevice* d;
+  {
+    std::shared_lock lock(mu_);
+    d = find(addr, data.size(), &off);
+  }
   if (!d) return false;
   d->read(off, data);
   return true;
 }
 
 bool Bus::write(uint64_t addr, std::span<const uint8_t> data) const {
-  std::shared_lock lock(mu_);
   uint64_t off = 0;
-  BusDevice* d = find(addr, data.size(), &off);
+  BusDevice* d;
+  {
+    std::shared_lock lock(mu_);
+    d = find(addr, data.size(), &off);
+  }
   if (!d) return false;
   d->write(off, data);
   return true;

@@ -1,6 +1,7 @@
 // Address-range dispatch for vCPU exits (one Bus for port I/O, one for MMIO).
 // The bus maps ranges to devices it does not own: the VM owns its devices and joins its vCPU
-// threads before they are destroyed. A device sees (offset within its range, data).
+// threads before they are destroyed. A device sees (offset within its range, data). No bus lock
+// is held while a device runs, so a device access may insert, move or remove ranges.
 #pragma once
 
 #include <cstdint>
