@@ -17,10 +17,18 @@ namespace {
 constexpr uint32_t kConfigAddressEnable = 1u << 31;
 constexpr uint32_t kConfigAddressMask = kConfigAddressEnable | 0x00fffffc;
 
-constexpr uint8_t config_bus(uint32_t a) { return static_cast<uint8_t>(a >> 16); }
-constexpr uint8_t config_device(uint32_t a) { return static_cast<uint8_t>((a >> 11) & 0x1f); }
-constexpr uint8_t config_function(uint32_t a) { return static_cast<uint8_t>((a >> 8) & 0x7); }
-constexpr uint16_t config_register(uint32_t a) { return static_cast<uint16_t>(a & 0xfc); }
+constexpr uint8_t config_bus(uint32_t a) {
+  return static_cast<uint8_t>(a >> 16);
+}
+constexpr uint8_t config_device(uint32_t a) {
+  return static_cast<uint8_t>((a >> 11) & 0x1f);
+}
+constexpr uint8_t config_function(uint32_t a) {
+  return static_cast<uint8_t>((a >> 8) & 0x7);
+}
+constexpr uint16_t config_register(uint32_t a) {
+  return static_cast<uint16_t>(a & 0xfc);
+}
 
 constexpr uint64_t kIoSpaceEnd = 0x10000;
 constexpr uint64_t k4GiB = uint64_t{1} << 32;
@@ -39,7 +47,9 @@ std::string bdf_name(uint8_t slot) {
   return buf;
 }
 
-void fill_ones(std::span<uint8_t> data) { std::fill(data.begin(), data.end(), 0xff); }
+void fill_ones(std::span<uint8_t> data) {
+  std::fill(data.begin(), data.end(), 0xff);
+}
 
 uint32_t le32(std::span<const uint8_t> d) {
   return uint32_t{d[0]} | uint32_t{d[1]} << 8 | uint32_t{d[2]} << 16 | uint32_t{d[3]} << 24;
@@ -83,12 +93,8 @@ PciRoot::~PciRoot() {
   std::lock_guard lock(mu_);
   for (Slot& s : slots_) {
     if (!s.dev) continue;
-    for (int i = 0; i < kPciNumBars; ++i) {
-      BarState& b = s.bars[i];
-      if (!b.mapped) continue;
-      auto info = s.dev->config().bar(i);
-      if (info) (void)bus_for(info->kind).remove(*b.mapped);
-    }
+    for (BarState& b : s.bars)
+      if (b.mapped) (void)bus_for(b.kind).remove(*b.mapped);
   }
 }
 
@@ -115,7 +121,8 @@ Result<uint8_t> PciRoot::add_device(PciDevice& dev) {
 Status PciRoot::add_device_locked(uint8_t slot, PciDevice& dev) {
   const std::string what = "PCI " + bdf_name(slot) + " " + std::string(dev.name());
   if (slot == 0 || slot >= kNumSlots) return fail(what + ": slot must be 1..31");
-  if (slots_[slot].dev) return fail(what + ": slot taken by " + std::string(slots_[slot].dev->name()));
+  if (slots_[slot].dev)
+    return fail(what + ": slot taken by " + std::string(slots_[slot].dev->name()));
 
   // Allocate on copies so a failure leaves the windows as they were.
   Allocator io = io_, mmio32 = mmio32_, mmio64 = mmio64_;
@@ -148,7 +155,8 @@ Status PciRoot::add_device_locked(uint8_t slot, PciDevice& dev) {
   s.dev = &dev;
   for (int i = 0; i < kPciNumBars; ++i) {
     if (!addrs[i]) continue;
-    s.bars[i] = BarState{std::make_unique<BarRange>(dev, i), std::nullopt, std::nullopt};
+    s.bars[i] =
+        BarState{std::make_unique<BarRange>(dev, i), cfg.bar(i)->kind, std::nullopt, std::nullopt};
     cfg.set_bar_address(i, *addrs[i]);
   }
   update_decoding(slot);

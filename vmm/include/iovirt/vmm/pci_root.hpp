@@ -57,7 +57,7 @@ class PciRoot final {
   static constexpr uint8_t kNumSlots = 32;
 
   PciRoot(Bus& pio, Bus& mmio, const PciWindows& windows);
-  // Takes the BARs off the buses.
+  // Takes the BARs off the buses without touching the devices.
   ~PciRoot();
   PciRoot(const PciRoot&) = delete;
   PciRoot& operator=(const PciRoot&) = delete;
@@ -83,7 +83,9 @@ class PciRoot final {
   class BarRange final : public BusDevice {
    public:
     BarRange(PciDevice& dev, int bar) : dev_(dev), bar_(bar) {}
-    void read(uint64_t offset, std::span<uint8_t> data) override { dev_.bar_read(bar_, offset, data); }
+    void read(uint64_t offset, std::span<uint8_t> data) override {
+      dev_.bar_read(bar_, offset, data);
+    }
     void write(uint64_t offset, std::span<const uint8_t> data) override {
       dev_.bar_write(bar_, offset, data);
     }
@@ -105,6 +107,7 @@ class PciRoot final {
 
   struct BarState {
     std::unique_ptr<BarRange> range;
+    PciBarKind kind = PciBarKind::Mem32;
     std::optional<uint64_t> mapped;   // base of the range on the bus
     std::optional<uint64_t> refused;  // last address the bus refused, so it is logged once
   };
