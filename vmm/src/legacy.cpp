@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "iovirt/core/log.hpp"
 #include "iovirt/vmm/acpi.hpp"
 
 namespace iovirt {
@@ -152,6 +153,8 @@ void I8042::read(uint64_t offset, std::span<uint8_t> data) {
 }
 
 void I8042::write(uint64_t offset, std::span<const uint8_t> data) {
+  if (log_enabled(LogLevel::Debug) && !data.empty())
+    log_debug("i8042 write offset " + std::to_string(offset) + " value " + std::to_string(data[0]));
   if (offset == 4 && data.size() == 1 && data[0] == 0xfe) on_reset_();
 }
 
@@ -162,6 +165,9 @@ void AcpiPmDevice::read(uint64_t offset, std::span<uint8_t> data) {
 }
 
 void AcpiPmDevice::write(uint64_t offset, std::span<const uint8_t> data) {
+  if (log_enabled(LogLevel::Debug) && !data.empty())
+    log_debug("ACPI PM write offset " + std::to_string(offset) + " size " + std::to_string(data.size()) +
+              " value " + std::to_string(data[0]));
   if (data.size() != 1) return;
   uint8_t v = data[0];
   if (offset == 0) {

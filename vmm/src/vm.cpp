@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "iovirt/core/event_loop.hpp"
@@ -90,6 +91,14 @@ Vm::~Vm() {
   stop_vcpus();
 }
 
+namespace {
+// Milliseconds since the process started building the VM, for IOVIRT_LOG=debug phase timings.
+std::string since(std::chrono::steady_clock::time_point t0) {
+  auto ms = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+  return std::to_string(ms / 1000) + "." + std::to_string((ms % 1000) / 100) + " ms";
+}
+}  // namespace
+
 Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg) {
   IOVIRT_TRY_CTX(kvm, Kvm::open(), "KVM");
   int max = kvm.max_vcpus();
@@ -113,6 +122,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg) {
 }
 
 Status Vm::build() {
+  const auto t0 = std::chrono::steady_clock::now();
   IOVIRT_TRY_CTX(ev, EventFd::create(), "exit eventfd");
   exit_event_ = std::make_unique<EventFd>(std::move(ev));
 
@@ -131,6 +141,7 @@ Status Vm::build() {
     if (auto s = vm_.set_user_memory_region(slot++, r.gpa, r.size, r.host); !s) return s;
   }
 
+  log_debug("memory slots set: " + since(t0));
   // Legacy devices.
   serial_ = std::make_unique<Serial16550>(
       [this](bool level) {
@@ -169,6 +180,7 @@ Status Vm::build() {
   IOVIRT_TRY_CTX(tables, build_acpi_tables(acfg), "ACPI tables");
   if (tables.size() > layout::kBiosEnd - layout::kAcpiStart) return fail("ACPI tables do not fit below 1 MiB");
   if (auto s = mem_.write(layout::kAcpiStart, tables); !s) return s;
+  if (auto s = install_reset_stub(mem_); !s) return s;
 
   LinuxBootSpec boot;
   boot.kernel_path = cfg_.kernel;
@@ -177,7 +189,9 @@ Status Vm::build() {
   boot.low_ram = std::min(cfg_.memory, layout::kPciHole);
   boot.high_ram = cfg_.memory - boot.low_ram;
   boot.rsdp_gpa = layout::kAcpiStart;
+  log_debug("devices and ACPI tables ready: " + since(t0));
   IOVIRT_TRY_CTX(info, load_linux(mem_, boot), "boot");
+  log_debug("kernel and initrd loaded: " + since(t0));
 
   IOVIRT_TRY_CTX(mmap_size, kvm_.vcpu_mmap_size(), "vCPU");
   auto supported = kvm_.supported_cpuid();
@@ -210,6 +224,7 @@ Status Vm::build() {
   metrics_.gauge("iovirt_vm_vcpus", "vCPUs in the VM").set(cfg_.cpus);
   metrics_.gauge("iovirt_vm_memory_bytes", "Guest RAM").set(static_cast<int64_t>(cfg_.memory));
 
+  log_debug("vCPUs configured: " + since(t0));
   if (!cfg_.metrics.empty()) {
     IOVIRT_TRY_CTX(srv, MetricsServer::start(metrics_, cfg_.metrics), "metrics");
     metrics_server_ = std::move(srv);
@@ -228,16 +243,31 @@ void Vm::request_exit(VmExit reason, std::string why) {
   if (exit_event_) (void)exit_event_->write(1);
 }
 
+void Vm::note_unclaimed(const char* bus, uint64_t addr, bool write) {
+  // Debug aid for bring-up: name the first few distinct unclaimed addresses once each.
+  if (!log_enabled(LogLevel::Debug)) return;
+  std::lock_guard lock(unclaimed_mu_);
+  if (unclaimed_seen_.size() >= 64 || !unclaimed_seen_.insert(addr).second) return;
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "unclaimed %s %s at 0x%llx", bus, write ? "write" : "read",
+                static_cast<unsigned long long>(addr));
+  log_debug(buf);
+}
+
 void Vm::handle_io(kvm_run* run) {
   auto* base = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
   size_t size = run->io.size;
   for (uint32_t i = 0; i < run->io.count; ++i) {
     std::span<uint8_t> data(base + i * size, size);
     if (run->io.direction == KVM_EXIT_IO_OUT) {
-      if (!pio_.write(run->io.port, data)) unclaimed_pio_->inc();
+      if (!pio_.write(run->io.port, data)) {
+        unclaimed_pio_->inc();
+        note_unclaimed("pio", run->io.port, true);
+      }
     } else if (!pio_.read(run->io.port, data)) {
       std::fill(data.begin(), data.end(), 0xff);
       unclaimed_pio_->inc();
+      note_unclaimed("pio", run->io.port, false);
     }
   }
 }
@@ -246,10 +276,14 @@ void Vm::handle_mmio(kvm_run* run) {
   size_t len = std::min<size_t>(run->mmio.len, sizeof run->mmio.data);
   std::span<uint8_t> data(run->mmio.data, len);
   if (run->mmio.is_write) {
-    if (!mmio_.write(run->mmio.phys_addr, data)) unclaimed_mmio_->inc();
+    if (!mmio_.write(run->mmio.phys_addr, data)) {
+      unclaimed_mmio_->inc();
+      note_unclaimed("mmio", run->mmio.phys_addr, true);
+    }
   } else if (!mmio_.read(run->mmio.phys_addr, data)) {
     std::fill(data.begin(), data.end(), 0xff);
     unclaimed_mmio_->inc();
+    note_unclaimed("mmio", run->mmio.phys_addr, false);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "iovirt/core/fd.hpp"
 #include "iovirt/core/log.hpp"
+#include "iovirt/vmm/elf_kernel.hpp"
 #include "iovirt/vmm/layout.hpp"
 
 namespace iovirt {
@@ -97,18 +98,100 @@ std::vector<E820Entry> build_e820(uint64_t low_ram, uint64_t high_ram) {
   return e;
 }
 
-Result<LinuxBootInfo> load_linux(const GuestMemory& mem, const LinuxBootSpec& spec) {
-  IOVIRT_TRY_CTX(file, read_file(spec.kernel_path, kMaxKernelFile), "kernel");
-  IOVIRT_TRY_CTX(img, parse_bzimage(file), spec.kernel_path);
+namespace {
 
+// A setup header for kernels that come without one (ELF vmlinux): what the boot protocol's
+// 64-bit entry reads from the zero page.
+struct SyntheticSetup {
+  std::vector<uint8_t> bytes = std::vector<uint8_t>(1024, 0);
+  BzImage img;
+  SyntheticSetup() {
+    auto put16 = [&](size_t off, uint16_t v) { std::memcpy(bytes.data() + off, &v, 2); };
+    auto put32 = [&](size_t off, uint32_t v) { std::memcpy(bytes.data() + off, &v, 4); };
+    put16(0x1fe, 0xaa55);
+    bytes[0x201] = 0x66;             // header runs to 0x268
+    put32(0x202, 0x53726448);        // "HdrS"
+    put16(0x206, 0x020f);
+    bytes[0x211] = 0x01;             // LOADED_HIGH
+    put32(0x22c, 0x7fffffff);        // initrd_addr_max
+    put32(0x230, 0x1000000);         // kernel_alignment
+    put32(0x238, 2048);              // COMMAND_LINE_SIZE on x86
+    img.protocol = 0x020f;
+    img.loadflags = 0x01;
+    img.initrd_addr_max = 0x7fffffff;
+    img.kernel_alignment = 0x1000000;
+    img.cmdline_size = 2048;
+    img.setup = bytes;
+  }
+};
+
+Status pread_into_guest(const std::string& path, int fd, const GuestMemory& mem, uint64_t gpa, uint64_t off,
+                        uint64_t size) {
+  auto dst = mem.span(gpa, size);
+  if (!dst) return std::unexpected(std::move(dst.error()).context("place " + path));
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::pread(fd, dst->data() + got, size - got, static_cast<off_t>(off + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail_errno("read " + path);
+    if (n == 0) return fail(path + ": file shrank while reading");
+    got += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<LinuxBootInfo> load_linux(const GuestMemory& mem, const LinuxBootSpec& spec) {
   LinuxBootInfo info;
+  uint64_t kernel_end = 0;
+  std::vector<uint8_t> file;
+  BzImage img;
+  SyntheticSetup synthetic;
+
+  int kfd = ::open(spec.kernel_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (kfd < 0) return fail_errno("kernel: open " + spec.kernel_path);
+  Fd kernel_fd(kfd);
+  struct stat kst{};
+  if (::fstat(kfd, &kst) < 0) return fail_errno("kernel: stat " + spec.kernel_path);
+  if (!S_ISREG(kst.st_mode)) return fail("kernel: " + spec.kernel_path + " is not a regular file");
+  std::vector<uint8_t> head(std::min<uint64_t>(static_cast<uint64_t>(kst.st_size), 64 * 1024));
+  if (::pread(kfd, head.data(), head.size(), 0) != static_cast<ssize_t>(head.size()))
+    return fail_errno("kernel: read " + spec.kernel_path);
+
+  if (is_elf(head)) {
+    // vmlinux: copy each PT_LOAD segment straight from the file into guest memory.
+    IOVIRT_TRY_CTX(elf, parse_elf_kernel(head, static_cast<uint64_t>(kst.st_size)), spec.kernel_path);
+    if (elf.lowest < layout::kBiosEnd) return fail(spec.kernel_path + ": ELF kernel loads below 1 MiB");
+    if (elf.highest > spec.low_ram)
+      return fail("kernel needs " + std::to_string((elf.highest + (1 << 20) - 1) >> 20) +
+                  " MiB of low memory; give the VM more --memory");
+    for (const auto& seg : elf.segments) {
+      if (auto s = pread_into_guest(spec.kernel_path, kfd, mem, seg.paddr, seg.file_offset, seg.filesz); !s)
+        return std::unexpected(std::move(s.error()).context("kernel"));
+      if (seg.memsz > seg.filesz) {
+        auto bss = mem.span(seg.paddr + seg.filesz, seg.memsz - seg.filesz);
+        if (!bss) return std::unexpected(std::move(bss.error()).context("kernel bss"));
+        std::memset(bss->data(), 0, bss->size());
+      }
+    }
+    img = synthetic.img;
+    info.entry = elf.entry;
+    kernel_end = elf.highest;
+  } else {
+    IOVIRT_TRY_CTX(whole, read_file(spec.kernel_path, kMaxKernelFile), "kernel");
+    file = std::move(whole);
+    IOVIRT_TRY_CTX(parsed, parse_bzimage(file), spec.kernel_path);
+    img = parsed;
+    kernel_end = layout::kKernelLoad + std::max<uint64_t>(img.init_size, img.kernel.size());
+    if (kernel_end > spec.low_ram)
+      return fail("kernel needs " + std::to_string((kernel_end + (1 << 20) - 1) >> 20) +
+                  " MiB of low memory; give the VM more --memory");
+    if (auto s = mem.write(layout::kKernelLoad, img.kernel); !s)
+      return std::unexpected(std::move(s.error()).context("load kernel"));
+    info.entry = layout::kKernelLoad + 0x200;
+  }
   info.protocol = img.protocol;
-  uint64_t kernel_end = layout::kKernelLoad + std::max<uint64_t>(img.init_size, img.kernel.size());
-  if (kernel_end > spec.low_ram)
-    return fail("kernel needs " + std::to_string((kernel_end + (1 << 20) - 1) >> 20) +
-                " MiB of low memory; give the VM more --memory");
-  if (auto s = mem.write(layout::kKernelLoad, img.kernel); !s) return std::unexpected(std::move(s.error()).context("load kernel"));
-  info.entry = layout::kKernelLoad + 0x200;
 
   ZeroPageParams zp;
   zp.cmdline_gpa = layout::kCmdline;
@@ -162,6 +245,16 @@ Result<LinuxBootInfo> load_linux(const GuestMemory& mem, const LinuxBootSpec& sp
   return info;
 }
 
+Status install_reset_stub(const GuestMemory& mem) {
+  const uint8_t stub[] = {
+      0xb0, 0xfe,  // mov al, 0xfe      ; i8042 command: pulse the CPU reset line
+      0xe6, 0x64,  // out 0x64, al
+      0xf4,        // hlt
+      0xeb, 0xfd,  // jmp short -3      ; back to hlt
+  };
+  return mem.write(layout::kResetVector, stub);
+}
+
 Status setup_boot_vcpu(const VcpuFd& vcpu, const LinuxBootInfo& info) {
   IOVIRT_TRY_CTX(sregs, vcpu.get_sregs(), "boot vCPU");
   sregs.gdt.base = layout::kGdt;
@@ -204,6 +297,13 @@ std::vector<kvm_cpuid_entry2> vcpu_cpuid(std::vector<kvm_cpuid_entry2> cpuid, ui
       case 0x1f:
         e.edx = index;  // x2APIC id
         break;
+      case 0xd:
+        // EBX is the XSAVE area size for the features enabled in XCR0. KVM reports it for the
+        // reset XCR0 and updates it when the guest executes XSETBV, but only if XSETBV exits;
+        // report the size for every supported feature instead (as QEMU does), which is what
+        // Linux enables, so its XSAVE size check holds either way.
+        if (e.index == 0) e.ebx = e.ecx;
+        break;
       case 0x8000001e:
         e.eax = index;  // extended APIC id
         break;
@@ -216,12 +316,12 @@ std::vector<kvm_cpuid_entry2> vcpu_cpuid(std::vector<kvm_cpuid_entry2> cpuid, ui
 
 Status setup_vcpu_common(const VcpuFd& vcpu) {
   // Firmware-like MSR state: syscall MSRs clear, fast strings on, MTRRs enabled with
-  // write-back as the default type (without it Linux maps all RAM uncached).
+  // write-back as the default type (without it Linux maps all RAM uncached). The TSC is left
+  // alone: KVM starts every vCPU's TSC in sync, and writing it per vCPU can only skew them.
   const kvm_msr_entry msrs[] = {
       {0x174, 0, 0}, {0x175, 0, 0}, {0x176, 0, 0},                     // SYSENTER_CS/ESP/EIP
       {0xc0000081, 0, 0}, {0xc0000082, 0, 0}, {0xc0000083, 0, 0},      // STAR, LSTAR, CSTAR
       {0xc0000084, 0, 0}, {0xc0000102, 0, 0},                          // SFMASK, KERNEL_GS_BASE
-      {0x10, 0, 0},                                                    // TSC
       {0x1a0, 0, 1},                                                   // MISC_ENABLE.FAST_STRING
       {0x2ff, 0, (1u << 11) | 6},                                      // MTRRdefType: E, WB
   };

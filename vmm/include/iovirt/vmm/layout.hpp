@@ -24,6 +24,7 @@ inline constexpr uint64_t kCmdlineMax = 0x10000;
 inline constexpr uint64_t kEbda = 0x9fc00;
 inline constexpr uint64_t kAcpiStart = 0xe0000;
 inline constexpr uint64_t kBiosEnd = 0x100000;
+inline constexpr uint64_t kResetVector = 0xffff0;    // F000:FFF0, where a CPU reset starts
 inline constexpr uint64_t kKernelLoad = 0x100000;
 
 inline constexpr uint64_t kPciHole = 0xc0000000;       // end of low RAM

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -53,6 +54,7 @@ class Vm final {
   void handle_io(kvm_run* run);
   void handle_mmio(kvm_run* run);
   void stop_vcpus();
+  void note_unclaimed(const char* bus, uint64_t addr, bool write);
 
   VmConfig cfg_;
   Kvm kvm_;
@@ -84,6 +86,8 @@ class Vm final {
   std::vector<VcpuCounters> counters_;
   Counter* unclaimed_pio_ = nullptr;
   Counter* unclaimed_mmio_ = nullptr;
+  std::mutex unclaimed_mu_;
+  std::set<uint64_t> unclaimed_seen_;
 };
 
 }  // namespace iovirt

@@ -36,6 +36,11 @@ std::vector<E820Entry> build_e820(uint64_t low_ram, uint64_t high_ram);
 // Loads bzImage, initrd and command line, writes the zero page, GDT and identity page tables.
 Result<LinuxBootInfo> load_linux(const GuestMemory& mem, const LinuxBootSpec& spec);
 
+// Code at the reset vector (F000:FFF0): there is no firmware, so a guest that reboots by jumping
+// there (Linux does when ACPI is hardware-reduced and there is no EFI) finds a stub that pulses
+// the i8042 reset line and halts, and the VMM sees a reset like any other.
+Status install_reset_stub(const GuestMemory& mem);
+
 // Registers and segment state for the boot protocol's 64-bit entry (BSP only; APs start from
 // INIT/SIPI through the in-kernel LAPIC).
 Status setup_boot_vcpu(const VcpuFd& vcpu, const LinuxBootInfo& info);
