@@ -1,0 +1,201 @@
+// The `iovirt` command line: what a valid run line yields, and that every mistake is reported
+// as one line naming the option at fault.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "iovirt/vmm/config.hpp"
+
+namespace iovirt {
+namespace {
+
+using Args = std::vector<std::string>;
+
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kGiB = 1ull << 30;
+
+// The error of a command line that must fail ("(parsed)" if it did not).
+std::string error_of(const Args& args) {
+  auto r = parse_args(args);
+  return r ? std::string("(parsed)") : r.error().message();
+}
+
+::testing::AssertionResult is_one_line_naming(const std::string& msg, const std::string& what) {
+  if (msg == "(parsed)") return ::testing::AssertionFailure() << "the command line was accepted";
+  if (msg.find('\n') != std::string::npos)
+    return ::testing::AssertionFailure() << "multi-line error: " << msg;
+  if (msg.find(what) == std::string::npos)
+    return ::testing::AssertionFailure() << "error does not name '" << what << "': " << msg;
+  return ::testing::AssertionSuccess();
+}
+
+// ---- accepted command lines ----------------------------------------------------------------
+
+TEST(ParseArgs, FullRunLineFillsEveryField) {
+  auto r = parse_args({"run", "--kernel", "/k/bzImage", "--initrd", "/k/initrd", "--cmdline",
+                       "console=ttyS0 quiet", "--cpus", "4", "--memory", "2G", "--hugepages",
+                       "--metrics", "127.0.0.1:9100"});
+
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->command, Command::Run);
+  EXPECT_EQ(r->vm.kernel, "/k/bzImage");
+  EXPECT_EQ(r->vm.initrd, "/k/initrd");
+  EXPECT_EQ(r->vm.cmdline, "console=ttyS0 quiet");
+  EXPECT_EQ(r->vm.cpus, 4u);
+  EXPECT_EQ(r->vm.memory, 2 * kGiB);
+  EXPECT_TRUE(r->vm.hugepages);
+  EXPECT_EQ(r->vm.metrics, "127.0.0.1:9100");
+}
+
+TEST(ParseArgs, KeyEqualsValueFormIsAccepted) {
+  auto r = parse_args(
+      {"run", "--kernel=/k", "--cpus=2", "--memory=1G", "--cmdline=a=b c", "--metrics=[::1]:9100"});
+
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->vm.kernel, "/k");
+  EXPECT_EQ(r->vm.cpus, 2u);
+  EXPECT_EQ(r->vm.memory, kGiB);
+  EXPECT_EQ(r->vm.cmdline, "a=b c") << "only the first '=' separates the value";
+  EXPECT_EQ(r->vm.metrics, "[::1]:9100");
+}
+
+TEST(ParseArgs, OnlyKernelGivenLeavesTheDefaults) {
+  auto r = parse_args({"run", "--kernel", "/k"});
+
+  ASSERT_TRUE(r) << r.error().message();
+  const VmConfig defaults;
+  EXPECT_EQ(r->vm.cpus, 1u);
+  EXPECT_EQ(r->vm.memory, 512 * kMiB);
+  EXPECT_EQ(r->vm.cmdline, defaults.cmdline);
+  EXPECT_TRUE(r->vm.initrd.empty());
+  EXPECT_TRUE(r->vm.metrics.empty());
+  EXPECT_FALSE(r->vm.hugepages);
+}
+
+TEST(ParseArgs, HelpAndVersionAreCommands) {
+  auto help = parse_args({"--help"});
+  auto version = parse_args({"--version"});
+  auto help_in_run = parse_args({"run", "--help"});
+
+  ASSERT_TRUE(help && version && help_in_run);
+  EXPECT_EQ(help->command, Command::Help);
+  EXPECT_EQ(version->command, Command::Version);
+  EXPECT_EQ(help_in_run->command, Command::Help);
+}
+
+TEST(ParseArgs, LimitsAtTheEdgesAreAccepted) {
+  auto r = parse_args({"run", "--kernel", "/k", "--cpus", "255", "--memory", "64M"});
+  auto big = parse_args({"run", "--kernel", "/k", "--memory", "1T"});
+
+  ASSERT_TRUE(r) << r.error().message();
+  ASSERT_TRUE(big) << big.error().message();
+  EXPECT_EQ(r->vm.cpus, 255u);
+  EXPECT_EQ(r->vm.memory, 64 * kMiB);
+  EXPECT_EQ(big->vm.memory, kMaxMemory);
+}
+
+// ---- refused command lines: one line naming the option -------------------------------------
+
+TEST(ParseArgs, NoArgumentsIsAnError) {
+  EXPECT_TRUE(is_one_line_naming(error_of({}), "no command"));
+}
+
+TEST(ParseArgs, MissingKernelIsReported) {
+  EXPECT_TRUE(is_one_line_naming(error_of({"run"}), "--kernel"));
+  EXPECT_TRUE(is_one_line_naming(error_of({"run", "--cpus", "2"}), "--kernel"));
+}
+
+TEST(ParseArgs, UnknownOptionIsNamed) {
+  EXPECT_TRUE(
+      is_one_line_naming(error_of({"run", "--kernel", "/k", "--frobnicate"}), "--frobnicate"));
+  EXPECT_TRUE(is_one_line_naming(error_of({"run", "--kernel", "/k", "--frob=1"}), "--frob"));
+}
+
+TEST(ParseArgs, UnknownCommandIsNamed) {
+  EXPECT_TRUE(is_one_line_naming(error_of({"start", "--kernel", "/k"}), "start"));
+}
+
+TEST(ParseArgs, OptionWithoutItsValueIsNamed) {
+  for (const char* opt : {"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--metrics"}) {
+    const std::string e = error_of({"run", "--kernel", "/k", opt});
+
+    EXPECT_TRUE(is_one_line_naming(e, std::string(opt) + " needs a value")) << opt;
+  }
+}
+
+TEST(ParseArgs, EmptyPathsAreRefused) {
+  EXPECT_TRUE(is_one_line_naming(error_of({"run", "--kernel="}), "--kernel"));
+  EXPECT_TRUE(is_one_line_naming(error_of({"run", "--kernel", "/k", "--initrd", ""}), "--initrd"));
+}
+
+TEST(ParseArgs, HugepagesTakesNoValue) {
+  EXPECT_TRUE(
+      is_one_line_naming(error_of({"run", "--kernel", "/k", "--hugepages=yes"}), "--hugepages"));
+}
+
+TEST(ParseArgs, BadCpuCountsAreRefused) {
+  for (const char* v : {"0", "abc", "256", "-1", "2x", "", "4294967296"}) {
+    const std::string e = error_of({"run", "--kernel", "/k", "--cpus", v});
+
+    EXPECT_TRUE(is_one_line_naming(e, "--cpus")) << "--cpus '" << v << "'";
+  }
+}
+
+TEST(ParseArgs, BadMemorySizesAreRefused) {
+  // zero, below the 64M minimum, above the 1T maximum, bytes below the minimum, not a number,
+  // a suffix without a number, not a multiple of 2M.
+  for (const char* v : {"0", "1k", "2T", "12345", "garbage", "M", "12345M", "65M"}) {
+    const std::string e = error_of({"run", "--kernel", "/k", "--memory", v});
+
+    EXPECT_TRUE(is_one_line_naming(e, "--memory")) << "--memory '" << v << "'";
+  }
+}
+
+TEST(ParseArgs, BadMetricsAddressesAreRefused) {
+  for (const char* v : {"127.0.0.1", "127.0.0.1:", ":9100", "127.0.0.1:70000", "127.0.0.1:http"}) {
+    const std::string e = error_of({"run", "--kernel", "/k", "--metrics", v});
+
+    EXPECT_TRUE(is_one_line_naming(e, "--metrics")) << "--metrics '" << v << "'";
+  }
+}
+
+// ---- parse_size ----------------------------------------------------------------------------
+
+TEST(ParseSize, SuffixesAreBinaryMultiples) {
+  EXPECT_EQ(parse_size("512M").value_or(0), 512 * kMiB);
+  EXPECT_EQ(parse_size("2G").value_or(0), 2 * kGiB);
+  EXPECT_EQ(parse_size("64k").value_or(0), 64u * 1024);
+  EXPECT_EQ(parse_size("1GiB").value_or(0), kGiB);
+  EXPECT_EQ(parse_size("1MB").value_or(0), kMiB);
+  EXPECT_EQ(parse_size("3T").value_or(0), 3ull << 40);
+  EXPECT_EQ(parse_size("1048576").value_or(0), kMiB);
+}
+
+TEST(ParseSize, OverflowIsRefused) {
+  auto shifted = parse_size("99999999999T");
+  auto digits = parse_size("99999999999999999999999");
+
+  ASSERT_FALSE(shifted);
+  ASSERT_FALSE(digits);
+  EXPECT_NE(shifted.error().message().find("too large"), std::string::npos)
+      << shifted.error().message();
+  EXPECT_NE(digits.error().message().find("too large"), std::string::npos)
+      << digits.error().message();
+}
+
+TEST(ParseSize, LargestRepresentableShiftIsAccepted) {
+  EXPECT_EQ(parse_size("16777215T").value_or(0), 16777215ull << 40);
+  EXPECT_FALSE(parse_size("16777216T"));  // 2^64
+}
+
+TEST(ParseSize, GarbageIsRefused) {
+  for (const char* v : {"", "M", "G1", "-1", " 1M", "1X", "1Mx", "1MiBs", "1.5G", "0", "0M"}) {
+    auto r = parse_size(v);
+
+    EXPECT_FALSE(r) << "'" << v << "' parsed as " << r.value_or(0);
+  }
+}
+
+}  // namespace
+}  // namespace iovirt
