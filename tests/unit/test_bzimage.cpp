@@ -338,6 +338,15 @@ ZeroPageParams params() {
   return p;
 }
 
+TEST(BuildZeroPage, ImageWithoutASetupHeaderFails) {
+  BzImage empty;
+
+  auto zp = build_zero_page(empty, ZeroPageParams{});
+
+  ASSERT_FALSE(zp.has_value());
+  EXPECT_NE(zp.error().what().find("setup header"), std::string::npos);
+}
+
 TEST(BuildZeroPage, CopiesTheSetupHeaderAndNothingPastIt) {
   Bytes b = valid_image();
   b[0x268] = 0xab;  // just past the header as the jump byte defines it

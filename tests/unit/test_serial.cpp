@@ -182,6 +182,16 @@ TEST_F(SerialTest, LoopbackEchoesThrIntoRbrInsteadOfTheOutput) {
   EXPECT_EQ(rd(kRbrThr), 'L');
 }
 
+TEST_F(SerialTest, LoopbackBeyondCapacityIsDroppedAndCounted) {
+  wr(kMcr, kMcrLoop);
+  for (size_t i = 0; i < Serial16550::kRxCapacity; ++i) wr(kRbrThr, 'x');
+
+  wr(kRbrThr, 'y');
+
+  EXPECT_EQ(uart_.overruns(), 1u);
+  EXPECT_EQ(rd(kRbrThr), 'x');
+}
+
 TEST_F(SerialTest, LoopbackMirrorsModemControlIntoModemStatus) {
   // DTR -> DSR, RTS -> CTS, OUT1 -> RI, OUT2 -> DCD.
   const std::pair<uint8_t, uint8_t> cases[] = {{0x01, 0x20}, {0x02, 0x10}, {0x04, 0x40},

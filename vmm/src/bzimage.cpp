@@ -65,6 +65,8 @@ Result<BzImage> parse_bzimage(std::span<const uint8_t> image) {
 
 Result<std::vector<uint8_t>> build_zero_page(const BzImage& img, const ZeroPageParams& p) {
   std::vector<uint8_t> zp(zp::kSize, 0);
+  if (img.setup.size() < 0x268 || 0x202u + img.setup[kHdrJumpEnd] > img.setup.size())
+    return fail("zero page: the image has no complete setup header");
   // Copy the setup header as the kernel defines it: from 0x1f1 to 0x202 + the jump's length.
   size_t hdr_end = 0x202 + img.setup[kHdrJumpEnd];
   std::memcpy(zp.data() + zp::kSetupHeader, img.setup.data() + zp::kSetupHeader, hdr_end - zp::kSetupHeader);

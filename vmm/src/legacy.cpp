@@ -83,7 +83,10 @@ void Serial16550::write_reg(uint8_t reg, uint8_t v) {
         return;
       }
       if (mcr_ & kMcrLoop) {
-        if (rx_.size() < kRxCapacity) rx_.push_back(v);
+        if (rx_.size() < kRxCapacity)
+          rx_.push_back(v);
+        else
+          ++overruns_;
       } else {
         out_(v);
       }

@@ -100,7 +100,19 @@ std::string since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg) {
+  // SIGINT/SIGTERM/SIGHUP are taken by the main loop through a signalfd. Block them before any
+  // thread exists (civetweb's included), so that none of them can take the default action.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
   IOVIRT_TRY_CTX(kvm, Kvm::open(), "KVM");
+  if (::access("/sys/module/kvm_pvm", F_OK) == 0)
+    log_warn("this host's KVM is kvm_pvm (paravirtual, no VT-x/AMD-V): guest kernel code runs "
+             "emulated, thousands of times slower; boot Linux guests in the nested lab (deploy/run.sh)");
   int max = kvm.max_vcpus();
   if (cfg.cpus > static_cast<uint32_t>(max))
     return fail("--cpus " + std::to_string(cfg.cpus) + ": this host's KVM allows at most " + std::to_string(max) +
@@ -358,14 +370,12 @@ void Vm::stop_vcpus() {
 }
 
 int Vm::run() {
-  // SIGINT/SIGTERM/SIGHUP are taken through a signalfd by the main loop: block them here, before
-  // any thread starts, so every thread inherits the mask.
+  // Blocked since create(); every thread inherited the mask.
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   Fd sfd(::signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK));
   struct sigaction sa{};
   sa.sa_handler = on_kick;  // no SA_RESTART: KVM_RUN returns EINTR
