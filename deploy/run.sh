@@ -16,4 +16,4 @@ if grep -qwE 'vmx|svm' /proc/cpuinfo && [[ -c /dev/kvm ]]; then
     --cpus 2 --memory 512M --cmdline "console=ttyS0 panic=-1 iovirt.expect_cpus=2"
 fi
 echo "run: no vmx/svm on this host: booting the guest with iovirt inside the nested lab"
-exec "$ROOT/deploy/lab/lab.sh" run boot --iovirt "$ROOT/build/vmm/iovirt"
+exec "$ROOT/deploy/lab/lab.sh" run boot --iovirt "$ROOT/build/vmm/iovirt" --env LAB_GUEST_VERBOSE=1

@@ -25,12 +25,12 @@ std::string hex(uint64_t v) {
 template <class Header, class Entry>
 class Flex {
  public:
-  explicit Flex(size_t n) : words_((sizeof(Header) + n * sizeof(Entry) + 7) / 8, 0) {}
-  Header* get() { return reinterpret_cast<Header*>(words_.data()); }
-  Entry* entries() { return reinterpret_cast<Entry*>(reinterpret_cast<uint8_t*>(words_.data()) + sizeof(Header)); }
+  explicit Flex(size_t n) : words_(new uint64_t[(sizeof(Header) + n * sizeof(Entry) + 7) / 8]()) {}
+  Header* get() { return reinterpret_cast<Header*>(words_.get()); }
+  Entry* entries() { return reinterpret_cast<Entry*>(reinterpret_cast<uint8_t*>(words_.get()) + sizeof(Header)); }
 
  private:
-  std::vector<uint64_t> words_;
+  std::unique_ptr<uint64_t[]> words_;  // never null: unlike vector::data() the compiler can see it
 };
 
 }  // namespace

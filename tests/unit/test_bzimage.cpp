@@ -374,7 +374,8 @@ TEST(BuildZeroPage, CopiesTheSetupHeaderAndNothingPastIt) {
 }
 
 TEST(BuildZeroPage, FillsTheLoaderFields) {
-  auto img = parse_bzimage(valid_image());
+  const auto bytes = valid_image();  // BzImage holds spans into these bytes
+  auto img = parse_bzimage(bytes);
   ASSERT_TRUE(img);
 
   auto zp = build_zero_page(*img, params());
@@ -390,7 +391,8 @@ TEST(BuildZeroPage, FillsTheLoaderFields) {
 }
 
 TEST(BuildZeroPage, WritesTheE820CountAndEntries) {
-  auto img = parse_bzimage(valid_image());
+  const auto bytes = valid_image();  // BzImage holds spans into these bytes
+  auto img = parse_bzimage(bytes);
   ASSERT_TRUE(img);
   const ZeroPageParams p = params();
 
@@ -409,7 +411,8 @@ TEST(BuildZeroPage, WritesTheE820CountAndEntries) {
 }
 
 TEST(BuildZeroPage, WithoutInitrdTheRamdiskFieldsStayZero) {
-  auto img = parse_bzimage(valid_image());
+  const auto bytes = valid_image();  // BzImage holds spans into these bytes
+  auto img = parse_bzimage(bytes);
   ASSERT_TRUE(img);
   ZeroPageParams p = params();
   p.initrd_gpa = 0;
@@ -423,7 +426,8 @@ TEST(BuildZeroPage, WithoutInitrdTheRamdiskFieldsStayZero) {
 }
 
 TEST(BuildZeroPage, CmdlineLongerThanTheKernelAcceptsIsRefused) {
-  auto img = parse_bzimage(valid_image());
+  const auto bytes = valid_image();  // BzImage holds spans into these bytes
+  auto img = parse_bzimage(bytes);
   ASSERT_TRUE(img);
   ZeroPageParams p = params();
   p.cmdline_len = 2048;  // cmdline_size is 2047
@@ -436,7 +440,8 @@ TEST(BuildZeroPage, CmdlineLongerThanTheKernelAcceptsIsRefused) {
 }
 
 TEST(BuildZeroPage, CmdlineOfExactlyCmdlineSizeIsAccepted) {
-  auto img = parse_bzimage(valid_image());
+  const auto bytes = valid_image();  // BzImage holds spans into these bytes
+  auto img = parse_bzimage(bytes);
   ASSERT_TRUE(img);
   ZeroPageParams p = params();
   p.cmdline_len = 2047;
@@ -462,7 +467,8 @@ TEST(BuildZeroPage, InitrdEndingAboveInitrdAddrMaxIsRefused) {
 }
 
 TEST(BuildZeroPage, MoreE820EntriesThanTheTableHoldsAreRefused) {
-  auto img = parse_bzimage(valid_image());
+  const auto bytes = valid_image();  // BzImage holds spans into these bytes
+  auto img = parse_bzimage(bytes);
   ASSERT_TRUE(img);
   ZeroPageParams p = params();
   p.e820.assign(zp::kE820Max + 1, E820Entry{0, 0x1000, 1});

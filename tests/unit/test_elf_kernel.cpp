@@ -64,7 +64,7 @@ TEST(ParseElfKernel, ValidImageYieldsEntryAndSegments) {
 
 TEST(ParseElfKernel, NonLoadSegmentsAreSkipped) {
   ElfBuilder b;
-  b.ph.insert(b.ph.begin(), Elf64_Phdr{PT_NOTE, 0, 0x100, 0, 0, 0x10, 0x10, 4});
+  b.ph.push_back(Elf64_Phdr{PT_NOTE, 0, 0x100, 0, 0, 0x10, 0x10, 4});
   auto head = b.head();
 
   auto k = parse_elf_kernel(head, b.file_size);

@@ -100,16 +100,22 @@ Bytes Aml::eisa_id(const char id[8]) {
           static_cast<uint8_t>(v)};
 }
 
+// Built byte by byte: g++ 12 at -O2 misreads vector::insert of a range into a one-element vector
+// as an out-of-bounds memcpy (-Warray-bounds).
 Bytes Aml::string(const std::string& s) {
-  Bytes b{0x0d};
-  b.insert(b.end(), s.begin(), s.end());
+  Bytes b;
+  b.reserve(s.size() + 2);
+  b.push_back(0x0d);
+  for (char c : s) b.push_back(static_cast<uint8_t>(c));
   b.push_back(0);
   return b;
 }
 
 Bytes Aml::name(const char seg[5], const Bytes& value) {
-  Bytes b{0x08};
-  b.insert(b.end(), seg, seg + 4);
+  Bytes b;
+  b.reserve(5 + value.size());
+  b.push_back(0x08);
+  for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(seg[i]));
   append(b, value);
   return b;
 }
