@@ -172,64 +172,42 @@ Bytes Aml::res_irq_noflags(uint8_t irq) {
 }
 
 namespace {
-// Address space descriptors: producer, MinFixed|MaxFixed, positive decode.
-constexpr uint8_t kAddrGeneralFlags = 0x0c;
+// Word/DWord/QWord Address Space Descriptors (ACPI 6.4 section 6.4.3.5) share one layout at three
+// widths: tag, length, resource type, general flags (producer, MinFixed|MaxFixed, positive
+// decode), type-specific flags, then granularity, min, max, translation and length.
+template <class T>
+Bytes address_space(uint8_t tag, uint8_t type, uint8_t type_flags, T min, T max) {
+  Bytes b{tag};
+  append_le<uint16_t>(b, static_cast<uint16_t>(3 + 5 * sizeof(T)));
+  b.push_back(type);
+  b.push_back(0x0c);
+  b.push_back(type_flags);
+  append_le<T>(b, 0);
+  append_le<T>(b, min);
+  append_le<T>(b, max);
+  append_le<T>(b, 0);
+  append_le<T>(b, static_cast<T>(max - min + 1));
+  return b;
+}
+constexpr uint8_t kMemoryRange = 0, kIoRange = 1, kBusRange = 2;
+constexpr uint8_t kMemReadWrite = 0x01;   // read-write, non-cacheable
+constexpr uint8_t kIoEntireRange = 0x03;  // ISA and non-ISA ranges
 }  // namespace
 
 Bytes Aml::res_word_bus(uint16_t min, uint16_t max) {
-  Bytes b{0x88};
-  append_le<uint16_t>(b, 13);
-  b.push_back(2);  // bus number range
-  b.push_back(kAddrGeneralFlags);
-  b.push_back(0);
-  append_le<uint16_t>(b, 0);
-  append_le(b, min);
-  append_le(b, max);
-  append_le<uint16_t>(b, 0);
-  append_le<uint16_t>(b, static_cast<uint16_t>(max - min + 1));
-  return b;
+  return address_space<uint16_t>(0x88, kBusRange, 0, min, max);
 }
 
 Bytes Aml::res_word_io(uint16_t min, uint16_t max) {
-  Bytes b{0x88};
-  append_le<uint16_t>(b, 13);
-  b.push_back(1);  // I/O range
-  b.push_back(kAddrGeneralFlags);
-  b.push_back(3);  // ISA and non-ISA ranges
-  append_le<uint16_t>(b, 0);
-  append_le(b, min);
-  append_le(b, max);
-  append_le<uint16_t>(b, 0);
-  append_le<uint16_t>(b, static_cast<uint16_t>(max - min + 1));
-  return b;
+  return address_space<uint16_t>(0x88, kIoRange, kIoEntireRange, min, max);
 }
 
 Bytes Aml::res_dword_mem(uint32_t min, uint32_t max) {
-  Bytes b{0x87};
-  append_le<uint16_t>(b, 23);
-  b.push_back(0);  // memory range
-  b.push_back(kAddrGeneralFlags);
-  b.push_back(0x01);  // read-write, non-cacheable
-  append_le<uint32_t>(b, 0);
-  append_le(b, min);
-  append_le(b, max);
-  append_le<uint32_t>(b, 0);
-  append_le<uint32_t>(b, max - min + 1);
-  return b;
+  return address_space<uint32_t>(0x87, kMemoryRange, kMemReadWrite, min, max);
 }
 
 Bytes Aml::res_qword_mem(uint64_t min, uint64_t max) {
-  Bytes b{0x8a};
-  append_le<uint16_t>(b, 43);
-  b.push_back(0);
-  b.push_back(kAddrGeneralFlags);
-  b.push_back(0x01);
-  append_le<uint64_t>(b, 0);
-  append_le(b, min);
-  append_le(b, max);
-  append_le<uint64_t>(b, 0);
-  append_le<uint64_t>(b, max - min + 1);
-  return b;
+  return address_space<uint64_t>(0x8a, kMemoryRange, kMemReadWrite, min, max);
 }
 
 Bytes Aml::resource_template(const std::vector<Bytes>& items) {
