@@ -367,3 +367,21 @@ TEST(GuestMemoryLifetime, MoveTransfersRegions) {
 
 }  // namespace
 }  // namespace iovirt
+
+namespace iovirt {
+namespace {
+
+// Guest RAM is mapped 2 MiB-aligned so that the host can back it with transparent huge pages
+// (shmem only uses them for aligned mappings).
+TEST(GuestMemoryThp, MemfdRegionsAreMappedTwoMegabyteAligned) {
+  const RegionSpec specs[] = {{0, 6ull << 20}, {1ull << 32, 2ull << 20}};
+
+  auto mem = GuestMemory::create(specs);
+
+  ASSERT_TRUE(mem.has_value()) << mem.error().message();
+  for (const auto& r : mem->regions())
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(r.host) % GuestMemory::kHugePageSize, 0u) << "region at " << r.gpa;
+}
+
+}  // namespace
+}  // namespace iovirt

@@ -33,6 +33,10 @@ lab_need_kvm() {
         lab_log "/dev/kvm missing after loading kvm_amd"
         return 1
     fi
+    # VMM-host tuning, as on a production host: let shmem (iovirt's memfd guest RAM) use
+    # transparent huge pages where the VMM asks (MADV_HUGEPAGE); QEMU's anonymous RAM already gets
+    # them by default. Without it every 4 KiB first touch of guest RAM is a nested fault.
+    echo advise >/sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
 }
 
 # lab_l2_cmdline NCPUS — the L2 kernel command line, the same for every VMM.
