@@ -125,10 +125,10 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg) {
   uint64_t high = cfg.memory - low;
   std::vector<RegionSpec> regions{{0, low}};
   if (high) regions.push_back({layout::kHighRam, high});
-  IOVIRT_TRY_CTX(mem, GuestMemory::create(regions, cfg.hugepages ? MemoryBacking::Hugetlb : MemoryBacking::Memfd),
-                 "guest memory");
+  auto mem = GuestMemory::create(regions, cfg.hugepages ? MemoryBacking::Hugetlb : MemoryBacking::Memfd);
+  if (!mem) return std::unexpected(mem.error());  // its messages already start with "guest memory:"
   IOVIRT_TRY_CTX(vm, kvm.create_vm(), "VM");
-  std::unique_ptr<Vm> v(new Vm(std::move(kvm), std::move(vm), std::move(mem), cfg));
+  std::unique_ptr<Vm> v(new Vm(std::move(kvm), std::move(vm), std::move(*mem), cfg));
   if (auto s = v->build(); !s) return std::unexpected(s.error());
   return v;
 }
