@@ -1,0 +1,157 @@
+// Device side of a split virtqueue (virtio 1.2 section 2.7) as plain state: sizes, ring
+// addresses, next avail/used indices and negotiated features. Every operation takes the guest
+// memory as an argument, so the same queue serves in-process devices, vhost-user backends and
+// tests.
+//
+// Threat model: every ring byte is written by a hostile guest. Each rule the guest can break is a
+// QueueFault; the first fault marks the queue broken (the device then sets DEVICE_NEEDS_RESET,
+// section 2.1.2) and every later pop/push fails until reset(). Loops are bounded by the queue
+// size or the indirect table size. pop() does not allocate: segments land in a buffer sized once
+// by create().
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "iovirt/core/error.hpp"
+#include "iovirt/core/guest_memory.hpp"
+#include "iovirt/virtio/ring.hpp"
+
+namespace iovirt::virtio {
+
+// The rule that was broken; the Error message starts with the same words.
+enum class QueueFault : uint8_t {
+  None,
+  Broken,                  // an earlier fault; the device needs a reset
+  NotReady,                // pop/push before the queue was enabled (a device bug: not recorded)
+  InvalidSize,             // size not a power of 2 in [1, 32768] or above the device maximum
+  RingOutsideMemory,       // desc/avail/used area not inside one guest memory region
+  RingMisaligned,          // desc 16, avail 2, used 4 (section 2.7)
+  AvailIdxJump,            // avail idx moved more than size past next_avail
+  HeadOutOfRange,          // avail ring entry >= size
+  NextOutOfRange,          // desc.next >= size
+  ChainLoop,               // chain longer than the queue size
+  LengthOverflow,          // total chain length above 2^32 - 1
+  ReadAfterWrite,          // device-readable descriptor after a device-writable one (2.7.4.2)
+  BufferOutsideMemory,     // [addr, addr + len) not inside guest memory
+  IndirectNotNegotiated,   // INDIRECT without VIRTIO_F_INDIRECT_DESC
+  IndirectWithNext,        // INDIRECT together with NEXT (2.7.5.3.1)
+  IndirectBadLength,       // table len zero or not a multiple of 16
+  IndirectTooLarge,        // more entries than kMaxIndirectEntries
+  IndirectOutsideMemory,   // table not inside guest memory
+  NestedIndirect,          // INDIRECT inside an indirect table (2.7.5.3.1)
+  IndirectNextOutOfRange,  // next inside an indirect table beyond the table
+  IndirectChainLoop,       // chain inside an indirect table longer than the table
+  UsedHeadOutOfRange,      // push() of a head >= size (device bug)
+  RingAccess,              // a ring read/write failed after validate (memory map changed)
+};
+
+[[nodiscard]] const char* to_string(QueueFault f);
+
+// One buffer of a chain, in chain order: device-readable segments first, then writable ones.
+struct Segment {
+  uint64_t addr;
+  uint32_t len;
+  bool write;  // device-writable (VIRTQ_DESC_F_WRITE)
+};
+
+// A chain taken from the avail ring. `segments` points into the queue's buffer and stays valid
+// until the next pop() or reset() on the same queue; copy it to keep it longer.
+struct DescriptorChain {
+  uint16_t head;                      // give this back to push()
+  std::span<const Segment> segments;  // never empty
+  uint32_t readable_len;              // sum of device-readable segment lengths
+  uint32_t writable_len;              // sum of device-writable segment lengths
+};
+
+class SplitQueue final {
+ public:
+  // Indirect tables larger than this are refused (Linux uses at most a few hundred entries).
+  static constexpr uint32_t kMaxIndirectEntries = 1024;
+
+  // max_size: the device's maximum queue size (power of 2, <= 32768); size() starts there.
+  // Allocates the segment buffer once (max_size + kMaxIndirectEntries entries).
+  [[nodiscard]] static Result<SplitQueue> create(uint16_t max_size);
+
+  // --- configuration (control path; the transport writes these) ---
+  [[nodiscard]] uint32_t max_size() const { return max_size_; }
+  [[nodiscard]] uint32_t size() const { return size_; }
+  // The driver may pick a smaller power of 2 (section 4.1.4.3 queue_size).
+  Status set_size(uint32_t size);
+  void set_desc_table(uint64_t gpa) { desc_gpa_ = gpa; }
+  void set_avail_ring(uint64_t gpa) { avail_gpa_ = gpa; }
+  void set_used_ring(uint64_t gpa) { used_gpa_ = gpa; }
+  void set_event_idx(bool on) { event_idx_ = on; }
+  void set_indirect(bool on) { indirect_ = on; }
+  void set_ready(bool on) { ready_ = on; }
+  [[nodiscard]] uint64_t desc_table() const { return desc_gpa_; }
+  [[nodiscard]] uint64_t avail_ring() const { return avail_gpa_; }
+  [[nodiscard]] uint64_t used_ring() const { return used_gpa_; }
+  [[nodiscard]] bool event_idx() const { return event_idx_; }
+  [[nodiscard]] bool indirect() const { return indirect_; }
+  [[nodiscard]] bool ready() const { return ready_; }
+
+  // Back to the state after create(): not ready, indices 0, features off, not broken.
+  void reset();
+
+  // --- state ---
+  [[nodiscard]] uint16_t next_avail() const { return next_avail_; }
+  [[nodiscard]] uint16_t next_used() const { return next_used_; }
+  // Restore indices (migration, vhost-user GET/SET_VRING_BASE).
+  void set_next_avail(uint16_t v) { next_avail_ = v; }
+  void set_next_used(uint16_t v) { next_used_ = v; }
+  [[nodiscard]] bool broken() const { return fault_ != QueueFault::None; }
+  [[nodiscard]] QueueFault fault() const { return fault_; }
+
+  // --- data path ---
+  // Size is a power of 2 and each ring area lies inside guest memory, aligned (section 2.7).
+  Status validate(const GuestMemory& mem);
+  // Next available chain, or nullopt when the ring is empty (section 2.7.13 device side).
+  Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem);
+  // Return a chain: used element, then used idx with release ordering (section 2.7.8).
+  Status push(const GuestMemory& mem, uint16_t head, uint32_t written);
+  // Whether to interrupt the driver now for the used entries pushed since the last decision
+  // (section 2.7.10): used_event with EVENT_IDX, else the avail ring's NO_INTERRUPT flag.
+  Result<bool> needs_notification(const GuestMemory& mem);
+
+  // Driver-to-device notification suppression (section 2.7.10). enable_notification() asks for
+  // kicks again (avail_event = next_avail with EVENT_IDX, else clears NO_NOTIFY) and returns
+  // whether buffers arrived meanwhile, so the device re-polls instead of missing them.
+  Result<bool> enable_notification(const GuestMemory& mem);
+  Status disable_notification(const GuestMemory& mem);
+  Status set_avail_event(const GuestMemory& mem, uint16_t v);
+
+ private:
+  explicit SplitQueue(uint32_t max_size);
+
+  std::unexpected<Error> fault(QueueFault f, const std::string& detail);
+  Result<uint16_t> load_avail_idx(const GuestMemory& mem);
+  Status walk_chain(const GuestMemory& mem, uint16_t head, uint32_t& count);
+  Status walk_indirect(const GuestMemory& mem, const VirtqDesc& table, uint32_t& count);
+  Status append(const GuestMemory& mem, const VirtqDesc& d, uint32_t& count);
+
+  uint32_t max_size_;
+  uint32_t size_;
+  uint64_t desc_gpa_ = 0;
+  uint64_t avail_gpa_ = 0;
+  uint64_t used_gpa_ = 0;
+  bool ready_ = false;
+  bool event_idx_ = false;
+  bool indirect_ = false;
+  uint16_t next_avail_ = 0;
+  uint16_t next_used_ = 0;
+  // used idx at the last needs_notification() decision (EVENT_IDX old_idx).
+  uint16_t signalled_used_ = 0;
+  bool signalled_valid_ = false;
+  QueueFault fault_ = QueueFault::None;
+
+  // Per-pop scratch: filled by walk_chain, never reallocated after create().
+  std::vector<Segment> segs_;
+  uint64_t walk_total_ = 0;
+  uint64_t walk_readable_ = 0;
+  bool walk_seen_write_ = false;
+};
+
+}  // namespace iovirt::virtio

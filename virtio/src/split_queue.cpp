@@ -1,0 +1,392 @@
+#include "iovirt/virtio/split_queue.hpp"
+
+#include <atomic>
+#include <limits>
+#include <string>
+
+namespace iovirt::virtio {
+
+namespace {
+
+bool valid_size(uint32_t n) {
+  return n >= 1 && n <= VIRTQ_MAX_SIZE && (n & (n - 1)) == 0;
+}
+
+// The idx fields are shared with a running guest: access them as 16-bit atomics (alignment 2 is
+// checked by validate(), and GuestMemory::span checks the bounds).
+Result<uint16_t> load_u16(const GuestMemory& mem, uint64_t gpa) {
+  auto s = mem.span(gpa, 2);
+  if (!s) return std::unexpected(std::move(s.error()));
+  auto* p = reinterpret_cast<uint16_t*>(s->data());
+  return std::atomic_ref<uint16_t>(*p).load(std::memory_order_relaxed);
+}
+
+Status store_u16(const GuestMemory& mem, uint64_t gpa, uint16_t v) {
+  auto s = mem.span(gpa, 2);
+  if (!s) return std::unexpected(std::move(s.error()));
+  auto* p = reinterpret_cast<uint16_t*>(s->data());
+  std::atomic_ref<uint16_t>(*p).store(v, std::memory_order_relaxed);
+  return {};
+}
+
+std::string hex(uint64_t v) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out = "0x";
+  bool started = false;
+  for (int shift = 60; shift >= 0; shift -= 4) {
+    const auto nib = static_cast<unsigned>((v >> shift) & 0xf);
+    if (nib != 0 || started || shift == 0) {
+      out.push_back(kDigits[nib]);
+      started = true;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* to_string(QueueFault f) {
+  switch (f) {
+    case QueueFault::None:
+      return "no fault";
+    case QueueFault::Broken:
+      return "queue is broken (needs reset)";
+    case QueueFault::NotReady:
+      return "queue is not ready";
+    case QueueFault::InvalidSize:
+      return "invalid queue size";
+    case QueueFault::RingOutsideMemory:
+      return "ring area outside guest memory";
+    case QueueFault::RingMisaligned:
+      return "ring area misaligned";
+    case QueueFault::AvailIdxJump:
+      return "avail index jumped past the queue size";
+    case QueueFault::HeadOutOfRange:
+      return "head descriptor index out of range";
+    case QueueFault::NextOutOfRange:
+      return "next descriptor index out of range";
+    case QueueFault::ChainLoop:
+      return "descriptor chain loops";
+    case QueueFault::LengthOverflow:
+      return "descriptor chain length overflows";
+    case QueueFault::ReadAfterWrite:
+      return "device-readable descriptor after a device-writable one";
+    case QueueFault::BufferOutsideMemory:
+      return "buffer outside guest memory";
+    case QueueFault::IndirectNotNegotiated:
+      return "indirect descriptor without VIRTIO_F_INDIRECT_DESC";
+    case QueueFault::IndirectWithNext:
+      return "indirect descriptor with NEXT";
+    case QueueFault::IndirectBadLength:
+      return "indirect table length invalid";
+    case QueueFault::IndirectTooLarge:
+      return "indirect table too large";
+    case QueueFault::IndirectOutsideMemory:
+      return "indirect table outside guest memory";
+    case QueueFault::NestedIndirect:
+      return "indirect descriptor inside an indirect table";
+    case QueueFault::IndirectNextOutOfRange:
+      return "next index outside the indirect table";
+    case QueueFault::IndirectChainLoop:
+      return "indirect descriptor chain loops";
+    case QueueFault::UsedHeadOutOfRange:
+      return "used element head out of range";
+    case QueueFault::RingAccess:
+      return "ring access failed";
+  }
+  return "unknown fault";
+}
+
+SplitQueue::SplitQueue(uint32_t max_size) : max_size_(max_size), size_(max_size) {
+  // Worst case of one chain: size direct descriptors, the last of which is an indirect table.
+  segs_.resize(static_cast<size_t>(max_size) + kMaxIndirectEntries);
+}
+
+Result<SplitQueue> SplitQueue::create(uint16_t max_size) {
+  if (!valid_size(max_size)) {
+    return fail(std::string("virtq: ") + to_string(QueueFault::InvalidSize) + " " +
+                std::to_string(max_size) + " (must be a power of 2 in [1, 32768])");
+  }
+  return SplitQueue(max_size);
+}
+
+Status SplitQueue::set_size(uint32_t size) {
+  if (!valid_size(size) || size > max_size_) {
+    return fault(QueueFault::InvalidSize,
+                 std::to_string(size) + " (power of 2, at most " + std::to_string(max_size_) + ")");
+  }
+  size_ = size;
+  return {};
+}
+
+void SplitQueue::reset() {
+  size_ = max_size_;
+  desc_gpa_ = avail_gpa_ = used_gpa_ = 0;
+  ready_ = event_idx_ = indirect_ = false;
+  next_avail_ = next_used_ = 0;
+  signalled_used_ = 0;
+  signalled_valid_ = false;
+  fault_ = QueueFault::None;
+}
+
+std::unexpected<Error> SplitQueue::fault(QueueFault f, const std::string& detail) {
+  if (fault_ == QueueFault::None) fault_ = f;
+  return fail(std::string("virtq: ") + to_string(f) + " (" + detail + ")");
+}
+
+Status SplitQueue::validate(const GuestMemory& mem) {
+  if (!valid_size(size_)) return fault(QueueFault::InvalidSize, std::to_string(size_));
+  struct Area {
+    const char* name;
+    uint64_t gpa;
+    uint64_t bytes;
+    uint64_t align;
+  };
+  const Area areas[] = {
+      {"descriptor table", desc_gpa_, desc_area_bytes(size_), VIRTQ_DESC_ALIGN},
+      {"avail ring", avail_gpa_, avail_area_bytes(size_), VIRTQ_AVAIL_ALIGN},
+      {"used ring", used_gpa_, used_area_bytes(size_), VIRTQ_USED_ALIGN},
+  };
+  for (const Area& a : areas) {
+    if (a.gpa % a.align != 0) {
+      return fault(QueueFault::RingMisaligned, std::string(a.name) + " at " + hex(a.gpa) +
+                                                   " needs " + std::to_string(a.align) +
+                                                   "-byte alignment");
+    }
+    if (!mem.span(a.gpa, a.bytes)) {
+      return fault(QueueFault::RingOutsideMemory,
+                   std::string(a.name) + " [" + hex(a.gpa) + ", +" + hex(a.bytes) + ")");
+    }
+  }
+  return {};
+}
+
+Result<uint16_t> SplitQueue::load_avail_idx(const GuestMemory& mem) {
+  auto idx = load_u16(mem, avail_gpa_ + avail_idx_offset());
+  if (!idx) return fault(QueueFault::RingAccess, "read avail idx: " + idx.error().message());
+  // Section 2.7.13.4: the driver writes the ring entry before idx (with a write barrier); pair
+  // it so the ring entries and descriptors read below are at least as new as idx.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  return *idx;
+}
+
+Result<std::optional<DescriptorChain>> SplitQueue::pop(const GuestMemory& mem) {
+  if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
+
+  auto avail_idx = load_avail_idx(mem);
+  if (!avail_idx) return std::unexpected(std::move(avail_idx.error()));
+  const auto pending = static_cast<uint16_t>(*avail_idx - next_avail_);
+  if (pending == 0) return std::optional<DescriptorChain>{};
+  // Section 2.7.6: idx only grows by the number of heads the driver added; more than size
+  // entries at once cannot be real (Firecracker: "avail ring idx too far ahead").
+  if (pending > size_) {
+    return fault(QueueFault::AvailIdxJump, "avail idx " + std::to_string(*avail_idx) + " is " +
+                                               std::to_string(pending) + " past next_avail " +
+                                               std::to_string(next_avail_) + ", queue size " +
+                                               std::to_string(size_));
+  }
+
+  const uint32_t slot = next_avail_ & (size_ - 1);
+  auto head = mem.read_obj<uint16_t>(avail_gpa_ + avail_ring_offset(slot));
+  if (!head) return fault(QueueFault::RingAccess, "read avail ring: " + head.error().message());
+  if (*head >= size_) {
+    return fault(QueueFault::HeadOutOfRange, "head " + std::to_string(*head) + " in avail slot " +
+                                                 std::to_string(slot) + ", queue size " +
+                                                 std::to_string(size_));
+  }
+
+  uint32_t count = 0;
+  walk_total_ = 0;
+  walk_readable_ = 0;
+  walk_seen_write_ = false;
+  if (auto st = walk_chain(mem, *head, count); !st) return std::unexpected(std::move(st.error()));
+
+  ++next_avail_;
+  const auto total = static_cast<uint32_t>(walk_total_);
+  const auto readable = static_cast<uint32_t>(walk_readable_);
+  return std::optional<DescriptorChain>(DescriptorChain{
+      *head, std::span<const Segment>(segs_.begin(), count), readable, total - readable});
+}
+
+// Section 2.7.5: follow NEXT through the table; at most size descriptors (2.7.5.2: a chain is
+// never longer than the queue size), so a loop ends as ChainLoop.
+Status SplitQueue::walk_chain(const GuestMemory& mem, uint16_t head, uint32_t& count) {
+  uint16_t idx = head;
+  for (uint32_t n = 0; n < size_; ++n) {
+    auto d = mem.read_obj<VirtqDesc>(desc_gpa_ + 16ull * idx);
+    if (!d) return fault(QueueFault::RingAccess, "read descriptor: " + d.error().message());
+    if (d->flags & VIRTQ_DESC_F_INDIRECT) {
+      // Section 2.7.5.3.1: only with the feature, and never together with NEXT.
+      if (!indirect_) {
+        return fault(QueueFault::IndirectNotNegotiated, "descriptor " + std::to_string(idx));
+      }
+      if (d->flags & VIRTQ_DESC_F_NEXT) {
+        return fault(QueueFault::IndirectWithNext, "descriptor " + std::to_string(idx));
+      }
+      return walk_indirect(mem, *d, count);
+    }
+    if (auto st = append(mem, *d, count); !st) return st;
+    if (!(d->flags & VIRTQ_DESC_F_NEXT)) return {};
+    if (d->next >= size_) {
+      return fault(QueueFault::NextOutOfRange, "descriptor " + std::to_string(idx) + " next " +
+                                                   std::to_string(d->next) + ", queue size " +
+                                                   std::to_string(size_));
+    }
+    idx = d->next;
+  }
+  return fault(QueueFault::ChainLoop, "longer than queue size " + std::to_string(size_) +
+                                          ", head " + std::to_string(head));
+}
+
+// Section 2.7.5.3: the table is an array of descriptors chained by NEXT from entry 0.
+Status SplitQueue::walk_indirect(const GuestMemory& mem, const VirtqDesc& table, uint32_t& count) {
+  if (table.len == 0 || table.len % sizeof(VirtqDesc) != 0) {
+    return fault(QueueFault::IndirectBadLength,
+                 "len " + std::to_string(table.len) + " is not a nonzero multiple of 16");
+  }
+  const uint32_t entries = table.len / sizeof(VirtqDesc);
+  if (entries > kMaxIndirectEntries) {
+    return fault(QueueFault::IndirectTooLarge, std::to_string(entries) + " entries, at most " +
+                                                   std::to_string(kMaxIndirectEntries));
+  }
+  if (!mem.span(table.addr, table.len)) {
+    return fault(QueueFault::IndirectOutsideMemory,
+                 "[" + hex(table.addr) + ", +" + hex(table.len) + ")");
+  }
+  uint32_t idx = 0;
+  for (uint32_t n = 0; n < entries; ++n) {
+    auto d = mem.read_obj<VirtqDesc>(table.addr + 16ull * idx);
+    if (!d)
+      return fault(QueueFault::RingAccess, "read indirect descriptor: " + d.error().message());
+    if (d->flags & VIRTQ_DESC_F_INDIRECT) {
+      return fault(QueueFault::NestedIndirect, "entry " + std::to_string(idx));
+    }
+    if (auto st = append(mem, *d, count); !st) return st;
+    if (!(d->flags & VIRTQ_DESC_F_NEXT)) return {};
+    if (d->next >= entries) {
+      return fault(QueueFault::IndirectNextOutOfRange, "entry " + std::to_string(idx) + " next " +
+                                                           std::to_string(d->next) + ", table of " +
+                                                           std::to_string(entries));
+    }
+    idx = d->next;
+  }
+  return fault(QueueFault::IndirectChainLoop,
+               "longer than the table of " + std::to_string(entries));
+}
+
+Status SplitQueue::append(const GuestMemory& mem, const VirtqDesc& d, uint32_t& count) {
+  const bool write = (d.flags & VIRTQ_DESC_F_WRITE) != 0;
+  // Section 2.7.4.2: device-writable descriptors come after all device-readable ones.
+  if (!write && walk_seen_write_) {
+    return fault(QueueFault::ReadAfterWrite, "descriptor " + std::to_string(count));
+  }
+  walk_total_ += d.len;
+  if (walk_total_ > std::numeric_limits<uint32_t>::max()) {
+    return fault(QueueFault::LengthOverflow,
+                 "total exceeds 2^32-1 at descriptor " + std::to_string(count));
+  }
+  if (!mem.span(d.addr, d.len)) {
+    return fault(QueueFault::BufferOutsideMemory, "[" + hex(d.addr) + ", +" + hex(d.len) +
+                                                      ") at descriptor " + std::to_string(count));
+  }
+  // Both walks are bounded so count < size + kMaxIndirectEntries; checked anyway.
+  if (count >= segs_.size()) return fault(QueueFault::ChainLoop, "segment buffer full");
+  if (write) {
+    walk_seen_write_ = true;
+  } else {
+    walk_readable_ += d.len;
+  }
+  segs_[count] = Segment{d.addr, d.len, write};
+  ++count;
+  return {};
+}
+
+Status SplitQueue::push(const GuestMemory& mem, uint16_t head, uint32_t written) {
+  if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
+  if (head >= size_) {
+    return fault(QueueFault::UsedHeadOutOfRange,
+                 "head " + std::to_string(head) + ", queue size " + std::to_string(size_));
+  }
+  const uint32_t slot = next_used_ & (size_ - 1);
+  const VirtqUsedElem elem{head, written};
+  if (auto st = mem.write_obj(used_gpa_ + used_ring_offset(slot), elem); !st) {
+    return fault(QueueFault::RingAccess, "write used ring: " + st.error().message());
+  }
+  // Section 2.7.8.2: the element must be visible before the idx that publishes it.
+  std::atomic_thread_fence(std::memory_order_release);
+  const auto new_used = static_cast<uint16_t>(next_used_ + 1);
+  if (auto st = store_u16(mem, used_gpa_ + used_idx_offset(), new_used); !st) {
+    return fault(QueueFault::RingAccess, "write used idx: " + st.error().message());
+  }
+  next_used_ = new_used;
+  return {};
+}
+
+Result<bool> SplitQueue::needs_notification(const GuestMemory& mem) {
+  if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  // The used idx store must be visible before reading the driver's suppression state, or the
+  // driver may re-enable interrupts in between and never get one (section 2.7.10).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!event_idx_) {
+    auto flags = load_u16(mem, avail_gpa_ + avail_flags_offset());
+    if (!flags)
+      return fault(QueueFault::RingAccess, "read avail flags: " + flags.error().message());
+    return (*flags & VIRTQ_AVAIL_F_NO_INTERRUPT) == 0;
+  }
+  auto used_event = load_u16(mem, avail_gpa_ + avail_used_event_offset(size_));
+  if (!used_event) {
+    return fault(QueueFault::RingAccess, "read used_event: " + used_event.error().message());
+  }
+  const uint16_t old_idx = signalled_used_;
+  const bool first = !signalled_valid_;
+  signalled_used_ = next_used_;
+  signalled_valid_ = true;
+  // Nothing decided yet: notify rather than risk a lost interrupt.
+  if (first) return true;
+  return vring_need_event(*used_event, next_used_, old_idx);
+}
+
+Status SplitQueue::set_avail_event(const GuestMemory& mem, uint16_t v) {
+  if (auto st = store_u16(mem, used_gpa_ + used_avail_event_offset(size_), v); !st) {
+    return fault(QueueFault::RingAccess, "write avail_event: " + st.error().message());
+  }
+  return {};
+}
+
+Status SplitQueue::disable_notification(const GuestMemory& mem) {
+  // With EVENT_IDX the device simply stops advancing avail_event (section 2.7.10.2).
+  if (event_idx_) return {};
+  auto flags = load_u16(mem, used_gpa_ + used_flags_offset());
+  if (!flags) return fault(QueueFault::RingAccess, "read used flags: " + flags.error().message());
+  if (auto st = store_u16(mem, used_gpa_ + used_flags_offset(),
+                          static_cast<uint16_t>(*flags | VIRTQ_USED_F_NO_NOTIFY));
+      !st) {
+    return fault(QueueFault::RingAccess, "write used flags: " + st.error().message());
+  }
+  return {};
+}
+
+Result<bool> SplitQueue::enable_notification(const GuestMemory& mem) {
+  if (event_idx_) {
+    if (auto st = set_avail_event(mem, next_avail_); !st)
+      return std::unexpected(std::move(st.error()));
+  } else {
+    auto flags = load_u16(mem, used_gpa_ + used_flags_offset());
+    if (!flags) return fault(QueueFault::RingAccess, "read used flags: " + flags.error().message());
+    if (auto st = store_u16(mem, used_gpa_ + used_flags_offset(),
+                            static_cast<uint16_t>(*flags & ~VIRTQ_USED_F_NO_NOTIFY));
+        !st) {
+      return fault(QueueFault::RingAccess, "write used flags: " + st.error().message());
+    }
+  }
+  // Order the store above before re-reading avail idx: a buffer added before the driver saw
+  // the re-enabled notification would otherwise be missed.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  auto idx = load_avail_idx(mem);
+  if (!idx) return std::unexpected(std::move(idx.error()));
+  return *idx != next_avail_;
+}
+
+}  // namespace iovirt::virtio
