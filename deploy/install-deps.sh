@@ -5,6 +5,8 @@ set -euo pipefail
 
 PKGS=(
   build-essential g++ cmake ninja-build pkg-config clang libclang-rt-14-dev
+  # libFuzzer: clang 19 is the first whose C++20 concepts level lets libstdc++ 12 offer std::expected
+  clang-19 libclang-rt-19-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   liburing-dev libcivetweb-dev civetweb libcli11-dev libfmt-dev
   # the nested lab: L1 runs under QEMU TCG, its images come from Debian packages

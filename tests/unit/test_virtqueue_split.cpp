@@ -137,6 +137,25 @@ TEST_F(SplitQueueTest, ValidateRefusesMisalignedAvailRing) {
   EXPECT_EQ(q.fault(), QueueFault::RingMisaligned);
 }
 
+// Found by fuzz_split_queue: after validate() refused a misaligned ring, the notification
+// helpers still read and wrote it (a misaligned atomic access, undefined behaviour).
+TEST_F(SplitQueueTest, NotificationHelpersRefuseAQueueThatFailedValidation) {
+  q.set_avail_ring(kAvail + 1);
+  q.set_event_idx(true);
+  ASSERT_FALSE(q.validate(mem).has_value());
+
+  auto en = q.enable_notification(mem);
+  auto dis = q.disable_notification(mem);
+  auto ev = q.set_avail_event(mem, 1);
+  auto need = q.needs_notification(mem);
+
+  EXPECT_FALSE(en.has_value());
+  EXPECT_FALSE(dis.has_value());
+  EXPECT_FALSE(ev.has_value());
+  EXPECT_FALSE(need.has_value());
+  EXPECT_EQ(q.fault(), QueueFault::RingMisaligned);
+}
+
 TEST_F(SplitQueueTest, ValidateRefusesMisalignedUsedRing) {
   q.set_used_ring(kUsed + 2);
 

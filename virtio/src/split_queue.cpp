@@ -332,6 +332,7 @@ Status SplitQueue::push(const GuestMemory& mem, uint16_t head, uint32_t written)
 
 Result<bool> SplitQueue::needs_notification(const GuestMemory& mem) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
   // The used idx store must be visible before reading the driver's suppression state, or the
   // driver may re-enable interrupts in between and never get one (section 2.7.10).
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -355,6 +356,10 @@ Result<bool> SplitQueue::needs_notification(const GuestMemory& mem) {
 }
 
 Status SplitQueue::set_avail_event(const GuestMemory& mem, uint16_t v) {
+  // Only a validated queue's ring addresses are known to be aligned and inside memory: a broken
+  // or not-ready queue must not touch them (found by fuzz_split_queue: a misaligned avail ring).
+  if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
   if (auto st = store_u16(mem, used_gpa_ + used_avail_event_offset(size_), v); !st) {
     return fault(QueueFault::RingAccess, "write avail_event: " + st.error().message());
   }
@@ -362,6 +367,10 @@ Status SplitQueue::set_avail_event(const GuestMemory& mem, uint16_t v) {
 }
 
 Status SplitQueue::disable_notification(const GuestMemory& mem) {
+  // Only a validated queue's ring addresses are known to be aligned and inside memory: a broken
+  // or not-ready queue must not touch them (found by fuzz_split_queue: a misaligned avail ring).
+  if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
   // With EVENT_IDX the device simply stops advancing avail_event (section 2.7.10.2).
   if (event_idx_) return {};
   auto flags = load_u16(mem, used_gpa_ + used_flags_offset());
@@ -375,6 +384,10 @@ Status SplitQueue::disable_notification(const GuestMemory& mem) {
 }
 
 Result<bool> SplitQueue::enable_notification(const GuestMemory& mem) {
+  // Only a validated queue's ring addresses are known to be aligned and inside memory: a broken
+  // or not-ready queue must not touch them (found by fuzz_split_queue: a misaligned avail ring).
+  if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
   if (event_idx_) {
     if (auto st = set_avail_event(mem, next_avail_); !st)
       return std::unexpected(std::move(st.error()));
