@@ -31,9 +31,6 @@ constexpr uint64_t kCounter = kData;
 constexpr uint64_t kReady = kData + 8;
 constexpr uint64_t kStop = kData + 16;
 constexpr uint64_t kHeartbeat = kData + 24;
-constexpr uint32_t kLapicSvr = 0xfee000f0;
-constexpr uint32_t kLapicEoi = 0xfee000b0;
-constexpr uint32_t kSvrApicEnable = 1u << 8;
 constexpr int kBar = 0;
 
 Asm heartbeat_guest() {
@@ -47,24 +44,6 @@ Asm heartbeat_guest() {
   return a;
 }
 
-Asm counting_handler() {
-  Asm h;
-  h.push_rax().push_rbx();
-  h.mov_ebx(kCounter).inc_mem_rbx();
-  h.mov_ebx(kLapicEoi).xor_eax_eax().mov_mem_rbx_eax();
-  h.pop_rbx().pop_rax();
-  h.iretq();
-  return h;
-}
-
-// Bounded waits: failure guards only, never timing assertions.
-bool wait_for(const TinyVm& t, uint64_t gpa, uint32_t want) {
-  for (int i = 0; i < 10000; ++i) {
-    if (t.peek<uint32_t>(gpa) >= want) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return t.peek<uint32_t>(gpa) >= want;
-}
 // The guest ran its interrupts-enabled loop `n` more times.
 bool guest_ran(const TinyVm& t, uint32_t n) {
   return wait_for(t, kHeartbeat, t.peek<uint32_t>(kHeartbeat) + n);
@@ -77,7 +56,7 @@ TEST_F(IrqMsixKvmTest, MsixVectorReachesGuestAndIsHeldWhileMasked) {
       make_tiny_vm(kvm(), {.irqchip = true, .handler_cs = kUserCs, .interrupts_enabled = true});
   ASSERT_TRUE(t) << t.error().message();
   ASSERT_TRUE(t->load(kCode, heartbeat_guest()));
-  ASSERT_TRUE(t->load(kHandler, counting_handler()));
+  ASSERT_TRUE(t->load(kHandler, counting_handler(kCounter)));
   ASSERT_TRUE(t->set_gate(kVector, kHandler, kUserCs, GateType::Trap));
 
   KvmIrqChip chip(t->vm);

@@ -32,9 +32,6 @@ constexpr uint32_t kGsi = 24;  // past the 24 IOAPIC pins; the route table is ou
 constexpr uint64_t kCounter = kData;
 constexpr uint64_t kReady = kData + 8;
 constexpr uint64_t kStop = kData + 16;
-constexpr uint32_t kLapicSvr = 0xfee000f0;
-constexpr uint32_t kLapicEoi = 0xfee000b0;
-constexpr uint32_t kSvrApicEnable = 1u << 8;
 constexpr uint32_t kInterrupts = 3;
 
 Asm spinning_guest() {
@@ -48,25 +45,6 @@ Asm spinning_guest() {
   return a;
 }
 
-Asm counting_handler() {
-  Asm h;
-  h.push_rax().push_rbx();
-  h.mov_ebx(kCounter).inc_mem_rbx();                     // ++counter
-  h.mov_ebx(kLapicEoi).xor_eax_eax().mov_mem_rbx_eax();  // EOI = 0
-  h.pop_rbx().pop_rax();
-  h.iretq();
-  return h;
-}
-
-// Bounded wait for the guest to store `want` at `gpa`. The bound only keeps a broken guest from
-// hanging the test; the caller asserts on the value, never on how long it took.
-bool wait_for(const TinyVm& t, uint64_t gpa, uint32_t want) {
-  for (int i = 0; i < 10000; ++i) {
-    if (t.peek<uint32_t>(gpa) >= want) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return t.peek<uint32_t>(gpa) >= want;
-}
 
 struct HandlerShape {
   const char* name;
@@ -82,7 +60,7 @@ TEST_P(IrqfdTest, EachEventfdWriteRaisesTheRoutedMsiInTheGuest) {
       make_tiny_vm(kvm(), {.irqchip = true, .handler_cs = shape.cs, .interrupts_enabled = true});
   ASSERT_TRUE(t) << t.error().message();
   ASSERT_TRUE(t->load(kCode, spinning_guest()));
-  ASSERT_TRUE(t->load(kHandler, counting_handler()));
+  ASSERT_TRUE(t->load(kHandler, counting_handler(kCounter)));
   ASSERT_TRUE(t->set_gate(kVector, kHandler, shape.cs, shape.gate));
   kvm_irq_routing_entry route{};
   route.gsi = kGsi;

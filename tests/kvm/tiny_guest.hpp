@@ -565,4 +565,33 @@ class TinyGuestTest : public ::testing::Test {
   std::optional<Kvm> kvm_;
 };
 
+// ---- shared by the interrupt tests ----------------------------------------------------------
+
+// LAPIC registers, reached through a register holding the address (a 32-bit displacement would be
+// sign-extended in 64-bit code).
+inline constexpr uint32_t kLapicSvr = 0xfee000f0;
+inline constexpr uint32_t kLapicEoi = 0xfee000b0;
+inline constexpr uint32_t kSvrApicEnable = 1u << 8;
+
+// An interrupt handler that increments the u32 at `counter_gpa` and writes the LAPIC EOI.
+inline Asm counting_handler(uint64_t counter_gpa) {
+  Asm h;
+  h.push_rax().push_rbx();
+  h.mov_ebx(static_cast<uint32_t>(counter_gpa)).inc_mem_rbx();  // ++counter
+  h.mov_ebx(kLapicEoi).xor_eax_eax().mov_mem_rbx_eax();         // EOI = 0
+  h.pop_rbx().pop_rax();
+  h.iretq();
+  return h;
+}
+
+// Bounded wait for the guest to store at least `want` at `gpa`. The bound only keeps a broken
+// guest from hanging the test; callers assert on the value, never on how long it took.
+inline bool wait_for(const TinyVm& t, uint64_t gpa, uint32_t want) {
+  for (int i = 0; i < 10000; ++i) {
+    if (t.peek<uint32_t>(gpa) >= want) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return t.peek<uint32_t>(gpa) >= want;
+}
+
 }  // namespace iovirt::tiny

@@ -29,6 +29,16 @@ namespace {
 int kick_signal() { return SIGRTMIN; }
 void on_kick(int) {}
 
+// The signals that stop a VM, taken by the main loop's signalfd.
+sigset_t stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  return set;
+}
+
 std::string mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
 uint64_t host_ram() {
@@ -102,11 +112,7 @@ std::string since(std::chrono::steady_clock::time_point t0) {
 Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& cfg) {
   // SIGINT/SIGTERM/SIGHUP are taken by the main loop through a signalfd. Block them before any
   // thread exists (civetweb's included), so that none of them can take the default action.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGHUP);
+  const sigset_t sigs = stop_signals();
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
   IOVIRT_TRY_CTX(kvm, Kvm::open(), "KVM");
@@ -371,11 +377,7 @@ void Vm::stop_vcpus() {
 
 int Vm::run() {
   // Blocked since create(); every thread inherited the mask.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGHUP);
+  const sigset_t sigs = stop_signals();
   Fd sfd(::signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK));
   struct sigaction sa{};
   sa.sa_handler = on_kick;  // no SA_RESTART: KVM_RUN returns EINTR
