@@ -17,4 +17,11 @@ Status KvmIrqChip::signal_msi(uint64_t addr, uint32_t data) {
   return vm_.signal_msi(addr, data);
 }
 
+Status KvmIrqChip::register_ioeventfd(int eventfd, const IoEventFdSpec& spec) {
+  return vm_.register_ioeventfd(eventfd, spec);
+}
+Status KvmIrqChip::unregister_ioeventfd(int eventfd, const IoEventFdSpec& spec) {
+  return vm_.unregister_ioeventfd(eventfd, spec);
+}
+
 }  // namespace iovirt

@@ -206,7 +206,7 @@ Result<std::optional<DescriptorChain>> SplitQueue::pop(const GuestMemory& mem) {
   const auto total = static_cast<uint32_t>(walk_total_);
   const auto readable = static_cast<uint32_t>(walk_readable_);
   return std::optional<DescriptorChain>(DescriptorChain{
-      *head, std::span<const Segment>(segs_.begin(), count), readable, total - readable});
+      *head, 1, std::span<const Segment>(segs_.begin(), count), readable, total - readable});
 }
 
 // Section 2.7.5: follow NEXT through the table; at most size descriptors (2.7.5.2: a chain is

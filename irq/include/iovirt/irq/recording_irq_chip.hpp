@@ -51,7 +51,33 @@ class RecordingIrqChip final : public IrqChip {
     return {};
   }
 
+  Status register_ioeventfd(int eventfd, const IoEventFdSpec& spec) override {
+    std::lock_guard lock(mu_);
+    for (const auto& [fd, sp] : ioeventfds_)
+      if (sp.addr == spec.addr && sp.pio == spec.pio && sp.datamatch == spec.datamatch &&
+          (!sp.datamatch || sp.data == spec.data))
+        return fail("KVM_IOEVENTFD assign: address already taken", EEXIST);
+    ioeventfds_.emplace_back(eventfd, spec);
+    return {};
+  }
+  Status unregister_ioeventfd(int eventfd, const IoEventFdSpec& spec) override {
+    std::lock_guard lock(mu_);
+    for (auto it = ioeventfds_.begin(); it != ioeventfds_.end(); ++it) {
+      if (it->first == eventfd && it->second.addr == spec.addr && it->second.pio == spec.pio &&
+          it->second.len == spec.len) {
+        ioeventfds_.erase(it);
+        return {};
+      }
+    }
+    return fail("KVM_IOEVENTFD deassign: not assigned", ENOENT);
+  }
+
   // --- inspection ---
+  // Live ioeventfds as (eventfd, spec), in assignment order.
+  std::vector<std::pair<int, IoEventFdSpec>> ioeventfds() const {
+    std::lock_guard lock(mu_);
+    return ioeventfds_;
+  }
   std::vector<kvm_irq_routing_entry> routes() const {
     std::lock_guard lock(mu_);
     return routes_;
@@ -99,6 +125,7 @@ class RecordingIrqChip final : public IrqChip {
   std::vector<kvm_irq_routing_entry> routes_;
   std::map<int, std::pair<uint32_t, int>> irqfds_;  // eventfd -> (gsi, resamplefd)
   std::vector<Msi> msis_;
+  std::vector<std::pair<int, IoEventFdSpec>> ioeventfds_;
   unsigned routing_commits_ = 0;
   unsigned irqfd_assigns_ = 0;
   unsigned irqfd_deassigns_ = 0;

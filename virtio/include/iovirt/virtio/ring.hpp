@@ -16,6 +16,11 @@ static_assert(std::endian::native == std::endian::little, "virtio rings are litt
 inline constexpr unsigned VIRTIO_F_INDIRECT_DESC = 28;
 inline constexpr unsigned VIRTIO_F_EVENT_IDX = 29;
 inline constexpr unsigned VIRTIO_F_VERSION_1 = 32;
+inline constexpr unsigned VIRTIO_F_ACCESS_PLATFORM = 33;
+inline constexpr unsigned VIRTIO_F_RING_PACKED = 34;
+inline constexpr unsigned VIRTIO_F_IN_ORDER = 35;
+
+inline constexpr uint64_t feature_bit(unsigned bit) { return uint64_t{1} << bit; }
 
 // Descriptor flags (section 2.7.5).
 inline constexpr uint16_t VIRTQ_DESC_F_NEXT = 1;

@@ -60,7 +60,9 @@ struct Segment {
 // A chain taken from the avail ring. `segments` points into the queue's buffer and stays valid
 // until the next pop() or reset() on the same queue; copy it to keep it longer.
 struct DescriptorChain {
-  uint16_t head;                      // give this back to push()
+  uint16_t head;                      // give this back to push() (packed ring: the buffer id)
+  uint16_t desc_count;                // packed ring: ring slots the chain took (push() needs it,
+                                      // an indirect table is 1); split ring: always 1
   std::span<const Segment> segments;  // never empty
   uint32_t readable_len;              // sum of device-readable segment lengths
   uint32_t writable_len;              // sum of device-writable segment lengths
