@@ -51,4 +51,12 @@ inline std::unexpected<Error> fail_errno(std::string what) {
   if (!var##_r) return std::unexpected(std::move(var##_r.error()).context(ctx)); \
   auto var = std::move(*var##_r)
 
+// The same for a Status:  IOVIRT_CHECK_CTX(f(), "ctx");
+#define IOVIRT_CHECK_CTX(expr, ctx)                                                \
+  do {                                                                             \
+    auto iovirt_check_st_ = (expr);                                                \
+    if (!iovirt_check_st_)                                                         \
+      return std::unexpected(std::move(iovirt_check_st_.error()).context(ctx));    \
+  } while (0)
+
 }  // namespace iovirt
