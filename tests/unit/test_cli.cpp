@@ -199,3 +199,92 @@ TEST(ParseSize, GarbageIsRefused) {
 
 }  // namespace
 }  // namespace iovirt
+
+namespace iovirt {
+namespace {
+
+// ---- --disk and --net ------------------------------------------------------------------------
+
+TEST(ParseDevices, DiskWithEveryKey) {
+  auto r = parse_args({"run", "--kernel", "/k", "--disk",
+                       "path=/d/a.img,readonly=on,direct=on,queues=4,serial=SN1,packed=on,"
+                       "event_idx=off,indirect=off,queue_size=1024",
+                       "--disk=path=/d/b.img"});
+  ASSERT_TRUE(r) << r.error().message();
+  ASSERT_EQ(r->vm.disks.size(), 2u);
+  const DiskOption& a = r->vm.disks[0];
+  EXPECT_EQ(a.path, "/d/a.img");
+  EXPECT_TRUE(a.readonly);
+  EXPECT_TRUE(a.direct);
+  EXPECT_EQ(a.queues, 4);
+  EXPECT_EQ(a.serial, "SN1");
+  EXPECT_TRUE(a.ring.packed);
+  EXPECT_FALSE(a.ring.event_idx);
+  EXPECT_FALSE(a.ring.indirect);
+  EXPECT_EQ(a.ring.queue_size, 1024);
+  const DiskOption& b = r->vm.disks[1];
+  EXPECT_EQ(b.path, "/d/b.img");
+  EXPECT_FALSE(b.readonly);
+  EXPECT_EQ(b.queues, 1);
+  EXPECT_FALSE(b.ring.packed);
+  EXPECT_TRUE(b.ring.event_idx);
+  EXPECT_EQ(b.ring.queue_size, 256);
+}
+
+TEST(ParseDevices, NetWithEveryKey) {
+  auto r = parse_args({"run", "--kernel", "/k", "--net",
+                       "tap=tap0,mac=52:54:00:ab:CD:0f,queues=2,vhost=on,packed=on"});
+  ASSERT_TRUE(r) << r.error().message();
+  ASSERT_EQ(r->vm.nets.size(), 1u);
+  const NetOption& n = r->vm.nets[0];
+  EXPECT_EQ(n.tap, "tap0");
+  ASSERT_TRUE(n.mac);
+  EXPECT_EQ(*n.mac, (std::array<uint8_t, 6>{0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f}));
+  EXPECT_EQ(n.queues, 2);
+  EXPECT_TRUE(n.vhost);
+  EXPECT_TRUE(n.ring.packed);
+  auto plain = parse_net("tap=t");
+  ASSERT_TRUE(plain);
+  EXPECT_FALSE(plain->mac);
+  EXPECT_FALSE(plain->vhost);
+}
+
+TEST(ParseDevices, MistakesAreOneLineNamingTheKey) {
+  struct Case {
+    std::string opt, value, names;
+  };
+  const std::vector<Case> cases = {
+      {"--disk", "", "--disk"},
+      {"--disk", "readonly=on", "path=FILE is required"},
+      {"--disk", "path=", "empty path"},
+      {"--disk", "path=a,path=b", "given twice"},
+      {"--disk", "path=a,,readonly=on", "not KEY=VALUE"},
+      {"--disk", "path=a,readonly", "'readonly' is not KEY=VALUE"},
+      {"--disk", "path=a,readonly=maybe", "readonly='maybe'"},
+      {"--disk", "path=a,queues=0", "queues=0"},
+      {"--disk", "path=a,queues=65", "queues=65"},
+      {"--disk", "path=a,queues=x", "queues"},
+      {"--disk", "path=a,queue_size=100", "queue_size=100"},
+      {"--disk", "path=a,queue_size=65536", "queue_size=65536"},
+      {"--disk", "path=a,serial=123456789012345678901", "longer than 20"},
+      {"--disk", "path=a,colour=red", "unknown key 'colour'"},
+      {"--net", "mac=52:54:00:00:00:01", "tap=NAME is required"},
+      {"--net", "tap=", "not an interface name"},
+      {"--net", "tap=a-very-long-name0", "not an interface name"},
+      {"--net", "tap=../x", "not an interface name"},
+      {"--net", "tap=t,mac=52:54:00:00:00", "mac='52:54:00:00:00'"},
+      {"--net", "tap=t,mac=52-54-00-00-00-01", "mac="},
+      {"--net", "tap=t,mac=zz:54:00:00:00:01", "mac="},
+      {"--net", "tap=t,mac=01:00:5e:00:00:01", "multicast"},
+      {"--net", "tap=t,vhost=2", "vhost='2'"},
+      {"--net", "tap=t,speed=10G", "unknown key 'speed'"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.opt + " " + c.value);
+    EXPECT_TRUE(is_one_line_naming(error_of({"run", "--kernel", "/k", c.opt, c.value}), c.names));
+  }
+  EXPECT_TRUE(is_one_line_naming(error_of({"run", "--kernel", "/k", "--disk"}), "--disk needs a value"));
+}
+
+}  // namespace
+}  // namespace iovirt

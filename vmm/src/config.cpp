@@ -36,6 +36,7 @@ Result<uint64_t> parse_size(const std::string& s) {
 std::string usage() {
   return "usage: iovirt run --kernel PATH [--initrd PATH] [--cmdline STR] [--cpus N]\n"
          "                  [--memory SIZE] [--hugepages] [--metrics HOST:PORT]\n"
+         "                  [--disk path=FILE[,...]]... [--net tap=NAME[,...]]...\n"
          "       iovirt --help | --version\n"
          "\n"
          "  --kernel PATH        bzImage to boot (x86-64 Linux boot protocol >= 2.12)\n"
@@ -45,6 +46,13 @@ std::string usage() {
          "  --memory SIZE        guest RAM, e.g. 512M, 4G (default 512M)\n"
          "  --hugepages          back guest RAM with 2 MiB hugetlbfs pages\n"
          "  --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
+         "  --disk path=FILE[,readonly=on][,direct=on][,queues=N][,serial=S]\n"
+         "                       virtio-blk on an io_uring backend; direct=on opens FILE O_DIRECT\n"
+         "  --net tap=NAME[,mac=52:54:00:xx:xx:xx][,queues=N][,vhost=on]\n"
+         "                       virtio-net on tap NAME (queues = queue pairs, multiqueue tap);\n"
+         "                       vhost=on hands the rings to the kernel's vhost-net\n"
+         "  ring options for --disk and --net: packed=on (packed virtqueue), event_idx=off,\n"
+         "                       indirect=off, queue_size=N (power of 2, 2..32768, default 256)\n"
          "\n"
          "exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest reset/reboot,\n"
          "             128+N stopped by signal N\n";
@@ -72,7 +80,150 @@ Status check_host_port(const std::string& v) {
   return {};
 }
 
+// "k=v,k=v" -> pairs; refuses empty keys, keys without '=' and repeated keys.
+Result<std::vector<std::pair<std::string, std::string>>> split_kv(const std::string& opt,
+                                                                   const std::string& value) {
+  std::vector<std::pair<std::string, std::string>> out;
+  size_t pos = 0;
+  while (pos <= value.size()) {
+    size_t comma = value.find(',', pos);
+    if (comma == std::string::npos) comma = value.size();
+    std::string item = value.substr(pos, comma - pos);
+    auto eq = item.find('=');
+    if (item.empty() || eq == std::string::npos || eq == 0)
+      return fail(opt + ": '" + item + "' is not KEY=VALUE (e.g. " +
+                  (opt == "--disk" ? "path=disk.img" : "tap=tap0") + ")");
+    std::string key = item.substr(0, eq);
+    for (const auto& kv : out)
+      if (kv.first == key) return fail(opt + ": '" + key + "' given twice");
+    out.emplace_back(std::move(key), item.substr(eq + 1));
+    pos = comma + 1;
+  }
+  return out;
+}
+
+Result<bool> parse_onoff(const std::string& opt, const std::string& key, const std::string& v) {
+  if (v == "on" || v == "true" || v == "yes" || v == "1") return true;
+  if (v == "off" || v == "false" || v == "no" || v == "0") return false;
+  return fail(opt + ": " + key + "='" + v + "' is not on or off");
+}
+
+Result<uint16_t> parse_queues(const std::string& opt, const std::string& v) {
+  auto n = parse_u32(opt + " queues", v);
+  if (!n) return std::unexpected(n.error());
+  if (*n == 0 || *n > kMaxDeviceQueues)
+    return fail(opt + ": queues=" + v + " is outside 1.." + std::to_string(kMaxDeviceQueues));
+  return static_cast<uint16_t>(*n);
+}
+
+// Ring options common to every virtio device; false when `key` is not one of them.
+Result<bool> parse_ring_option(const std::string& opt, const std::string& key,
+                               const std::string& v, RingOptions& ring) {
+  if (key == "packed" || key == "event_idx" || key == "indirect") {
+    auto b = parse_onoff(opt, key, v);
+    if (!b) return std::unexpected(b.error());
+    (key == "packed" ? ring.packed : key == "event_idx" ? ring.event_idx : ring.indirect) = *b;
+    return true;
+  }
+  if (key == "queue_size") {
+    auto n = parse_u32(opt + " queue_size", v);
+    if (!n) return std::unexpected(n.error());
+    if (*n < 2 || *n > 32768 || (*n & (*n - 1)) != 0)
+      return fail(opt + ": queue_size=" + v + " is not a power of 2 in 2..32768");
+    ring.queue_size = static_cast<uint16_t>(*n);
+    return true;
+  }
+  return false;
+}
+
+Result<std::array<uint8_t, 6>> parse_mac(const std::string& v) {
+  std::array<uint8_t, 6> mac{};
+  auto bad = [&] { return fail("--net: mac='" + v + "' is not six hex bytes like 52:54:00:12:34:56"); };
+  if (v.size() != 17) return bad();
+  for (size_t i = 0; i < 6; ++i) {
+    if (i > 0 && v[3 * i - 1] != ':') return bad();
+    unsigned byte = 0;
+    auto [p, ec] = std::from_chars(v.data() + 3 * i, v.data() + 3 * i + 2, byte, 16);
+    if (ec != std::errc() || p != v.data() + 3 * i + 2) return bad();
+    mac[i] = static_cast<uint8_t>(byte);
+  }
+  if (mac[0] & 1) return fail("--net: mac='" + v + "' is a multicast address (first byte odd)");
+  return mac;
+}
+
 }  // namespace
+
+Result<DiskOption> parse_disk(const std::string& value) {
+  const std::string opt = "--disk";
+  auto kvs = split_kv(opt, value);
+  if (!kvs) return std::unexpected(kvs.error());
+  DiskOption d;
+  bool have_path = false;
+  for (const auto& [k, v] : *kvs) {
+    auto ring = parse_ring_option(opt, k, v, d.ring);
+    if (!ring) return std::unexpected(ring.error());
+    if (*ring) continue;
+    if (k == "path") {
+      if (v.empty()) return fail("--disk: empty path");
+      d.path = v;
+      have_path = true;
+    } else if (k == "readonly" || k == "direct") {
+      auto b = parse_onoff(opt, k, v);
+      if (!b) return std::unexpected(b.error());
+      (k == "readonly" ? d.readonly : d.direct) = *b;
+    } else if (k == "queues") {
+      auto q = parse_queues(opt, v);
+      if (!q) return std::unexpected(q.error());
+      d.queues = *q;
+    } else if (k == "serial") {
+      if (v.size() > 20) return fail("--disk: serial='" + v + "' is longer than 20 bytes");
+      d.serial = v;
+    } else {
+      return fail("--disk: unknown key '" + k +
+                  "' (path, readonly, direct, queues, serial, packed, event_idx, indirect, "
+                  "queue_size)");
+    }
+  }
+  if (!have_path) return fail("--disk: path=FILE is required");
+  return d;
+}
+
+Result<NetOption> parse_net(const std::string& value) {
+  const std::string opt = "--net";
+  auto kvs = split_kv(opt, value);
+  if (!kvs) return std::unexpected(kvs.error());
+  NetOption n;
+  bool have_tap = false;
+  for (const auto& [k, v] : *kvs) {
+    auto ring = parse_ring_option(opt, k, v, n.ring);
+    if (!ring) return std::unexpected(ring.error());
+    if (*ring) continue;
+    if (k == "tap") {
+      // IFNAMSIZ is 16 including the terminating NUL.
+      if (v.empty() || v.size() > 15 || v.find('/') != std::string::npos)
+        return fail("--net: tap='" + v + "' is not an interface name (1..15 characters, no '/')");
+      n.tap = v;
+      have_tap = true;
+    } else if (k == "mac") {
+      auto m = parse_mac(v);
+      if (!m) return std::unexpected(m.error());
+      n.mac = *m;
+    } else if (k == "queues") {
+      auto q = parse_queues(opt, v);
+      if (!q) return std::unexpected(q.error());
+      n.queues = *q;
+    } else if (k == "vhost") {
+      auto b = parse_onoff(opt, k, v);
+      if (!b) return std::unexpected(b.error());
+      n.vhost = *b;
+    } else {
+      return fail("--net: unknown key '" + k +
+                  "' (tap, mac, queues, vhost, packed, event_idx, indirect, queue_size)");
+    }
+  }
+  if (!have_tap) return fail("--net: tap=NAME is required (create one with: ip tuntap add NAME mode tap)");
+  return n;
+}
 
 Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
   ParsedArgs out;
@@ -107,7 +258,8 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
       out.vm.hugepages = true;
       continue;
     }
-    static const char* kWithValue[] = {"--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--metrics"};
+    static const char* kWithValue[] = {"--kernel", "--initrd", "--cmdline", "--cpus",
+                                       "--memory", "--metrics", "--disk",   "--net"};
     bool known = false;
     for (const char* k : kWithValue) known |= (opt == k);
     if (!known) return fail("unknown option '" + opt + "' (see iovirt --help)");
@@ -141,6 +293,14 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
     } else if (opt == "--metrics") {
       if (auto s = check_host_port(val); !s) return std::unexpected(s.error());
       out.vm.metrics = val;
+    } else if (opt == "--disk") {
+      auto d = parse_disk(val);
+      if (!d) return std::unexpected(d.error());
+      out.vm.disks.push_back(std::move(*d));
+    } else if (opt == "--net") {
+      auto n = parse_net(val);
+      if (!n) return std::unexpected(n.error());
+      out.vm.nets.push_back(std::move(*n));
     }
   }
   if (!have_kernel) return fail("run: --kernel PATH is required");

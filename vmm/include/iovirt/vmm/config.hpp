@@ -1,13 +1,42 @@
 // What `iovirt run` was asked to build, parsed from the command line.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "iovirt/core/error.hpp"
 
 namespace iovirt {
+
+// Virtqueue options shared by every virtio device option.
+struct RingOptions {
+  bool packed = false;     // offer VIRTIO_F_RING_PACKED (packed=on)
+  bool event_idx = true;   // offer VIRTIO_F_EVENT_IDX (event_idx=off hides it)
+  bool indirect = true;    // offer VIRTIO_F_INDIRECT_DESC
+  uint16_t queue_size = 256;
+};
+
+// --disk path=FILE[,readonly=on][,direct=on][,queues=N][,serial=S][,packed=on][,event_idx=off]...
+struct DiskOption {
+  std::string path;
+  bool readonly = false;
+  bool direct = false;
+  uint16_t queues = 1;
+  std::string serial;
+  RingOptions ring;
+};
+
+// --net tap=NAME[,mac=52:54:00:..][,queues=N][,vhost=on][,packed=on][,event_idx=off]...
+struct NetOption {
+  std::string tap;
+  std::optional<std::array<uint8_t, 6>> mac;
+  uint16_t queues = 1;  // queue pairs
+  bool vhost = false;
+  RingOptions ring;
+};
 
 struct VmConfig {
   std::string kernel;
@@ -17,6 +46,8 @@ struct VmConfig {
   uint64_t memory = 512ull << 20;
   std::string metrics;  // HOST:PORT, empty = off
   bool hugepages = false;
+  std::vector<DiskOption> disks;
+  std::vector<NetOption> nets;
 };
 
 enum class Command { Run, Help, Version };
@@ -34,10 +65,15 @@ Result<uint64_t> parse_size(const std::string& s);
 // host RAM) are checked when the VM is built.
 Result<ParsedArgs> parse_args(const std::vector<std::string>& args);
 
+// The value of one --disk / --net option (without the option name).
+Result<DiskOption> parse_disk(const std::string& value);
+Result<NetOption> parse_net(const std::string& value);
+
 std::string usage();
 
 inline constexpr uint64_t kMinMemory = 64ull << 20;
 inline constexpr uint64_t kMaxMemory = 1ull << 40;  // 1 TiB: fits the 39-bit guest physical map
 inline constexpr uint32_t kMaxCpus = 255;            // xAPIC ids in the MADT
+inline constexpr uint16_t kMaxDeviceQueues = 64;     // per --disk (queues) / --net (pairs)
 
 }  // namespace iovirt
