@@ -38,17 +38,26 @@ bool copy_from_chain(const GuestMemory& mem, std::span<const Segment> segs, bool
   });
 }
 
-// Points storage iovecs at bytes [from, from + len) of a byte stream (zero copy).
-bool gather(const GuestMemory& mem, std::span<const Segment> segs, bool write, uint64_t from,
-            uint64_t len, std::span<iovec> iov, uint32_t& count) {
+// Points storage iovecs at bytes [from, from + len) of a byte stream (zero copy). Returns why it
+// could not, or nullptr.
+const char* gather(const GuestMemory& mem, std::span<const Segment> segs, bool write, uint64_t from,
+                   uint64_t len, std::span<iovec> iov, uint32_t& count) {
   count = 0;
-  return for_each_piece(segs, write, from, len, [&](uint64_t gpa, uint64_t n) {
-    if (count >= iov.size()) return false;
+  const char* why = nullptr;
+  for_each_piece(segs, write, from, len, [&](uint64_t gpa, uint64_t n) {
+    if (count >= iov.size()) {
+      why = "more data segments than seg_max";
+      return false;
+    }
     auto s = mem.span(gpa, n);
-    if (!s) return false;
+    if (!s) {
+      why = "data segment outside guest memory";
+      return false;
+    }
     iov[count++] = iovec{s->data(), n};
     return true;
   });
+  return why;
 }
 
 // Sector range check without overflow: [sector, sector + bytes / 512) within the capacity.
@@ -174,8 +183,8 @@ BlkRequest parse_request(const GuestMemory& mem, std::span<const Segment> segs,
       if (const char* why = check_range(h.sector, data_in, lim.capacity_sectors)) {
         return refuse(r, VIRTIO_BLK_S_IOERR, why);
       }
-      if (!gather(mem, segs, true, 0, data_in, st.iov, r.iov_count)) {
-        return refuse(r, VIRTIO_BLK_S_IOERR, "more data segments than seg_max");
+      if (const char* why = gather(mem, segs, true, 0, data_in, st.iov, r.iov_count)) {
+        return refuse(r, VIRTIO_BLK_S_IOERR, why);
       }
       r.offset = h.sector << kSectorShift;
       r.data_len = data_in;
@@ -189,8 +198,9 @@ BlkRequest parse_request(const GuestMemory& mem, std::span<const Segment> segs,
       if (const char* why = check_range(h.sector, data_out, lim.capacity_sectors)) {
         return refuse(r, VIRTIO_BLK_S_IOERR, why);
       }
-      if (!gather(mem, segs, false, sizeof(BlkReqHeader), data_out, st.iov, r.iov_count)) {
-        return refuse(r, VIRTIO_BLK_S_IOERR, "more data segments than seg_max");
+      if (const char* why =
+              gather(mem, segs, false, sizeof(BlkReqHeader), data_out, st.iov, r.iov_count)) {
+        return refuse(r, VIRTIO_BLK_S_IOERR, why);
       }
       r.offset = h.sector << kSectorShift;
       r.data_len = data_out;
@@ -206,8 +216,8 @@ BlkRequest parse_request(const GuestMemory& mem, std::span<const Segment> segs,
       // Up to 20 bytes of ID; a shorter buffer gets a truncated ID (no NUL needed, 5.2.6).
       r.op = BlkOp::GetId;
       const uint64_t n = std::min<uint64_t>(data_in, VIRTIO_BLK_ID_BYTES);
-      if (!gather(mem, segs, true, 0, n, st.iov, r.iov_count)) {
-        return refuse(r, VIRTIO_BLK_S_IOERR, "more data segments than seg_max");
+      if (const char* why = gather(mem, segs, true, 0, n, st.iov, r.iov_count)) {
+        return refuse(r, VIRTIO_BLK_S_IOERR, why);
       }
       r.data_len = n;
       r.status = VIRTIO_BLK_S_OK;
