@@ -4,7 +4,8 @@
 #   unit tests   (both builds)                      ctest -L unit
 #   KVM tests    (tiny guests on this host's KVM)   ctest -L kvm
 #   lab tests    (real Linux guests, nested lab)    ctest -L lab
-#   fuzzing      (libFuzzer, 60 s on the split virtqueue; needs clang++ >= 17 for std::expected)
+#   fuzzing      (libFuzzer, 60 s on the split virtqueue, 30 s on virtio-net parsing; needs
+#                 clang++ >= 17 for std::expected)
 # Exit status is non-zero if anything failed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,11 +49,17 @@ if [[ -n $FUZZ_CXX ]]; then
   if CC=${FUZZ_CXX/clang++/clang} CXX=$FUZZ_CXX cmake -S "$ROOT" -B "$FUZZ_BUILD" -G Ninja \
        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOVIRT_FUZZ=ON -DIOVIRT_BUILD_TESTS=ON \
        -DIOVIRT_WERROR=OFF -DIOVIRT_BUILD_BENCH=OFF >/dev/null &&
-     ninja -C "$FUZZ_BUILD" fuzz_split_queue >/dev/null; then
+     ninja -C "$FUZZ_BUILD" fuzz_split_queue fuzz_net_header >/dev/null; then
     rm -rf "$FUZZ_BUILD/corpus" && mkdir -p "$FUZZ_BUILD/corpus" "$FUZZ_BUILD/crashes"
     cp "$ROOT"/tests/fuzz/corpus/split_queue/* "$FUZZ_BUILD/corpus/"
     "$FUZZ_BUILD/tests/fuzz/fuzz_split_queue" -max_total_time=60 -print_final_stats=1 \
       -artifact_prefix="$FUZZ_BUILD/crashes/" "$FUZZ_BUILD/corpus" 2>&1 | tail -n 25 ||
+      { echo "fuzz: crash, input saved in $FUZZ_BUILD/crashes/"; fail=1; }
+    step "fuzzing the virtio-net header and control parsing for 30 s"
+    rm -rf "$FUZZ_BUILD/corpus-net" && mkdir -p "$FUZZ_BUILD/corpus-net"
+    cp "$ROOT"/tests/fuzz/corpus/net_header/* "$FUZZ_BUILD/corpus-net/"
+    "$FUZZ_BUILD/tests/fuzz/fuzz_net_header" -max_total_time=30 -print_final_stats=1 \
+      -artifact_prefix="$FUZZ_BUILD/crashes/" "$FUZZ_BUILD/corpus-net" 2>&1 | tail -n 25 ||
       { echo "fuzz: crash, input saved in $FUZZ_BUILD/crashes/"; fail=1; }
   else
     echo "fuzz: clang build failed"; fail=1

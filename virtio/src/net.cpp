@@ -38,7 +38,6 @@ NetMetrics NetMetrics::create(MetricsRegistry& m, std::string_view device) {
 
 VirtioNet::VirtioNet(NetConfig cfg, MetricsRegistry& metrics, std::string name)
     : cfg_(std::move(cfg)),
-      metrics_(&metrics),
       name_(std::move(name)),
       net_metrics_(NetMetrics::create(metrics, name_)) {}
 
@@ -211,6 +210,7 @@ Status VirtioNet::activate(ActivateContext ctx) {
     for (auto& p : pairs) {
       if (p.rx || p.tx) served.push_back(p);
     }
+    if (served.empty() && ctrl) served.emplace_back();  // a thread for the control queue alone
     auto b = TapBackend::start(*this, std::move(ctx), std::move(served), ctrl, net_metrics_,
                                pairs_in_use_);
     if (!b) return std::unexpected(std::move(b.error()).context(name_));

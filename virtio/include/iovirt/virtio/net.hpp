@@ -202,7 +202,6 @@ class VirtioNet final : public VirtioDevice {
   void set_tap_queues(uint16_t attached);
 
   NetConfig cfg_;
-  MetricsRegistry* metrics_;
   std::string name_;
   std::array<uint8_t, 6> mac_{};
   uint64_t features_ = 0;
