@@ -412,6 +412,33 @@ TEST_F(NetTest, TxFrameReachesTheTap) {
   EXPECT_TRUE(failures().empty());
 }
 
+TEST_F(NetTest, TxThroughAnIndirectTableAndSuppressedInterrupts) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features() | feature_bit(VIRTIO_F_INDIRECT_DESC), 2).has_value());
+  // The driver does not want TX interrupts (VIRTQ_AVAIL_F_NO_INTERRUPT, section 2.7.7).
+  ASSERT_TRUE(queues[1]->drv->set_avail_flags(VIRTQ_AVAIL_F_NO_INTERRUPT).has_value());
+  const std::array<uint8_t, kNetHdrSize> h{};
+  const auto frame = make_frame(kBroadcast, 150, 21);
+  const uint64_t hg = alloc(kNetHdrSize);
+  const uint64_t fg = alloc(static_cast<uint32_t>(frame.size()));
+  const uint64_t table = alloc(64);
+  ASSERT_TRUE(mem->write(hg, h).has_value());
+  ASSERT_TRUE(mem->write(fg, frame).has_value());
+  const Buf bufs[] = {{hg, kNetHdrSize, false}, {fg, static_cast<uint32_t>(frame.size()), false}};
+  ASSERT_TRUE(queues[1]->drv->add_indirect_chain(bufs, table).has_value());
+  kick(1);
+  auto got = host_recv();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(*got, frame);
+  ASSERT_TRUE(wait_used(1).has_value());
+  ASSERT_TRUE(wait_for([&] {
+    return metrics.counter("iovirt_virtio_queue_suppressed_interrupts_total", "",
+                           {{"device", "net0"}, {"queue", "1"}})
+               .value() >= 1;
+  }));
+  EXPECT_EQ(irq.counts[1].load(), 0);
+}
+
 TEST_F(NetTest, TxHostileHeaderIsDroppedAndTheDeviceGoesOn) {
   NEED_DEVICE();
   ASSERT_TRUE(activate(base_features(), 2).has_value());
