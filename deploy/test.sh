@@ -4,8 +4,8 @@
 #   unit tests   (both builds)                      ctest -L unit
 #   KVM tests    (tiny guests on this host's KVM)   ctest -L kvm
 #   lab tests    (real Linux guests, nested lab)    ctest -L lab
-#   fuzzing      (libFuzzer, 60 s on the split virtqueue, 30 s on the virtio-blk request parser;
-#                 needs clang++ >= 17 for std::expected)
+#   fuzzing      (libFuzzer, every target of FUZZ_TARGETS for its bounded time; needs clang++ >= 17
+#                 for std::expected)
 # Exit status is non-zero if anything failed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,9 +32,14 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir "$ROOT/build-asan" --output-on-failure -j2 -L unit || fail=1
 
 # Fuzzing: a clang build (libFuzzer + ASan + UBSan; no -Werror, clang warns differently) runs
-# fuzz_split_queue for 60 s on a scratch copy of the seed corpus, so the tree is not modified.
-# Crashing inputs are kept in build-fuzz/crashes/. Debian 12's default clang (14) lacks
-# std::expected support, so the newest clang++-NN found is used.
+# each target for a bounded time on a scratch copy of its seed corpus (tests/fuzz/corpus/NAME for
+# fuzz_NAME), so the tree is not modified. Crashing inputs are kept in build-fuzz/crashes/.
+# Debian 12's default clang (14) lacks std::expected support, so the newest clang++-NN is used.
+declare -A FUZZ_TARGETS=(
+  [fuzz_split_queue]=45
+  [fuzz_blk_request]=30
+  [fuzz_net_header]=30
+)
 FUZZ_CXX=""
 for c in clang++-19 clang++-18 clang++-17 clang++; do
   if command -v "$c" >/dev/null && echo '#include <expected>
@@ -44,23 +49,23 @@ std::expected<int, int> e;' | "$c" -std=c++23 -fsyntax-only -x c++ - 2>/dev/null
   fi
 done
 if [[ -n $FUZZ_CXX ]]; then
-  step "fuzzing the split virtqueue for 60 s ($FUZZ_CXX)"
+  step "fuzz build ($FUZZ_CXX)"
   FUZZ_BUILD=$ROOT/build-fuzz
   if CC=${FUZZ_CXX/clang++/clang} CXX=$FUZZ_CXX cmake -S "$ROOT" -B "$FUZZ_BUILD" -G Ninja \
        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOVIRT_FUZZ=ON -DIOVIRT_BUILD_TESTS=ON \
        -DIOVIRT_WERROR=OFF -DIOVIRT_BUILD_BENCH=OFF >/dev/null &&
-     ninja -C "$FUZZ_BUILD" fuzz_split_queue fuzz_blk_request >/dev/null; then
-    rm -rf "$FUZZ_BUILD/corpus" && mkdir -p "$FUZZ_BUILD/corpus" "$FUZZ_BUILD/crashes"
-    cp "$ROOT"/tests/fuzz/corpus/split_queue/* "$FUZZ_BUILD/corpus/"
-    "$FUZZ_BUILD/tests/fuzz/fuzz_split_queue" -max_total_time=60 -print_final_stats=1 \
-      -artifact_prefix="$FUZZ_BUILD/crashes/" "$FUZZ_BUILD/corpus" 2>&1 | tail -n 25 ||
-      { echo "fuzz: crash, input saved in $FUZZ_BUILD/crashes/"; fail=1; }
-    step "fuzzing the virtio-blk request parser for 30 s"
-    rm -rf "$FUZZ_BUILD/corpus-blk" && mkdir -p "$FUZZ_BUILD/corpus-blk"
-    cp "$ROOT"/tests/fuzz/corpus/blk_request/* "$FUZZ_BUILD/corpus-blk/"
-    "$FUZZ_BUILD/tests/fuzz/fuzz_blk_request" -max_total_time=30 -print_final_stats=1 \
-      -artifact_prefix="$FUZZ_BUILD/crashes/" "$FUZZ_BUILD/corpus-blk" 2>&1 | tail -n 25 ||
-      { echo "fuzz: crash, input saved in $FUZZ_BUILD/crashes/"; fail=1; }
+     ninja -C "$FUZZ_BUILD" "${!FUZZ_TARGETS[@]}" >/dev/null; then
+    mkdir -p "$FUZZ_BUILD/crashes"
+    for t in $(printf '%s\n' "${!FUZZ_TARGETS[@]}" | sort); do
+      secs=${FUZZ_TARGETS[$t]}
+      step "fuzzing ${t#fuzz_} for $secs s"
+      corpus=$FUZZ_BUILD/corpus-${t#fuzz_}
+      rm -rf "$corpus" && mkdir -p "$corpus"
+      cp "$ROOT/tests/fuzz/corpus/${t#fuzz_}"/* "$corpus/"
+      "$FUZZ_BUILD/tests/fuzz/$t" -max_total_time="$secs" -print_final_stats=1 \
+        -artifact_prefix="$FUZZ_BUILD/crashes/" "$corpus" 2>&1 | tail -n 25 ||
+        { echo "fuzz: $t crashed, input saved in $FUZZ_BUILD/crashes/"; fail=1; }
+    done
   else
     echo "fuzz: clang build failed"; fail=1
   fi

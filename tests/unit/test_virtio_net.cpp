@@ -1,0 +1,687 @@
+// virtio-net on a real tap in a private network namespace: a dedicated thread unshares its
+// network namespace (per task, so the rest of the test process is untouched), creates the device
+// (whose tap then lives in that namespace), brings the link up and opens an AF_PACKET socket on
+// it. The test plays the guest driver with DriverQueues and the host with the packet socket.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "iovirt/core/eventfd.hpp"
+#include "iovirt/core/guest_memory.hpp"
+#include "iovirt/core/metrics.hpp"
+#include "iovirt/virtio/net.hpp"
+#include "iovirt/virtio/ring.hpp"
+#include "iovirt/virtio/testing/driver_queue.hpp"
+#include "iovirt/virtio/virtqueue.hpp"
+
+namespace iovirt::virtio {
+namespace {
+
+using testing::Buf;
+using testing::DriverQueue;
+using testing::DriverQueueLayout;
+using namespace std::chrono_literals;
+
+constexpr uint16_t kEtherType = 0x88b5;  // IEEE local experimental: nothing else sends it
+constexpr uint16_t kQSize = 64;
+constexpr uint64_t kBufBase = 0x100000;
+constexpr const char* kTap = "ivtnet0";
+
+template <class Pred>
+bool wait_for(Pred p, std::chrono::milliseconds limit = 5000ms) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!p()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+class RecordingIrq final : public VirtioInterrupt {
+ public:
+  void notify_queue(uint16_t q) override { counts[q].fetch_add(1); }
+  void notify_config() override { config.fetch_add(1); }
+  int queue_irqfd(uint16_t) override { return -1; }
+  std::array<std::atomic<int>, 8> counts{};
+  std::atomic<int> config{0};
+};
+
+std::vector<uint8_t> make_frame(const std::array<uint8_t, 6>& dst, size_t len, uint8_t seed) {
+  std::vector<uint8_t> f(len);
+  std::memcpy(f.data(), dst.data(), 6);
+  const uint8_t src[6] = {0x02, 0x11, 0x22, 0x33, 0x44, 0x55};
+  std::memcpy(f.data() + 6, src, 6);
+  f[12] = kEtherType >> 8;
+  f[13] = kEtherType & 0xff;
+  for (size_t i = 14; i < len; ++i) f[i] = static_cast<uint8_t>(seed + i * 7);
+  return f;
+}
+
+bool is_ours(std::span<const uint8_t> f) {
+  return f.size() >= 14 && f[12] == (kEtherType >> 8) && f[13] == (kEtherType & 0xff);
+}
+
+// Everything created inside the private namespace.
+struct NetNs {
+  std::unique_ptr<VirtioNet> dev;
+  Fd pkt;  // AF_PACKET socket bound to the tap
+  int ifindex = 0;
+  std::string skip;   // why the environment cannot run the test
+  std::string error;  // device creation error
+};
+
+NetNs make_in_netns(NetConfig cfg, MetricsRegistry& metrics) {
+  NetNs r;
+  std::thread t([&] {
+    if (::unshare(CLONE_NEWNET) != 0) {
+      r.skip = std::string("cannot unshare a network namespace (needs CAP_SYS_ADMIN): ") +
+               std::strerror(errno);
+      return;
+    }
+    if (::access("/dev/net/tun", R_OK | W_OK) != 0) {
+      r.skip = "/dev/net/tun is not usable here";
+      return;
+    }
+    // No IPv6 autoconfiguration chatter on the test link.
+    if (int fd = ::open("/proc/sys/net/ipv6/conf/default/disable_ipv6", O_WRONLY); fd >= 0) {
+      (void)!::write(fd, "1", 1);
+      ::close(fd);
+    }
+    auto d = VirtioNet::create(cfg, metrics, "net0");
+    if (!d) {
+      r.error = d.error().message();
+      return;
+    }
+    r.dev = std::move(*d);
+    Fd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, cfg.tap.c_str(), IFNAMSIZ - 1);
+    ifr.ifr_mtu = 9000;
+    if (::ioctl(s.get(), SIOCSIFMTU, &ifr) != 0) r.skip = "SIOCSIFMTU failed";
+    ifr.ifr_flags = IFF_UP;
+    if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) r.skip = "SIOCSIFFLAGS up failed";
+    r.ifindex = static_cast<int>(::if_nametoindex(cfg.tap.c_str()));
+    r.pkt = Fd(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
+    sockaddr_ll sll{};
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(ETH_P_ALL);
+    sll.sll_ifindex = r.ifindex;
+    if (!r.pkt || ::bind(r.pkt.get(), reinterpret_cast<sockaddr*>(&sll), sizeof sll) != 0) {
+      r.skip = "AF_PACKET socket on the tap failed";
+    }
+  });
+  t.join();
+  return r;
+}
+
+struct QueueSet {
+  explicit QueueSet(uint16_t idx, uint64_t ring_base) : index(idx) {
+    layout = DriverQueueLayout{kQSize, ring_base, ring_base + 0x1000, ring_base + 0x2000};
+  }
+  uint16_t index;
+  DriverQueueLayout layout;
+  std::optional<Virtqueue> vq;
+  std::optional<DriverQueue> drv;
+  std::optional<EventFd> kick;
+};
+
+class NetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const RegionSpec spec[] = {{0, 16ull << 20}};
+    auto m = GuestMemory::create(spec);
+    ASSERT_TRUE(m.has_value()) << m.error().message();
+    mem.emplace(std::move(*m));
+  }
+  void TearDown() override {
+    if (ns.dev) ns.dev->reset();
+  }
+
+  // Returns false (test skipped) when the environment lacks tap/netns support.
+  bool make_device(NetConfig cfg = {}) {
+    if (cfg.tap.empty()) cfg.tap = kTap;
+    cfg.queue_size = kQSize;
+    ns = make_in_netns(cfg, metrics);
+    if (!ns.skip.empty()) return false;
+    EXPECT_TRUE(ns.error.empty()) << ns.error;
+    return ns.dev != nullptr;
+  }
+
+  // Fresh driver-side queues for `count` queues and an activated device.
+  Status activate(uint64_t features, uint16_t count) {
+    queues.clear();
+    next_buf = kBufBase;
+    for (uint16_t i = 0; i < count; ++i) {
+      auto& q = queues.emplace_back(std::make_unique<QueueSet>(i, 0x10000ull * (i + 1)));
+      auto vq = Virtqueue::create(kQSize);
+      if (!vq) return std::unexpected(vq.error());
+      q->vq.emplace(std::move(*vq));
+      q->vq->set_desc_area(q->layout.desc_gpa);
+      q->vq->set_driver_area(q->layout.avail_gpa);
+      q->vq->set_device_area(q->layout.used_gpa);
+      q->vq->set_event_idx((features & feature_bit(VIRTIO_F_EVENT_IDX)) != 0);
+      q->vq->set_indirect((features & feature_bit(VIRTIO_F_INDIRECT_DESC)) != 0);
+      q->vq->set_ready(true);
+      auto d = DriverQueue::create(*mem, q->layout);
+      if (!d) return std::unexpected(d.error());
+      q->drv.emplace(std::move(*d));
+      auto k = EventFd::create();
+      if (!k) return std::unexpected(k.error());
+      q->kick.emplace(std::move(*k));
+    }
+    if (auto st = ns.dev->negotiate(features); !st) return st;
+    ActivateContext ctx;
+    ctx.mem = &*mem;
+    ctx.features = features;
+    for (auto& q : queues) ctx.queues.push_back(QueueBinding{q->index, &*q->vq, q->kick->fd()});
+    ctx.irq = &irq;
+    ctx.fail = [this](const std::string& why) {
+      std::lock_guard<std::mutex> l(fail_mu);
+      fails.push_back(why);
+    };
+    return ns.dev->activate(std::move(ctx));
+  }
+
+  uint64_t alloc(uint32_t len) {
+    const uint64_t g = next_buf;
+    next_buf += (len + 63) & ~63ull;
+    return g;
+  }
+
+  void kick(uint16_t q) { ASSERT_TRUE(queues[q]->kick->write().has_value()); }
+
+  uint16_t post_rx(uint16_t q, uint32_t len) {
+    const uint64_t g = alloc(len);
+    const Buf b{g, len, true};
+    auto h = queues[q]->drv->add_chain(std::span<const Buf>(&b, 1));
+    EXPECT_TRUE(h.has_value());
+    rx_bufs[*h] = g;
+    return *h;
+  }
+
+  uint16_t send_tx(uint16_t q, std::span<const uint8_t> hdr, std::span<const uint8_t> frame,
+                   size_t split_hdr_at = 0) {
+    std::vector<Buf> bufs;
+    const uint64_t h = alloc(static_cast<uint32_t>(hdr.size()));
+    EXPECT_TRUE(mem->write(h, hdr).has_value());
+    if (split_hdr_at > 0 && split_hdr_at < hdr.size()) {
+      bufs.push_back(Buf{h, static_cast<uint32_t>(split_hdr_at), false});
+      bufs.push_back(Buf{h + split_hdr_at, static_cast<uint32_t>(hdr.size() - split_hdr_at), false});
+    } else {
+      bufs.push_back(Buf{h, static_cast<uint32_t>(hdr.size()), false});
+    }
+    const uint64_t f = alloc(static_cast<uint32_t>(frame.size()));
+    EXPECT_TRUE(mem->write(f, frame).has_value());
+    bufs.push_back(Buf{f, static_cast<uint32_t>(frame.size()), false});
+    auto head = queues[q]->drv->add_chain(bufs);
+    EXPECT_TRUE(head.has_value());
+    kick(q);
+    return *head;
+  }
+
+  std::optional<VirtqUsedElem> wait_used(uint16_t q, std::chrono::milliseconds limit = 5000ms) {
+    std::optional<VirtqUsedElem> e;
+    wait_for(
+        [&] {
+          auto r = queues[q]->drv->take_used();
+          if (r && *r) e = **r;
+          return e.has_value();
+        },
+        limit);
+    return e;
+  }
+
+  // Next frame of ours seen on the tap's host side.
+  std::optional<std::vector<uint8_t>> host_recv(std::chrono::milliseconds limit = 5000ms) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    std::vector<uint8_t> buf(70000);
+    while (std::chrono::steady_clock::now() < end) {
+      pollfd p{ns.pkt.get(), POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      const ssize_t n = ::recv(ns.pkt.get(), buf.data(), buf.size(), 0);
+      if (n <= 0) continue;
+      buf.resize(static_cast<size_t>(n));
+      if (is_ours(buf)) return buf;
+      buf.resize(70000);
+    }
+    return std::nullopt;
+  }
+
+  void host_send(std::span<const uint8_t> frame) {
+    sockaddr_ll sll{};
+    sll.sll_family = AF_PACKET;
+    sll.sll_ifindex = ns.ifindex;
+    sll.sll_halen = 6;
+    ASSERT_EQ(::sendto(ns.pkt.get(), frame.data(), frame.size(), 0,
+                       reinterpret_cast<sockaddr*>(&sll), sizeof sll),
+              static_cast<ssize_t>(frame.size()))
+        << std::strerror(errno);
+  }
+
+  // Collects one received frame from rx queue q: header, payload, chains used.
+  struct RxFrame {
+    VirtioNetHdr hdr{};
+    std::vector<uint8_t> frame;
+    std::vector<uint32_t> lens;
+  };
+  std::optional<RxFrame> guest_recv(uint16_t q, std::chrono::milliseconds limit = 5000ms) {
+    for (;;) {
+      auto e = wait_used(q, limit);
+      if (!e) return std::nullopt;
+      RxFrame f;
+      std::vector<uint8_t> all;
+      auto take = [&](const VirtqUsedElem& u) {
+        std::vector<uint8_t> b(u.len);
+        EXPECT_TRUE(mem->read(rx_bufs.at(static_cast<uint16_t>(u.id)), b).has_value());
+        all.insert(all.end(), b.begin(), b.end());
+        f.lens.push_back(u.len);
+      };
+      take(*e);
+      if (all.size() < kNetHdrSize) return f;
+      std::memcpy(&f.hdr, all.data(), kNetHdrSize);
+      for (uint16_t i = 1; i < f.hdr.num_buffers; ++i) {
+        auto more = wait_used(q, limit);
+        if (!more) return std::nullopt;
+        take(*more);
+      }
+      f.frame.assign(all.begin() + kNetHdrSize, all.end());
+      if (is_ours(f.frame)) return f;
+    }
+  }
+
+  std::vector<std::string> failures() {
+    std::lock_guard<std::mutex> l(fail_mu);
+    return fails;
+  }
+
+  uint64_t base_features() const {
+    return feature_bit(VIRTIO_F_VERSION_1) | feature_bit(net_feature::kMac) |
+           feature_bit(net_feature::kStatus);
+  }
+
+  MetricsRegistry metrics;
+  std::optional<GuestMemory> mem;
+  NetNs ns;
+  RecordingIrq irq;
+  std::vector<std::unique_ptr<QueueSet>> queues;
+  std::map<uint16_t, uint64_t> rx_bufs;
+  uint64_t next_buf = kBufBase;
+  std::mutex fail_mu;
+  std::vector<std::string> fails;
+};
+
+#define NEED_DEVICE(...)                                                  \
+  do {                                                                    \
+    if (!make_device(__VA_ARGS__)) {                                      \
+      if (!ns.skip.empty()) GTEST_SKIP() << ns.skip;                      \
+      FAIL() << "device creation failed";                                 \
+    }                                                                     \
+  } while (0)
+
+const std::array<uint8_t, 6> kBroadcast = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+TEST_F(NetTest, FeaturesAndConfigSpace) {
+  NetConfig cfg;
+  cfg.mac = std::array<uint8_t, 6>{0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
+  NEED_DEVICE(cfg);
+  auto& d = *ns.dev;
+  EXPECT_EQ(d.device_id(), kDeviceIdNet);
+  EXPECT_EQ(d.num_queues(), 3);
+  const uint64_t f = d.features();
+  for (unsigned bit : {VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
+                       net_feature::kMac, net_feature::kStatus, net_feature::kMrgRxbuf,
+                       net_feature::kCtrlVq, net_feature::kCsum, net_feature::kHostTso4,
+                       net_feature::kGuestCsum, net_feature::kGuestTso4}) {
+    EXPECT_NE(f & feature_bit(bit), 0u) << "bit " << bit;
+  }
+  EXPECT_EQ(f & feature_bit(net_feature::kMq), 0u);  // one pair
+  std::array<uint8_t, kNetConfigSize> c{};
+  d.read_config(0, c);
+  EXPECT_EQ(c[0], 0x52);
+  EXPECT_EQ(c[5], 0x56);
+  EXPECT_EQ(c[6] | (c[7] << 8), VIRTIO_NET_S_LINK_UP);
+  EXPECT_EQ(c[8] | (c[9] << 8), 1);
+  std::array<uint8_t, 2> part{};
+  d.read_config(4, part);
+  EXPECT_EQ(part[0], 0x34);
+}
+
+TEST_F(NetTest, RandomMacIsLocallyAdministeredUnicast) {
+  NEED_DEVICE();
+  EXPECT_EQ(ns.dev->mac()[0] & 0x03, 0x02);
+}
+
+TEST_F(NetTest, NegotiateRefusesBrokenCombinations) {
+  NEED_DEVICE();
+  auto& d = *ns.dev;
+  EXPECT_FALSE(d.negotiate(feature_bit(net_feature::kMac)).has_value());  // no VERSION_1
+  EXPECT_FALSE(d.negotiate(base_features() | feature_bit(net_feature::kGuestTso4)).has_value());
+  EXPECT_TRUE(d.negotiate(base_features() | feature_bit(net_feature::kGuestCsum) |
+                          feature_bit(net_feature::kGuestTso4))
+                  .has_value());
+  EXPECT_FALSE(d.negotiate(base_features() | feature_bit(40)).has_value());  // not offered
+}
+
+TEST_F(NetTest, ActivateAppliesGuestOffloadsToTheTap) {
+  NEED_DEVICE();
+  const uint64_t f = base_features() | feature_bit(net_feature::kGuestCsum) |
+                     feature_bit(net_feature::kGuestTso4) | feature_bit(net_feature::kGuestTso6);
+  ASSERT_TRUE(activate(f, 2).has_value());
+  EXPECT_EQ(ns.dev->applied_offloads(), unsigned{TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6});
+  ns.dev->reset();
+  EXPECT_EQ(ns.dev->applied_offloads(), 0u);
+}
+
+TEST_F(NetTest, TxFrameReachesTheTap) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features() | feature_bit(VIRTIO_F_EVENT_IDX), 2).has_value());
+  const VirtioNetHdr hdr{};
+  std::array<uint8_t, kNetHdrSize> h{};
+  std::memcpy(h.data(), &hdr, sizeof hdr);
+  for (size_t split : {size_t{0}, size_t{5}}) {
+    const auto frame = make_frame(kBroadcast, 100, static_cast<uint8_t>(split));
+    const uint16_t head = send_tx(1, h, frame, split);
+    auto got = host_recv();
+    ASSERT_TRUE(got.has_value()) << "split " << split;
+    EXPECT_EQ(*got, frame);
+    auto used = wait_used(1);
+    ASSERT_TRUE(used.has_value());
+    EXPECT_EQ(used->id, head);
+    EXPECT_EQ(used->len, 0u);
+  }
+  EXPECT_GE(irq.counts[1].load(), 1);
+  EXPECT_TRUE(failures().empty());
+}
+
+TEST_F(NetTest, TxThroughAnIndirectTableAndSuppressedInterrupts) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features() | feature_bit(VIRTIO_F_INDIRECT_DESC), 2).has_value());
+  // The driver does not want TX interrupts (VIRTQ_AVAIL_F_NO_INTERRUPT, section 2.7.7).
+  ASSERT_TRUE(queues[1]->drv->set_avail_flags(VIRTQ_AVAIL_F_NO_INTERRUPT).has_value());
+  const std::array<uint8_t, kNetHdrSize> h{};
+  const auto frame = make_frame(kBroadcast, 150, 21);
+  const uint64_t hg = alloc(kNetHdrSize);
+  const uint64_t fg = alloc(static_cast<uint32_t>(frame.size()));
+  const uint64_t table = alloc(64);
+  ASSERT_TRUE(mem->write(hg, h).has_value());
+  ASSERT_TRUE(mem->write(fg, frame).has_value());
+  const Buf bufs[] = {{hg, kNetHdrSize, false}, {fg, static_cast<uint32_t>(frame.size()), false}};
+  ASSERT_TRUE(queues[1]->drv->add_indirect_chain(bufs, table).has_value());
+  kick(1);
+  auto got = host_recv();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(*got, frame);
+  ASSERT_TRUE(wait_used(1).has_value());
+  ASSERT_TRUE(wait_for([&] {
+    return metrics.counter("iovirt_virtio_queue_suppressed_interrupts_total", "",
+                           {{"device", "net0"}, {"queue", "1"}})
+               .value() >= 1;
+  }));
+  EXPECT_EQ(irq.counts[1].load(), 0);
+}
+
+TEST_F(NetTest, TxHostileHeaderIsDroppedAndTheDeviceGoesOn) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  // 8 bytes: shorter than virtio_net_hdr_v1.
+  const std::array<uint8_t, 8> short_hdr{};
+  const uint64_t g = alloc(8);
+  ASSERT_TRUE(mem->write(g, short_hdr).has_value());
+  const Buf b{g, 8, false};
+  ASSERT_TRUE(queues[1]->drv->add_chain(std::span<const Buf>(&b, 1)).has_value());
+  kick(1);
+  auto used = wait_used(1);
+  ASSERT_TRUE(used.has_value());
+  EXPECT_EQ(used->len, 0u);
+  // NEEDS_CSUM without VIRTIO_NET_F_CSUM negotiated.
+  VirtioNetHdr bad{};
+  bad.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+  std::array<uint8_t, kNetHdrSize> h{};
+  std::memcpy(h.data(), &bad, sizeof bad);
+  send_tx(1, h, make_frame(kBroadcast, 80, 1));
+  ASSERT_TRUE(wait_used(1).has_value());
+  EXPECT_EQ(ns.dev->net_metrics().tx_dropped->value(), 2u);
+  // A good frame still goes out.
+  std::array<uint8_t, kNetHdrSize> ok{};
+  const auto frame = make_frame(kBroadcast, 64, 9);
+  send_tx(1, ok, frame);
+  auto got = host_recv();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(*got, frame);
+  EXPECT_TRUE(failures().empty());
+}
+
+TEST_F(NetTest, RxFrameLandsWithHeaderAndOneBuffer) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  for (int i = 0; i < 4; ++i) post_rx(0, 2048);
+  kick(0);
+  const auto frame = make_frame(ns.dev->mac(), 300, 3);
+  host_send(frame);
+  auto got = guest_recv(0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->hdr.num_buffers, 1);
+  EXPECT_EQ(got->hdr.gso_type, VIRTIO_NET_HDR_GSO_NONE);
+  EXPECT_EQ(got->frame, frame);
+  EXPECT_EQ(got->lens.size(), 1u);
+  EXPECT_GE(irq.counts[0].load(), 1);
+}
+
+TEST_F(NetTest, RxMergeableSpansSeveralSmallBuffers) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features() | feature_bit(net_feature::kMrgRxbuf), 2).has_value());
+  for (int i = 0; i < 16; ++i) post_rx(0, 1024);
+  kick(0);
+  const auto frame = make_frame(ns.dev->mac(), 3000, 5);
+  host_send(frame);
+  auto got = guest_recv(0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->hdr.num_buffers, 3);
+  ASSERT_EQ(got->lens.size(), 3u);
+  EXPECT_EQ(got->lens[0], 1024u);
+  EXPECT_EQ(got->lens[1], 1024u);
+  EXPECT_EQ(got->lens[2], 3000u + kNetHdrSize - 2048u);
+  EXPECT_EQ(got->frame, frame);
+  // And a small one right after uses one buffer.
+  const auto small = make_frame(ns.dev->mac(), 60, 6);
+  host_send(small);
+  got = guest_recv(0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->hdr.num_buffers, 1);
+  EXPECT_EQ(got->frame, small);
+}
+
+TEST_F(NetTest, RxWithoutBuffersWaitsForTheKick) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features() | feature_bit(VIRTIO_F_EVENT_IDX), 2).has_value());
+  const auto frame = make_frame(ns.dev->mac(), 200, 7);
+  host_send(frame);
+  // Nothing can be used: there is no buffer. The device asks for a kick (avail_event).
+  EXPECT_FALSE(wait_used(0, 200ms).has_value());
+  post_rx(0, 2048);
+  kick(0);
+  auto got = guest_recv(0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->frame, frame);
+  EXPECT_GE(queues[0]->vq->next_avail(), 1);
+}
+
+TEST_F(NetTest, RxChainWithoutWritableBytesIsReturnedUnused) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  const uint64_t g = alloc(64);
+  const Buf ro{g, 64, false};
+  const auto bad = queues[0]->drv->add_chain(std::span<const Buf>(&ro, 1));
+  ASSERT_TRUE(bad.has_value());
+  rx_bufs[*bad] = g;
+  post_rx(0, 2048);
+  kick(0);
+  const auto frame = make_frame(ns.dev->mac(), 100, 8);
+  host_send(frame);
+  auto first = wait_used(0);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->id, *bad);
+  EXPECT_EQ(first->len, 0u);
+  auto got = guest_recv(0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->frame, frame);
+  EXPECT_EQ(ns.dev->net_metrics().rx_bad_chains->value(), 1u);
+  EXPECT_TRUE(failures().empty());
+}
+
+TEST_F(NetTest, DescriptorOutsideMemoryFailsTheDeviceWhichSurvivesReset) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  ASSERT_TRUE(queues[1]->drv->write_desc(0, VirtqDesc{1ull << 40, 64, 0, 0}).has_value());
+  ASSERT_TRUE(queues[1]->drv->publish_head(0).has_value());
+  kick(1);
+  ASSERT_TRUE(wait_for([&] { return !failures().empty(); }));
+  EXPECT_NE(failures()[0].find("queue 1"), std::string::npos) << failures()[0];
+  ns.dev->reset();
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  std::array<uint8_t, kNetHdrSize> h{};
+  const auto frame = make_frame(kBroadcast, 90, 10);
+  send_tx(1, h, frame);
+  auto got = host_recv();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(*got, frame);
+}
+
+TEST_F(NetTest, ControlQueueSetsQueuePairs) {
+  NetConfig cfg;
+  cfg.queue_pairs = 2;
+  NEED_DEVICE(cfg);
+  ASSERT_NE(ns.dev->features() & feature_bit(net_feature::kMq), 0u);
+  EXPECT_EQ(ns.dev->num_queues(), 5);
+  const uint64_t f = base_features() | feature_bit(net_feature::kCtrlVq) |
+                     feature_bit(net_feature::kMq);
+  ASSERT_TRUE(activate(f, 5).has_value());
+  auto request = [&](std::vector<uint8_t> cmd) -> uint8_t {
+    const uint64_t c = alloc(static_cast<uint32_t>(cmd.size()));
+    const uint64_t a = alloc(1);
+    EXPECT_TRUE(mem->write(c, cmd).has_value());
+    const uint8_t poison = 0xee;
+    EXPECT_TRUE(mem->write(a, std::span<const uint8_t>(&poison, 1)).has_value());
+    const Buf bufs[] = {{c, static_cast<uint32_t>(cmd.size()), false}, {a, 1, true}};
+    EXPECT_TRUE(queues[4]->drv->add_chain(bufs).has_value());
+    kick(4);
+    auto used = wait_used(4);
+    EXPECT_TRUE(used.has_value());
+    if (!used) return 0xff;
+    EXPECT_EQ(used->len, 1u);
+    uint8_t ack = 0xff;
+    EXPECT_TRUE(mem->read(a, std::span<uint8_t>(&ack, 1)).has_value());
+    return ack;
+  };
+  EXPECT_EQ(ns.dev->active_pairs(), 1);
+  EXPECT_EQ(request({VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 2, 0}), VIRTIO_NET_OK);
+  EXPECT_EQ(ns.dev->active_pairs(), 2);
+  EXPECT_EQ(request({VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 3, 0}), VIRTIO_NET_ERR);
+  EXPECT_EQ(request({VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 0, 0}), VIRTIO_NET_ERR);
+  EXPECT_EQ(request({VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET}), VIRTIO_NET_ERR);
+  EXPECT_EQ(request({9, 0, 1, 2, 3}), VIRTIO_NET_ERR);
+  EXPECT_EQ(ns.dev->active_pairs(), 2);
+  EXPECT_EQ(request({VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 1, 0}), VIRTIO_NET_OK);
+  EXPECT_EQ(ns.dev->active_pairs(), 1);
+  EXPECT_EQ(ns.dev->net_metrics().ctrl_errors->value(), 4u);
+  EXPECT_TRUE(failures().empty());
+}
+
+TEST_F(NetTest, SecondQueuePairCarriesTraffic) {
+  NetConfig cfg;
+  cfg.queue_pairs = 2;
+  NEED_DEVICE(cfg);
+  const uint64_t f = base_features() | feature_bit(net_feature::kCtrlVq) |
+                     feature_bit(net_feature::kMq);
+  ASSERT_TRUE(activate(f, 5).has_value());
+  std::array<uint8_t, kNetHdrSize> h{};
+  const auto frame = make_frame(kBroadcast, 77, 12);
+  send_tx(3, h, frame);  // tx1
+  auto got = host_recv();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(*got, frame);
+}
+
+TEST_F(NetTest, ResetWhileTrafficRuns) {
+  NEED_DEVICE();
+  ASSERT_TRUE(activate(base_features() | feature_bit(net_feature::kMrgRxbuf), 2).has_value());
+  for (int i = 0; i < kQSize; ++i) post_rx(0, 1536);
+  kick(0);
+  std::atomic<bool> stop{false};
+  const auto frame = make_frame(ns.dev->mac(), 1000, 13);
+  std::thread flood([&] {
+    sockaddr_ll sll{};
+    sll.sll_family = AF_PACKET;
+    sll.sll_ifindex = ns.ifindex;
+    sll.sll_halen = 6;
+    while (!stop.load()) {
+      (void)::sendto(ns.pkt.get(), frame.data(), frame.size(), 0,
+                     reinterpret_cast<sockaddr*>(&sll), sizeof sll);
+    }
+  });
+  ASSERT_TRUE(wait_for([&] { return queues[0]->vq->next_used() > 4; }));
+  ns.dev->reset();
+  const uint16_t used_after = queues[0]->vq->next_used();
+  auto idx_after = queues[0]->drv->used_idx();
+  std::this_thread::sleep_for(50ms);
+  // Nothing of the device touches the ring after reset() returned.
+  EXPECT_EQ(queues[0]->vq->next_used(), used_after);
+  EXPECT_EQ(queues[0]->drv->used_idx().value(), idx_after.value());
+  stop.store(true);
+  flood.join();
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  std::array<uint8_t, kNetHdrSize> h{};
+  const auto out = make_frame(kBroadcast, 70, 14);
+  send_tx(1, h, out);
+  auto got = host_recv();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(*got, out);
+  EXPECT_TRUE(failures().empty());
+}
+
+TEST(NetCreate, ErrorsNameTheTapAndTheFix) {
+  MetricsRegistry m;
+  NetConfig cfg;
+  cfg.tap = "this-name-is-far-too-long-for-linux";
+  auto d = VirtioNet::create(cfg, m, "net0");
+  ASSERT_FALSE(d.has_value());
+  EXPECT_NE(d.error().message().find(cfg.tap), std::string::npos) << d.error().message();
+  cfg.tap = "tap0";
+  cfg.queue_size = 100;
+  d = VirtioNet::create(cfg, m, "net0");
+  ASSERT_FALSE(d.has_value());
+  EXPECT_NE(d.error().message().find("power of 2"), std::string::npos);
+}
+
+TEST_F(NetTest, VhostWithoutTheModuleSaysModprobe) {
+  if (::access("/dev/vhost-net", F_OK) == 0) GTEST_SKIP() << "/dev/vhost-net exists here";
+  NetConfig cfg;
+  cfg.tap = kTap;
+  cfg.vhost = true;
+  ns = make_in_netns(cfg, metrics);
+  if (!ns.skip.empty() && ns.error.empty()) GTEST_SKIP() << ns.skip;
+  ASSERT_FALSE(ns.error.empty());
+  EXPECT_NE(ns.error.find("modprobe vhost_net"), std::string::npos) << ns.error;
+}
+
+}  // namespace
+}  // namespace iovirt::virtio

@@ -1,0 +1,512 @@
+// The tap backend of virtio-net: one thread per queue pair, each with its own epoll set over
+// {stop eventfd, tx kick, rx kick, tap queue fd (while the rx queue has buffers), ctrl kick}.
+//
+// TX (section 5.1.6.2): each chain is [virtio_net_hdr_v1 | frame] in device-readable buffers;
+// after check_tx_chain() the readable segments go to the tap with one writev straight from guest
+// memory. RX (section 5.1.6.3): frames are read with readv straight into the guest's writable
+// buffers; with VIRTIO_NET_F_MRG_RXBUF a frame may fill several chains (num_buffers in the first
+// header). Chains taken from the rx ring wait in a small cache until a frame fills them, so a
+// chain is popped once however many frames pass. When the rx ring is empty the thread stops
+// polling the tap and asks for a kick instead (no busy loop). Interrupts are decided once per
+// batch (needs_notification).
+#include <sys/epoll.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include "iovirt/core/log.hpp"
+#include "net_backend.hpp"
+
+namespace iovirt::virtio {
+
+namespace {
+
+constexpr uint32_t kTagStop = 0;
+constexpr uint32_t kTagTxKick = 1;
+constexpr uint32_t kTagRxKick = 2;
+constexpr uint32_t kTagTap = 3;
+constexpr uint32_t kTagCtrlKick = 4;
+
+constexpr unsigned kTxBudget = 256;  // chains per round before the other queues get a turn
+constexpr unsigned kRxBudget = 64;   // frames per round
+constexpr size_t kMaxRxChains = 256;
+
+bool drain(int fd) {
+  uint64_t v = 0;
+  return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
+}
+
+}  // namespace
+
+bool signal_used(const ActivateContext& ctx, ServedQueue& s) {
+  auto n = s.q->needs_notification(*ctx.mem);
+  if (!n) return false;
+  if (*n) {
+    ctx.irq->notify_queue(s.index);
+    s.m->interrupts->inc();
+  } else {
+    s.m->suppressed->inc();
+  }
+  return true;
+}
+
+bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, VirtioNet& dev,
+                      const NetMetrics& nm, uint16_t max_pairs, bool mq) {
+  const GuestMemory& mem = *ctx.mem;
+  bool pushed = false;
+  // Bounded by the queue size: each pop consumes one avail entry.
+  for (uint32_t i = 0; i <= c.q->size(); ++i) {
+    auto chain = c.q->pop(mem);
+    if (!chain) {
+      ctx.fail(std::string(dev.name()) + ": control queue: " + chain.error().message());
+      return false;
+    }
+    if (!*chain) break;
+    const CtrlResult r = handle_ctrl_chain(mem, (*chain)->segments, max_pairs, mq);
+    nm.ctrl_commands->inc();
+    if (r.ack != VIRTIO_NET_OK) nm.ctrl_errors->inc();
+    if (r.written == 0) {
+      log_warn(std::string(dev.name()) + ": control request without a writable ack byte ignored");
+    }
+    if (r.set_pairs) dev.set_active_pairs(*r.set_pairs);
+    if (auto st = c.q->push(mem, **chain, r.written); !st) {
+      ctx.fail(std::string(dev.name()) + ": control queue: " + st.error().message());
+      return false;
+    }
+    c.m->chains->inc();
+    pushed = true;
+  }
+  if (pushed && !signal_used(ctx, c)) {
+    ctx.fail(std::string(dev.name()) + ": control queue: used ring access failed");
+    return false;
+  }
+  return true;
+}
+
+struct TapBackend::Worker {
+  VirtioNet* dev = nullptr;
+  const ActivateContext* ctx = nullptr;
+  const NetMetrics* nm = nullptr;
+  PairQueues pq;
+  std::optional<ServedQueue> ctrl;
+  uint16_t max_pairs = 1;
+  uint16_t pair = 0;
+  bool mrg = false;
+  bool mq = false;  // VIRTIO_NET_F_MQ negotiated
+  uint32_t rx_target = 0;  // cache this many writable bytes before reading (MRG_RXBUF)
+  EventFd stop_fd;
+  Fd ep;
+  std::thread thread;
+
+  bool tap_polled = false;
+  bool tx_pending = false;
+  bool warned_tx = false;
+
+  // TX scratch: one iovec per readable segment, sized once.
+  std::vector<iovec> tx_iov;
+
+  // RX cache of popped, still unused chains; their writable segments as host iovecs.
+  struct RxChain {
+    uint16_t head;
+    uint16_t desc_count;
+    uint32_t wlen;
+    uint32_t nseg;
+  };
+  std::vector<RxChain> rx_chains;  // capacity kMaxRxChains, size rx_nchains
+  size_t rx_nchains = 0;
+  std::vector<iovec> rx_segs;  // capacity IOV_MAX + one chain's worst case, size rx_nsegs
+  size_t rx_nsegs = 0;
+  uint64_t rx_bytes_cached = 0;
+  std::vector<iovec> rx_iov;     // readv list: cached segments + the bounce tail
+  std::vector<uint8_t> bounce;   // catches the part of a frame the guest's buffers cannot hold
+
+  explicit Worker(EventFd s) : stop_fd(std::move(s)) {}
+
+  void fail_queue(ServedQueue& s, const std::string& why) {
+    if (s.dead) return;
+    s.dead = true;
+    ctx->fail(std::string(dev->name()) + ": queue " + std::to_string(s.index) + ": " + why);
+    if (s.kick_fd >= 0) (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.kick_fd, nullptr);
+    if (pq.rx && &s == &*pq.rx) set_tap_polled(false);
+  }
+
+  void set_tap_polled(bool on) {
+    if (on == tap_polled || pq.tap_fd < 0) return;
+    epoll_event ev{};
+    ev.events = on ? uint32_t{EPOLLIN} : 0u;
+    ev.data.u32 = kTagTap;
+    (void)::epoll_ctl(ep.get(), EPOLL_CTL_MOD, pq.tap_fd, &ev);
+    tap_polled = on;
+  }
+
+  // ---- TX ----
+  // Returns true when chains are left for another round.
+  bool tx_round() {
+    ServedQueue& s = *pq.tx;
+    const GuestMemory& mem = *ctx->mem;
+    if (auto st = s.q->disable_notification(mem); !st) {
+      fail_queue(s, st.error().message());
+      return false;
+    }
+    for (;;) {
+      unsigned done = 0;
+      while (done < kTxBudget) {
+        auto chain = s.q->pop(mem);
+        if (!chain) {
+          fail_queue(s, chain.error().message());
+          return false;
+        }
+        if (!*chain) break;
+        send_one(**chain);
+        if (auto st = s.q->push(mem, **chain, 0); !st) {
+          fail_queue(s, st.error().message());
+          return false;
+        }
+        s.m->chains->inc();
+        s.m->bytes->inc((*chain)->readable_len);
+        ++done;
+      }
+      if (done > 0 && !signal_used(*ctx, s)) {
+        fail_queue(s, "used ring access failed");
+        return false;
+      }
+      if (done == kTxBudget) return true;
+      auto more = s.q->enable_notification(mem);
+      if (!more) {
+        fail_queue(s, more.error().message());
+        return false;
+      }
+      if (!*more) return false;
+      if (auto st = s.q->disable_notification(mem); !st) {
+        fail_queue(s, st.error().message());
+        return false;
+      }
+    }
+  }
+
+  void send_one(const DescriptorChain& c) {
+    const TxCheck chk = check_tx_chain(*ctx->mem, c.segments, ctx->features);
+    if (chk.drop != TxDrop::None) {
+      nm->tx_dropped->inc();
+      if (!warned_tx) {
+        warned_tx = true;
+        log_warn(std::string(dev->name()) + ": TX frame dropped: " + to_string(chk.drop) +
+                 " (further drops are only counted)");
+      }
+      return;
+    }
+    size_t n = 0;
+    for (const Segment& seg : c.segments) {
+      if (seg.write || seg.len == 0) continue;
+      auto sp = ctx->mem->span(seg.addr, seg.len);
+      if (!sp) {  // pop() checked it; only a changed memory map gets here
+        nm->tx_dropped->inc();
+        return;
+      }
+      tx_iov[n++] = iovec{sp->data(), sp->size()};
+    }
+    const ssize_t w = ::writev(pq.tap_fd, tx_iov.data(), static_cast<int>(n));
+    // The kernel refuses frames it cannot parse (EINVAL) and drops when the link is down (EIO);
+    // either way the guest's chain is done.
+    if (w < 0) nm->tx_dropped->inc();
+  }
+
+  // ---- RX ----
+  void rx_drop_front(size_t k) {
+    size_t segs = 0;
+    for (size_t i = 0; i < k; ++i) {
+      segs += rx_chains[i].nseg;
+      rx_bytes_cached -= rx_chains[i].wlen;
+    }
+    std::copy(rx_chains.begin() + static_cast<ptrdiff_t>(k),
+              rx_chains.begin() + static_cast<ptrdiff_t>(rx_nchains), rx_chains.begin());
+    rx_nchains -= k;
+    std::copy(rx_segs.begin() + static_cast<ptrdiff_t>(segs),
+              rx_segs.begin() + static_cast<ptrdiff_t>(rx_nsegs), rx_segs.begin());
+    rx_nsegs -= segs;
+  }
+
+  // Pops chains into the cache. Returns false when the queue broke.
+  bool rx_refill(bool& pushed_bad) {
+    ServedQueue& s = *pq.rx;
+    const GuestMemory& mem = *ctx->mem;
+    const size_t max_chains = mrg ? kMaxRxChains : 1;
+    while (rx_nchains < max_chains && rx_nsegs < IOV_MAX &&
+           (rx_nchains == 0 || rx_bytes_cached < rx_target)) {
+      auto chain = s.q->pop(mem);
+      if (!chain) {
+        fail_queue(s, chain.error().message());
+        return false;
+      }
+      if (!*chain) break;
+      const DescriptorChain& c = **chain;
+      // Each buffer must hold at least the header (section 5.1.6.3.1); a chain the device cannot
+      // use goes straight back, unused.
+      bool usable = c.writable_len >= kNetHdrSize;
+      const size_t first = rx_nsegs;
+      uint32_t nseg = 0;
+      for (const Segment& seg : c.segments) {
+        if (!usable) break;
+        if (!seg.write || seg.len == 0) continue;
+        auto sp = mem.span(seg.addr, seg.len);
+        if (!sp) {
+          usable = false;
+          break;
+        }
+        rx_segs[first + nseg] = iovec{sp->data(), sp->size()};
+        ++nseg;
+      }
+      if (!usable) {
+        nm->rx_bad_chains->inc();
+        if (auto st = s.q->push(mem, c, 0); !st) {
+          fail_queue(s, st.error().message());
+          return false;
+        }
+        pushed_bad = true;
+        continue;
+      }
+      rx_chains[rx_nchains++] = RxChain{c.head, c.desc_count, c.writable_len, nseg};
+      rx_nsegs += nseg;
+      rx_bytes_cached += c.writable_len;
+    }
+    return true;
+  }
+
+  void rx_round() {
+    ServedQueue& s = *pq.rx;
+    const GuestMemory& mem = *ctx->mem;
+    bool pushed = false;
+    for (unsigned frames = 0; frames < kRxBudget;) {
+      if (!rx_refill(pushed)) return;
+      if (rx_nchains == 0) {
+        // Out of buffers: stop polling the tap until the driver kicks (section 2.7.10).
+        auto more = s.q->enable_notification(mem);
+        if (!more) {
+          fail_queue(s, more.error().message());
+          return;
+        }
+        if (*more) continue;
+        set_tap_polled(false);
+        break;
+      }
+      const size_t nseg = std::min<size_t>(rx_nsegs, IOV_MAX - 1);
+      uint64_t mapped = 0;
+      for (size_t i = 0; i < nseg; ++i) {
+        rx_iov[i] = rx_segs[i];
+        mapped += rx_segs[i].iov_len;
+      }
+      rx_iov[nseg] = iovec{bounce.data(), bounce.size()};
+      const ssize_t r = ::readv(pq.tap_fd, rx_iov.data(), static_cast<int>(nseg + 1));
+      if (r < 0) {
+        if (errno != EAGAIN && errno != EINTR) {
+          log_warn(std::string(dev->name()) + ": tap read: " + std::strerror(errno));
+          set_tap_polled(false);
+        }
+        break;
+      }
+      ++frames;
+      const auto n = static_cast<uint64_t>(r);
+      if (n < kNetHdrSize || n > mapped) {
+        nm->rx_dropped->inc();  // did not fit the buffers the guest gave; they stay cached
+        continue;
+      }
+      // Hand out chains in order, each filled before the next (section 5.1.6.4).
+      size_t k = 0;
+      uint64_t left = n;
+      while (left > 0) {
+        left -= std::min<uint64_t>(left, rx_chains[k].wlen);
+        ++k;
+      }
+      const auto num_buffers = static_cast<uint16_t>(k);
+      // The tap skips the num_buffers field; it is the device's to fill (1 without MRG_RXBUF).
+      uint8_t nb[2] = {static_cast<uint8_t>(num_buffers & 0xff),
+                       static_cast<uint8_t>(num_buffers >> 8)};
+      write_iov(rx_segs.data(), rx_chains[0].nseg, kNumBuffersOffset, nb, sizeof nb);
+      left = n;
+      for (size_t i = 0; i < k; ++i) {
+        const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
+        left -= w;
+        if (auto st = s.q->push(mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
+          fail_queue(s, st.error().message());
+          return;
+        }
+        s.m->chains->inc();
+      }
+      s.m->bytes->inc(n);
+      rx_drop_front(k);
+      pushed = true;
+    }
+    if (pushed && !signal_used(*ctx, s)) fail_queue(s, "used ring access failed");
+  }
+
+  static void write_iov(const iovec* iov, size_t n, size_t off, const uint8_t* src, size_t len) {
+    for (size_t i = 0; i < n && len > 0; ++i) {
+      if (off >= iov[i].iov_len) {
+        off -= iov[i].iov_len;
+        continue;
+      }
+      const size_t c = std::min(len, iov[i].iov_len - off);
+      std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + off, src, c);
+      src += c;
+      len -= c;
+      off = 0;
+    }
+  }
+
+  void on_rx_kick() {
+    ServedQueue& s = *pq.rx;
+    if (s.dead) return;
+    if (!tap_polled) {
+      if (auto st = s.q->disable_notification(*ctx->mem); !st) {
+        fail_queue(s, st.error().message());
+        return;
+      }
+      set_tap_polled(true);
+    }
+  }
+
+  void run() {
+    epoll_event evs[8];
+    for (;;) {
+      const int timeout = tx_pending ? 0 : -1;
+      const int n = ::epoll_wait(ep.get(), evs, 8, timeout);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        log_error(std::string(dev->name()) + ": epoll_wait: " + std::strerror(errno));
+        return;
+      }
+      bool tx = tx_pending;
+      for (int i = 0; i < n; ++i) {
+        switch (evs[i].data.u32) {
+          case kTagStop: return;
+          case kTagTxKick:
+            if (drain(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
+            tx = true;
+            break;
+          case kTagRxKick:
+            if (drain(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
+            on_rx_kick();
+            break;
+          case kTagTap:
+            if (pq.rx && !pq.rx->dead) rx_round();
+            break;
+          case kTagCtrlKick:
+            if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
+            if (!ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, *dev, *nm, max_pairs, mq)) {
+              ctrl->dead = true;
+              (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
+            }
+            break;
+          default: break;
+        }
+      }
+      tx_pending = false;
+      if (tx && pq.tx && !pq.tx->dead) tx_pending = tx_round();
+    }
+  }
+};
+
+Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateContext ctx,
+                                                      std::vector<PairQueues> pairs,
+                                                      std::optional<ServedQueue> ctrl,
+                                                      const NetMetrics& nm, uint16_t max_pairs) {
+  std::unique_ptr<TapBackend> b(new TapBackend(std::move(ctx)));
+  const bool mrg = (b->ctx_.features & feature_bit(net_feature::kMrgRxbuf)) != 0;
+  const bool gso = (b->ctx_.features & (feature_bit(net_feature::kGuestTso4) |
+                                        feature_bit(net_feature::kGuestTso6) |
+                                        feature_bit(net_feature::kGuestUfo))) != 0;
+  for (size_t p = 0; p < pairs.size(); ++p) {
+    auto stop = EventFd::create();
+    if (!stop) return std::unexpected(std::move(stop.error()).context("virtio-net stop eventfd"));
+    auto w = std::make_unique<Worker>(std::move(*stop));
+    w->dev = &dev;
+    w->ctx = &b->ctx_;
+    w->nm = &nm;
+    w->pq = pairs[p];
+    w->pair = static_cast<uint16_t>(p);
+    w->max_pairs = max_pairs;
+    w->mrg = mrg;
+    w->mq = (b->ctx_.features & feature_bit(net_feature::kMq)) != 0;
+    w->rx_target = kNetHdrSize + (gso ? kMaxFrame : 9018);
+    if (p == 0) w->ctrl = ctrl;
+    uint32_t qmax = 0;
+    if (w->pq.tx) qmax = std::max(qmax, w->pq.tx->q->max_size());
+    if (w->pq.rx) qmax = std::max(qmax, w->pq.rx->q->max_size());
+    const size_t chain_max = qmax + SplitQueue::kMaxIndirectEntries;
+    w->tx_iov.resize(chain_max);
+    w->rx_chains.resize(kMaxRxChains);
+    w->rx_segs.resize(IOV_MAX + chain_max);
+    w->rx_iov.resize(IOV_MAX);
+    w->bounce.resize(kNetHdrSize + kMaxFrame);
+
+    w->ep = Fd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!w->ep) return fail_errno("virtio-net: epoll_create1");
+    auto add = [&](int fd, uint32_t tag, uint32_t events) -> Status {
+      epoll_event ev{};
+      ev.events = events;
+      ev.data.u32 = tag;
+      if (::epoll_ctl(w->ep.get(), EPOLL_CTL_ADD, fd, &ev) < 0) {
+        return fail_errno("virtio-net: epoll_ctl add fd " + std::to_string(fd));
+      }
+      return {};
+    };
+    if (auto st = add(w->stop_fd.fd(), kTagStop, EPOLLIN); !st) return std::unexpected(st.error());
+    if (w->pq.tx) {
+      if (auto st = add(w->pq.tx->kick_fd, kTagTxKick, EPOLLIN); !st) {
+        return std::unexpected(st.error());
+      }
+    }
+    if (w->pq.rx) {
+      if (auto st = add(w->pq.rx->kick_fd, kTagRxKick, EPOLLIN); !st) {
+        return std::unexpected(st.error());
+      }
+      // Polled from the start: the first empty-ring check turns it off until a kick.
+      if (auto st = add(w->pq.tap_fd, kTagTap, EPOLLIN); !st) return std::unexpected(st.error());
+      w->tap_polled = true;
+    }
+    if (w->ctrl) {
+      if (auto st = add(w->ctrl->kick_fd, kTagCtrlKick, EPOLLIN); !st) {
+        return std::unexpected(st.error());
+      }
+    }
+    // Work the driver queued before DRIVER_OK (or before a kick could be seen) is picked up.
+    w->tx_pending = w->pq.tx.has_value();
+    b->workers_.push_back(std::move(w));
+  }
+  for (auto& w : b->workers_) {
+    Worker* raw = w.get();
+    w->thread = std::thread([raw] {
+      if (raw->ctrl) {
+        // Requests queued before the thread started.
+        if (!serve_ctrl_queue(*raw->ctx, *raw->ctrl, *raw->dev, *raw->nm, raw->max_pairs,
+                              raw->mq)) {
+          raw->ctrl->dead = true;
+          (void)::epoll_ctl(raw->ep.get(), EPOLL_CTL_DEL, raw->ctrl->kick_fd, nullptr);
+        }
+      }
+      raw->run();
+    });
+  }
+  return b;
+}
+
+TapBackend::TapBackend(ActivateContext ctx) : ctx_(std::move(ctx)) {}
+
+void TapBackend::stop() {
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) {
+      (void)w->stop_fd.write();
+      w->thread.join();
+    }
+  }
+}
+
+TapBackend::~TapBackend() {
+  stop();
+}
+
+}  // namespace iovirt::virtio
