@@ -15,10 +15,15 @@
 #include "iovirt/core/event_loop.hpp"
 #include "iovirt/core/log.hpp"
 #include "iovirt/core/metrics_http.hpp"
+#include "iovirt/irq/gsi_router.hpp"
+#include "iovirt/irq/irq_chip.hpp"
+#include "iovirt/virtio/device.hpp"
+#include "iovirt/virtio/pci_transport.hpp"
 #include "iovirt/vmm/acpi.hpp"
 #include "iovirt/vmm/layout.hpp"
 #include "iovirt/vmm/legacy.hpp"
 #include "iovirt/vmm/pci_root.hpp"
+#include "iovirt/vmm/virtio_devices.hpp"
 #include "iovirt/vmm/x86_boot.hpp"
 
 namespace iovirt {
@@ -101,6 +106,43 @@ Vm::~Vm() {
   stop_vcpus();
 }
 
+Vm::VirtioSlot::VirtioSlot() = default;
+Vm::VirtioSlot::VirtioSlot(VirtioSlot&&) noexcept = default;
+Vm::VirtioSlot::~VirtioSlot() {
+  pci.reset();  // stops the device's threads before the device goes
+  dev.reset();
+}
+
+Status Vm::add_virtio_devices() {
+  irqchip_ = std::make_unique<KvmIrqChip>(vm_);
+  router_ = std::make_unique<GsiRouter>(*irqchip_);
+  auto add = [&](Result<std::unique_ptr<virtio::VirtioDevice>> made, const RingOptions& ring,
+                 const std::string& what) -> Status {
+    if (!made) return std::unexpected(std::move(made.error()));
+    VirtioSlot slot;
+    slot.dev = std::move(*made);
+    IOVIRT_TRY_CTX(pci, virtio::VirtioPciDevice::create(*slot.dev, mem_, *router_, *irqchip_, metrics_,
+                                                        transport_options(ring)),
+                   what);
+    slot.pci = std::move(pci);
+    IOVIRT_TRY_CTX(pci_slot, pci_->add_device(*slot.pci), what);
+    log_info(what + " at PCI 00:" + (pci_slot < 10 ? "0" : "") + std::to_string(pci_slot) + ".0");
+    virtio_.push_back(std::move(slot));
+    return {};
+  };
+  for (size_t i = 0; i < cfg_.disks.size(); ++i) {
+    const std::string name = "blk" + std::to_string(i);
+    const auto& d = cfg_.disks[i];
+    IOVIRT_CHECK_CTX(add(make_virtio_disk(d, metrics_, name), d.ring, name + " (" + d.path + ")"), "--disk");
+  }
+  for (size_t i = 0; i < cfg_.nets.size(); ++i) {
+    const std::string name = "net" + std::to_string(i);
+    const auto& n = cfg_.nets[i];
+    IOVIRT_CHECK_CTX(add(make_virtio_net(n, metrics_, name), n.ring, name + " (tap " + n.tap + ")"), "--net");
+  }
+  return {};
+}
+
 namespace {
 // Milliseconds since the process started building the VM, for IOVIRT_LOG=debug phase timings.
 std::string since(std::chrono::steady_clock::time_point t0) {
@@ -181,6 +223,7 @@ Status Vm::build() {
   pci_ = std::make_unique<PciRoot>(pio_, mmio_, win);
   if (auto s = pio_.insert(PciRoot::kConfigAddressPort, PciRoot::kConfigPortsLen, &pci_->config_ports()); !s)
     return s;
+  if (auto s = add_virtio_devices(); !s) return s;
 
   // ACPI tables in the BIOS area, where Linux also finds the RSDP by scanning.
   AcpiConfig acfg;

@@ -18,6 +18,11 @@
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/vmm/config.hpp"
 
+namespace iovirt::virtio {
+class VirtioDevice;
+class VirtioPciDevice;
+}  // namespace iovirt::virtio
+
 namespace iovirt {
 
 class Serial16550;
@@ -25,6 +30,8 @@ class I8042;
 class AcpiPmDevice;
 class MetricsServer;
 class PciRoot;
+class KvmIrqChip;
+class GsiRouter;
 
 enum class VmExit { None, Poweroff, Reset, Signal, Error };
 
@@ -55,6 +62,7 @@ class Vm final {
   void handle_mmio(kvm_run* run);
   void stop_vcpus();
   void note_unclaimed(const char* bus, uint64_t addr, bool write);
+  Status add_virtio_devices();
 
   VmConfig cfg_;
   Kvm kvm_;
@@ -67,6 +75,19 @@ class Vm final {
   std::unique_ptr<Serial16550> serial_;
   std::unique_ptr<I8042> i8042_;
   std::unique_ptr<AcpiPmDevice> pm_;
+  // Interrupt routing for PCI devices (MSI-X -> GSI -> irqfd).
+  std::unique_ptr<KvmIrqChip> irqchip_;
+  std::unique_ptr<GsiRouter> router_;
+  // A virtio device and its transport; the transport goes first (it stops the device).
+  struct VirtioSlot {
+    std::unique_ptr<virtio::VirtioDevice> dev;
+    std::unique_ptr<virtio::VirtioPciDevice> pci;
+    VirtioSlot();
+    VirtioSlot(VirtioSlot&&) noexcept;
+    ~VirtioSlot();
+  };
+  std::vector<VirtioSlot> virtio_;
+  // Declared after the devices: destroyed first, it takes their BARs off the buses.
   std::unique_ptr<PciRoot> pci_;
   std::vector<VcpuFd> vcpus_;
   std::vector<std::thread> threads_;

@@ -1,0 +1,46 @@
+#include "iovirt/vmm/virtio_devices.hpp"
+
+#include "iovirt/virtio/blk.hpp"
+#include "iovirt/virtio/net.hpp"
+#include "iovirt/virtio/ring.hpp"
+
+namespace iovirt {
+
+Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_disk(const DiskOption& opt,
+                                                               MetricsRegistry& metrics,
+                                                               const std::string& name) {
+  virtio::BlkConfig c;
+  c.path = opt.path;
+  c.readonly = opt.readonly;
+  c.direct = opt.direct;
+  c.queues = opt.queues;
+  c.queue_size = opt.ring.queue_size;
+  c.serial = opt.serial;
+  auto dev = virtio::VirtioBlk::create(c, metrics, name);
+  if (!dev) return std::unexpected(std::move(dev.error()));
+  return std::unique_ptr<virtio::VirtioDevice>(std::move(*dev));
+}
+
+Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_net(const NetOption& opt,
+                                                              MetricsRegistry& metrics,
+                                                              const std::string& name) {
+  virtio::NetConfig c;
+  c.tap = opt.tap;
+  c.mac = opt.mac;
+  c.queue_pairs = opt.queues;
+  c.vhost = opt.vhost;
+  c.queue_size = opt.ring.queue_size;
+  auto dev = virtio::VirtioNet::create(c, metrics, name);
+  if (!dev) return std::unexpected(std::move(dev.error()));
+  return std::unique_ptr<virtio::VirtioDevice>(std::move(*dev));
+}
+
+virtio::VirtioPciOptions transport_options(const RingOptions& ring) {
+  virtio::VirtioPciOptions o;
+  if (!ring.packed) o.features_off |= virtio::feature_bit(virtio::VIRTIO_F_RING_PACKED);
+  if (!ring.event_idx) o.features_off |= virtio::feature_bit(virtio::VIRTIO_F_EVENT_IDX);
+  if (!ring.indirect) o.features_off |= virtio::feature_bit(virtio::VIRTIO_F_INDIRECT_DESC);
+  return o;
+}
+
+}  // namespace iovirt
