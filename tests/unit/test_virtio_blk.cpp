@@ -655,6 +655,23 @@ TEST_F(BlkTest, HostileRingFailsTheDeviceWhichSurvivesAndReactivates) {
   EXPECT_EQ(image.read(3 * 512, 512), data);
 }
 
+// The same head published twice in one batch: the first is still in flight (its write sits in
+// io_uring until the batch is reaped) when the second is popped.
+TEST_F(BlkTest, HeadReusedWhileInFlightFailsTheDevice) {
+  make_device();
+  make_queues(1, 64);
+  ASSERT_TRUE(activate().has_value());
+  const Req r = add(0, VIRTIO_BLK_T_OUT, 0, 4096, false, pattern(4096, 1));
+  ASSERT_TRUE(queues[0]->drv->publish_head(r.head).has_value());
+  kick(0);
+  ASSERT_TRUE(wait_until([&] { return failure_count() > 0; }));
+  EXPECT_NE(first_failure().find("while in flight"), std::string::npos) << first_failure();
+  dev->reset();
+  configure_queue(0, 64, false);
+  ASSERT_TRUE(activate().has_value());
+  EXPECT_EQ(run1(VIRTIO_BLK_T_FLUSH, 0, 0, false).status, VIRTIO_BLK_S_OK);
+}
+
 TEST_F(BlkTest, FullQueueOfRequestsInFlight) {
   constexpr uint16_t kSize = 128;
   make_device(Cfg().queue_size(kSize));
