@@ -556,6 +556,23 @@ TEST_F(BlkTest, OutOfRangeAndMisalignedAreIoErr) {
   EXPECT_EQ(failure_count(), 0u);
 }
 
+// The image shrinks under the device (another process truncates it): reads past the new end
+// come back short from the kernel and complete with IOERR, not with stale or partial data.
+TEST_F(BlkTest, ShortReadIsIoErr) {
+  make_device();
+  make_queues(1, 64);
+  ASSERT_TRUE(activate().has_value());
+  ASSERT_EQ(::truncate(image.path().c_str(), 512 * 1024), 0);
+  Req r;
+  const Done beyond = run1(VIRTIO_BLK_T_IN, 1500, 512, true, {}, &r);
+  EXPECT_EQ(beyond.status, VIRTIO_BLK_S_IOERR);
+  EXPECT_EQ(beyond.len, 1u);
+  const Done straddling = run1(VIRTIO_BLK_T_IN, 1022, 2048, true);
+  EXPECT_EQ(straddling.status, VIRTIO_BLK_S_IOERR);
+  EXPECT_EQ(run1(VIRTIO_BLK_T_IN, 1016, 2048, true).status, VIRTIO_BLK_S_OK);
+  EXPECT_EQ(QueueMetrics::create(metrics, "blk0", 0).bytes->value(), 2048u) << "only the full read";
+}
+
 TEST_F(BlkTest, ReadOnlyRefusesWrites) {
   make_device(Cfg().readonly());
   make_queues(1, 64);
