@@ -76,9 +76,10 @@ class VirtioBlk final : public VirtioDevice {
   [[nodiscard]] const std::string& serial() const { return serial_; }
   [[nodiscard]] const blk::BlkConfigSpace& config() const { return config_; }
 
-  struct Worker;  // one per active queue (blk.cpp)
 
  private:
+  struct Worker;  // one per active queue: thread, io_uring, request slots (blk.cpp)
+
   VirtioBlk() = default;
 
   std::string name_;
