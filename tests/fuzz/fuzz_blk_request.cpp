@@ -136,10 +136,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Segment s{};
     s.write = (kind & 1) != 0;
     switch ((kind >> 1) & 3) {
-      case 0: s.addr = kBlobGpa + in.u16(); break;
-      case 1: s.addr = kRegion1Gpa + in.u16(); break;
-      case 2: s.addr = in.u64(); break;
-      default: s.addr = kRegion0Size - in.u8(); break;
+      case 0:
+        s.addr = kBlobGpa + in.u16();
+        break;
+      case 1:
+        s.addr = kRegion1Gpa + in.u16();
+        break;
+      case 2:
+        s.addr = in.u64();
+        break;
+      default:
+        s.addr = kRegion0Size - in.u8();
+        break;
     }
     s.len = ((kind >> 1) & 3) == 2 ? in.u32() : in.u16();
     any_writable = any_writable || (s.write && s.len != 0);
@@ -203,8 +211,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case blk::BlkOp::WriteZeroes: {
       check(!lim.readonly);
       check(r.op == blk::BlkOp::Discard ? lim.discard : lim.write_zeroes);
-      const uint32_t max_seg = r.op == blk::BlkOp::Discard ? lim.max_discard_seg
-                                                           : lim.max_write_zeroes_seg;
+      const uint32_t max_seg =
+          r.op == blk::BlkOp::Discard ? lim.max_discard_seg : lim.max_write_zeroes_seg;
       check(r.range_count <= max_seg);
       for (uint32_t i = 0; i < r.range_count; ++i) {
         const blk::BlkRange& g = storage.ranges[i];

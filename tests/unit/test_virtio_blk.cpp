@@ -58,12 +58,30 @@ bool wait_until(const std::function<bool()>& cond) {
 // BlkConfig with chained setters (designated initializers trip -Wmissing-field-initializers).
 struct Cfg {
   BlkConfig c;
-  Cfg& path(std::string p) { c.path = std::move(p); return *this; }
-  Cfg& readonly() { c.readonly = true; return *this; }
-  Cfg& direct() { c.direct = true; return *this; }
-  Cfg& queues(uint16_t n) { c.queues = n; return *this; }
-  Cfg& queue_size(uint16_t n) { c.queue_size = n; return *this; }
-  Cfg& serial(std::string v) { c.serial = std::move(v); return *this; }
+  Cfg& path(std::string p) {
+    c.path = std::move(p);
+    return *this;
+  }
+  Cfg& readonly() {
+    c.readonly = true;
+    return *this;
+  }
+  Cfg& direct() {
+    c.direct = true;
+    return *this;
+  }
+  Cfg& queues(uint16_t n) {
+    c.queues = n;
+    return *this;
+  }
+  Cfg& queue_size(uint16_t n) {
+    c.queue_size = n;
+    return *this;
+  }
+  Cfg& serial(std::string v) {
+    c.serial = std::move(v);
+    return *this;
+  }
 };
 
 class RecordingInterrupt final : public VirtioInterrupt {
@@ -156,7 +174,8 @@ class BlkTest : public ::testing::Test {
       ASSERT_TRUE(vq.has_value()) << vq.error().message();
       auto kick = EventFd::create();
       ASSERT_TRUE(kick.has_value());
-      queues.push_back(std::make_unique<TestQueue>(TestQueue{std::move(*vq), {}, std::move(*kick)}));
+      queues.push_back(
+          std::make_unique<TestQueue>(TestQueue{std::move(*vq), {}, std::move(*kick)}));
       configure_queue(q, size, event_idx);
     }
   }
@@ -173,7 +192,8 @@ class BlkTest : public ::testing::Test {
     t.vq.set_indirect(true);
     t.vq.set_ready(true);
     ASSERT_TRUE(t.vq.validate(*mem).has_value());
-    auto drv = DriverQueue::create(*mem, DriverQueueLayout{size, base, base + 0x4000, base + 0x8000});
+    auto drv =
+        DriverQueue::create(*mem, DriverQueueLayout{size, base, base + 0x4000, base + 0x8000});
     ASSERT_TRUE(drv.has_value()) << drv.error().message();
     t.drv.emplace(std::move(*drv));
   }
@@ -380,9 +400,9 @@ TEST_F(BlkTest, CreateRefusesBadConfigs) {
   EXPECT_FALSE(VirtioBlk::create(Cfg().path(image.path()).queues(0).c, metrics, "b").has_value());
   EXPECT_FALSE(
       VirtioBlk::create(Cfg().path(image.path()).queue_size(100).c, metrics, "b").has_value());
-  EXPECT_FALSE(VirtioBlk::create(Cfg().path(image.path()).serial(std::string(21, 'x')).c, metrics,
-                                 "b")
-                   .has_value());
+  EXPECT_FALSE(
+      VirtioBlk::create(Cfg().path(image.path()).serial(std::string(21, 'x')).c, metrics, "b")
+          .has_value());
   TempImage tiny(100);
   auto r = VirtioBlk::create(Cfg().path(tiny.path()).c, metrics, "b");
   ASSERT_FALSE(r.has_value());
@@ -556,6 +576,23 @@ TEST_F(BlkTest, OutOfRangeAndMisalignedAreIoErr) {
   EXPECT_EQ(failure_count(), 0u);
 }
 
+// The image shrinks under the device (another process truncates it): reads past the new end
+// come back short from the kernel and complete with IOERR, not with stale or partial data.
+TEST_F(BlkTest, ShortReadIsIoErr) {
+  make_device();
+  make_queues(1, 64);
+  ASSERT_TRUE(activate().has_value());
+  ASSERT_EQ(::truncate(image.path().c_str(), 512 * 1024), 0);
+  Req r;
+  const Done beyond = run1(VIRTIO_BLK_T_IN, 1500, 512, true, {}, &r);
+  EXPECT_EQ(beyond.status, VIRTIO_BLK_S_IOERR);
+  EXPECT_EQ(beyond.len, 1u);
+  const Done straddling = run1(VIRTIO_BLK_T_IN, 1022, 2048, true);
+  EXPECT_EQ(straddling.status, VIRTIO_BLK_S_IOERR);
+  EXPECT_EQ(run1(VIRTIO_BLK_T_IN, 1016, 2048, true).status, VIRTIO_BLK_S_OK);
+  EXPECT_EQ(QueueMetrics::create(metrics, "blk0", 0).bytes->value(), 2048u) << "only the full read";
+}
+
 TEST_F(BlkTest, ReadOnlyRefusesWrites) {
   make_device(Cfg().readonly());
   make_queues(1, 64);
@@ -655,6 +692,23 @@ TEST_F(BlkTest, HostileRingFailsTheDeviceWhichSurvivesAndReactivates) {
   EXPECT_EQ(image.read(3 * 512, 512), data);
 }
 
+// The same head published twice in one batch: the first is still in flight (its write sits in
+// io_uring until the batch is reaped) when the second is popped.
+TEST_F(BlkTest, HeadReusedWhileInFlightFailsTheDevice) {
+  make_device();
+  make_queues(1, 64);
+  ASSERT_TRUE(activate().has_value());
+  const Req r = add(0, VIRTIO_BLK_T_OUT, 0, 4096, false, pattern(4096, 1));
+  ASSERT_TRUE(queues[0]->drv->publish_head(r.head).has_value());
+  kick(0);
+  ASSERT_TRUE(wait_until([&] { return failure_count() > 0; }));
+  EXPECT_NE(first_failure().find("while in flight"), std::string::npos) << first_failure();
+  dev->reset();
+  configure_queue(0, 64, false);
+  ASSERT_TRUE(activate().has_value());
+  EXPECT_EQ(run1(VIRTIO_BLK_T_FLUSH, 0, 0, false).status, VIRTIO_BLK_S_OK);
+}
+
 TEST_F(BlkTest, FullQueueOfRequestsInFlight) {
   constexpr uint16_t kSize = 128;
   make_device(Cfg().queue_size(kSize));
@@ -675,7 +729,8 @@ TEST_F(BlkTest, FullQueueOfRequestsInFlight) {
   // And a full queue of reads back.
   next_buf = kBufBase;
   reqs.clear();
-  for (uint16_t i = 0; i < kSize; ++i) reqs.push_back(add(0, VIRTIO_BLK_T_IN, 8ull * i, 4096, true, {}, true));
+  for (uint16_t i = 0; i < kSize; ++i)
+    reqs.push_back(add(0, VIRTIO_BLK_T_IN, 8ull * i, 4096, true, {}, true));
   kick(0);
   ASSERT_EQ(wait_used(0, kSize).size(), kSize);
   for (uint16_t i = 0; i < kSize; ++i) {

@@ -474,7 +474,8 @@ Result<std::unique_ptr<VirtioBlk>> VirtioBlk::create(const BlkConfig& cfg, Metri
   if (cfg.queues == 0 || cfg.queues > kMaxQueues) {
     return fail(where + "queues must be between 1 and " + std::to_string(kMaxQueues));
   }
-  if (cfg.queue_size < 2 || cfg.queue_size > kMaxQueueSize || !std::has_single_bit(cfg.queue_size)) {
+  if (cfg.queue_size < 2 || cfg.queue_size > kMaxQueueSize ||
+      !std::has_single_bit(cfg.queue_size)) {
     return fail(where + "queue size must be a power of 2 between 2 and " +
                 std::to_string(kMaxQueueSize));
   }
@@ -569,19 +570,18 @@ Result<std::unique_ptr<VirtioBlk>> VirtioBlk::create(const BlkConfig& cfg, Metri
   c.max_write_zeroes_seg = kMaxDiscardSeg;
   c.write_zeroes_may_unmap = 1;
 
-  static const std::vector<double> kBounds = {1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
-                                              1e-3,   2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
-                                              1e-1,   2.5e-1, 5e-1, 1.0};
+  static const std::vector<double> kBounds = {1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
+                                              1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+                                              1e-1, 2.5e-1, 5e-1, 1.0};
   for (uint16_t q = 0; q < cfg.queues; ++q) {
     d->queue_metrics_.push_back(QueueMetrics::create(metrics, d->name_, q));
     std::array<Histogram*, blk::kBlkOpCount> h{};
     for (unsigned op = 0; op < blk::kBlkOpCount; ++op) {
-      h[op] = &metrics.histogram(
-          "iovirt_virtio_blk_request_seconds", "virtio-blk request latency, pop to completion",
-          kBounds,
-          Labels{{"device", d->name_},
-                 {"queue", std::to_string(q)},
-                 {"op", blk::to_string(static_cast<BlkOp>(op))}});
+      h[op] = &metrics.histogram("iovirt_virtio_blk_request_seconds",
+                                 "virtio-blk request latency, pop to completion", kBounds,
+                                 Labels{{"device", d->name_},
+                                        {"queue", std::to_string(q)},
+                                        {"op", blk::to_string(static_cast<BlkOp>(op))}});
     }
     d->latency_.push_back(h);
   }
@@ -607,7 +607,8 @@ void VirtioBlk::read_config(uint32_t offset, std::span<uint8_t> data) {
 Status VirtioBlk::negotiate(uint64_t features) {
   // Legacy (pre-1.0) layouts are not implemented (section 7.1 transitional devices).
   if ((features & feature_bit(VIRTIO_F_VERSION_1)) == 0) {
-    return fail(name_ + ": the driver did not accept VIRTIO_F_VERSION_1; legacy virtio-blk is "
+    return fail(name_ +
+                ": the driver did not accept VIRTIO_F_VERSION_1; legacy virtio-blk is "
                 "not supported");
   }
   return {};
@@ -631,7 +632,8 @@ Status VirtioBlk::activate(ActivateContext ctx) {
   std::vector<std::unique_ptr<Worker>> workers;
   for (const QueueBinding& b : ctx.queues) {
     if (b.index >= num_queues_ || b.queue == nullptr || b.kick_fd < 0) {
-      return fail(name_ + ": activate with an invalid binding for queue " + std::to_string(b.index));
+      return fail(name_ + ": activate with an invalid binding for queue " +
+                  std::to_string(b.index));
     }
     auto w = std::make_unique<Worker>();
     w->dev = this;

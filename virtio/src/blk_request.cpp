@@ -132,13 +132,20 @@ void parse_ranges(const GuestMemory& mem, std::span<const Segment> segs, uint64_
 
 const char* to_string(BlkOp op) {
   switch (op) {
-    case BlkOp::Read: return "read";
-    case BlkOp::Write: return "write";
-    case BlkOp::Flush: return "flush";
-    case BlkOp::GetId: return "get_id";
-    case BlkOp::Discard: return "discard";
-    case BlkOp::WriteZeroes: return "write_zeroes";
-    case BlkOp::Other: return "other";
+    case BlkOp::Read:
+      return "read";
+    case BlkOp::Write:
+      return "write";
+    case BlkOp::Flush:
+      return "flush";
+    case BlkOp::GetId:
+      return "get_id";
+    case BlkOp::Discard:
+      return "discard";
+    case BlkOp::WriteZeroes:
+      return "write_zeroes";
+    case BlkOp::Other:
+      return "other";
   }
   return "other";
 }
@@ -169,17 +176,20 @@ BlkRequest parse_request(const GuestMemory& mem, std::span<const Segment> segs,
   }
   r.status_ptr = status->data();
 
-  if (readable < sizeof(BlkReqHeader)) return refuse(r, VIRTIO_BLK_S_IOERR, "header shorter than 16 bytes");
+  if (readable < sizeof(BlkReqHeader))
+    return refuse(r, VIRTIO_BLK_S_IOERR, "header shorter than 16 bytes");
   BlkReqHeader h{};
   std::span<uint8_t> hb(reinterpret_cast<uint8_t*>(&h), sizeof(h));
-  if (!copy_from_chain(mem, segs, false, 0, hb)) return refuse(r, VIRTIO_BLK_S_IOERR, "header unreadable");
+  if (!copy_from_chain(mem, segs, false, 0, hb))
+    return refuse(r, VIRTIO_BLK_S_IOERR, "header unreadable");
   const uint64_t data_out = readable - sizeof(BlkReqHeader);  // driver -> device bytes
-  const uint64_t data_in = writable - 1;                       // device -> driver bytes
+  const uint64_t data_in = writable - 1;                      // device -> driver bytes
 
   switch (h.type) {
     case VIRTIO_BLK_T_IN: {
       r.op = BlkOp::Read;
-      if (data_out != 0) return refuse(r, VIRTIO_BLK_S_IOERR, "read request with device-readable data");
+      if (data_out != 0)
+        return refuse(r, VIRTIO_BLK_S_IOERR, "read request with device-readable data");
       if (const char* why = check_range(h.sector, data_in, lim.capacity_sectors)) {
         return refuse(r, VIRTIO_BLK_S_IOERR, why);
       }
@@ -194,7 +204,8 @@ BlkRequest parse_request(const GuestMemory& mem, std::span<const Segment> segs,
     case VIRTIO_BLK_T_OUT: {
       r.op = BlkOp::Write;
       if (lim.readonly) return refuse(r, VIRTIO_BLK_S_IOERR, "write to a read-only disk");
-      if (data_in != 0) return refuse(r, VIRTIO_BLK_S_IOERR, "write request with device-writable data");
+      if (data_in != 0)
+        return refuse(r, VIRTIO_BLK_S_IOERR, "write request with device-writable data");
       if (const char* why = check_range(h.sector, data_out, lim.capacity_sectors)) {
         return refuse(r, VIRTIO_BLK_S_IOERR, why);
       }

@@ -131,8 +131,8 @@ struct BlkRange {
 
 // Caller-owned storage the parser fills; sized once per queue slot.
 struct BlkRequestStorage {
-  std::span<iovec> iov;       // data segments; more than fit -> IOERR (seg_max exceeded)
-  std::span<BlkRange> ranges; // discard / write-zeroes segments (max_*_seg entries)
+  std::span<iovec> iov;        // data segments; more than fit -> IOERR (seg_max exceeded)
+  std::span<BlkRange> ranges;  // discard / write-zeroes segments (max_*_seg entries)
 };
 
 struct BlkRequest {
@@ -142,9 +142,9 @@ struct BlkRequest {
   uint8_t* status_ptr = nullptr;
   // VIRTIO_BLK_S_OK: execute the request. IOERR / UNSUPP: complete it at once with this status.
   uint8_t status = VIRTIO_BLK_S_IOERR;
-  uint64_t offset = 0;     // byte offset in the disk (Read/Write)
-  uint64_t data_len = 0;   // bytes covered by iov
-  uint32_t iov_count = 0;  // entries used in storage.iov (Read/Write/GetId)
+  uint64_t offset = 0;       // byte offset in the disk (Read/Write)
+  uint64_t data_len = 0;     // bytes covered by iov
+  uint32_t iov_count = 0;    // entries used in storage.iov (Read/Write/GetId)
   uint32_t range_count = 0;  // entries used in storage.ranges (Discard/WriteZeroes)
   const char* reason = "";   // why the request was refused (static string, for logs and tests)
 };
