@@ -4,7 +4,7 @@
 #   unit tests   (both builds)                      ctest -L unit
 #   KVM tests    (tiny guests on this host's KVM)   ctest -L kvm
 #   lab tests    (real Linux guests, nested lab)    ctest -L lab
-#   fuzzing      (libFuzzer, 60 s on the split virtqueue; needs clang++ >= 17 for std::expected)
+#   fuzzing      (libFuzzer, 45 s each on the split and packed virtqueues; needs clang++ >= 17)
 # Exit status is non-zero if anything failed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,8 +31,8 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir "$ROOT/build-asan" --output-on-failure -j2 -L unit || fail=1
 
 # Fuzzing: a clang build (libFuzzer + ASan + UBSan; no -Werror, clang warns differently) runs
-# fuzz_split_queue for 60 s on a scratch copy of the seed corpus, so the tree is not modified.
-# Crashing inputs are kept in build-fuzz/crashes/. Debian 12's default clang (14) lacks
+# each fuzz target for 45 s on a scratch copy of its seed corpus, so the tree is not modified.
+# Crashing inputs are kept in build-fuzz/crashes/<target>/. Debian 12's default clang (14) lacks
 # std::expected support, so the newest clang++-NN found is used.
 FUZZ_CXX=""
 for c in clang++-19 clang++-18 clang++-17 clang++; do
@@ -43,17 +43,22 @@ std::expected<int, int> e;' | "$c" -std=c++23 -fsyntax-only -x c++ - 2>/dev/null
   fi
 done
 if [[ -n $FUZZ_CXX ]]; then
-  step "fuzzing the split virtqueue for 60 s ($FUZZ_CXX)"
+  step "fuzzing the split and packed virtqueues for 45 s each ($FUZZ_CXX)"
   FUZZ_BUILD=$ROOT/build-fuzz
   if CC=${FUZZ_CXX/clang++/clang} CXX=$FUZZ_CXX cmake -S "$ROOT" -B "$FUZZ_BUILD" -G Ninja \
        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOVIRT_FUZZ=ON -DIOVIRT_BUILD_TESTS=ON \
        -DIOVIRT_WERROR=OFF -DIOVIRT_BUILD_BENCH=OFF >/dev/null &&
-     ninja -C "$FUZZ_BUILD" fuzz_split_queue >/dev/null; then
-    rm -rf "$FUZZ_BUILD/corpus" && mkdir -p "$FUZZ_BUILD/corpus" "$FUZZ_BUILD/crashes"
-    cp "$ROOT"/tests/fuzz/corpus/split_queue/* "$FUZZ_BUILD/corpus/"
-    "$FUZZ_BUILD/tests/fuzz/fuzz_split_queue" -max_total_time=60 -print_final_stats=1 \
-      -artifact_prefix="$FUZZ_BUILD/crashes/" "$FUZZ_BUILD/corpus" 2>&1 | tail -n 25 ||
-      { echo "fuzz: crash, input saved in $FUZZ_BUILD/crashes/"; fail=1; }
+     ninja -C "$FUZZ_BUILD" fuzz_split_queue fuzz_packed_queue >/dev/null; then
+    for target in split_queue packed_queue; do
+      rm -rf "$FUZZ_BUILD/corpus/$target" && mkdir -p "$FUZZ_BUILD/corpus/$target" \
+        "$FUZZ_BUILD/crashes/$target"
+      cp "$ROOT"/tests/fuzz/corpus/$target/* "$FUZZ_BUILD/corpus/$target/"
+      echo "fuzz_$target:"
+      "$FUZZ_BUILD/tests/fuzz/fuzz_$target" -max_total_time=45 -print_final_stats=1 \
+        -artifact_prefix="$FUZZ_BUILD/crashes/$target/" "$FUZZ_BUILD/corpus/$target" 2>&1 |
+        tail -n 25 ||
+        { echo "fuzz: crash, input saved in $FUZZ_BUILD/crashes/$target/"; fail=1; }
+    done
   else
     echo "fuzz: clang build failed"; fail=1
   fi
