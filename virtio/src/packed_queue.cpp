@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <atomic>
 #include <limits>
 #include <string>
@@ -157,9 +158,13 @@ Result<uint16_t> PackedQueue::load_desc_flags(const GuestMemory& mem, uint32_t s
 Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) {
   if (auto st = check_usable(); !st) return std::unexpected(std::move(st.error()));
 
-  auto head_flags = load_desc_flags(mem, next_avail_);
-  if (!head_flags) return std::unexpected(std::move(head_flags.error()));
-  if (!packed_is_avail(*head_flags, avail_wrap_)) return std::optional<DescriptorChain>{};
+  // One lookup for the head descriptor; its flags are read first, with acquire (2.8.21.1).
+  auto head = mem.span(desc_gpa_ + pdesc_offset(next_avail_), sizeof(PvirtqDesc));
+  if (!head) return fault(QueueFault::RingAccess, "read descriptor: " + head.error().message());
+  const uint16_t head_flags =
+      std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(head->data() + offsetof(PvirtqDesc, flags)))
+          .load(std::memory_order_acquire);
+  if (!packed_is_avail(head_flags, avail_wrap_)) return std::optional<DescriptorChain>{};
 
   walk_total_ = 0;
   walk_readable_ = 0;
@@ -176,10 +181,17 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
                                                  " descriptors from slot " +
                                                  std::to_string(next_avail_));
     }
-    auto d = mem.read_obj<PvirtqDesc>(desc_gpa_ + pdesc_offset(pos));
-    if (!d) return fault(QueueFault::RingAccess, "read descriptor: " + d.error().message());
-    // The head's flags are the ones read with acquire (the guest may change them meanwhile).
-    const uint16_t flags = slots == 0 ? *head_flags : d->flags;
+    PvirtqDesc d;
+    uint16_t flags;
+    if (slots == 0) {
+      std::memcpy(&d, head->data(), sizeof(d));
+      flags = head_flags;  // the value read with acquire (the guest may change it meanwhile)
+    } else {
+      auto r = mem.read_obj<PvirtqDesc>(desc_gpa_ + pdesc_offset(pos));
+      if (!r) return fault(QueueFault::RingAccess, "read descriptor: " + r.error().message());
+      d = *r;
+      flags = d.flags;
+    }
     // Section 2.8.6: every descriptor of the list carries the AVAIL/USED bits of its lap.
     if (slots != 0 && !packed_is_avail(flags, wrap)) {
       return fault(QueueFault::DescNotAvailable,
@@ -204,15 +216,15 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
                                                       " of the chain at " +
                                                       std::to_string(next_avail_));
       }
-      if (auto st = walk_indirect(mem, *d, count); !st) return std::unexpected(st.error());
-      id = d->id;
+      if (auto st = walk_indirect(mem, d, count); !st) return std::unexpected(st.error());
+      id = d.id;
       break;
     }
-    if (auto st = append(mem, *d, (flags & VIRTQ_DESC_F_WRITE) != 0, count); !st) {
+    if (auto st = append(mem, d, (flags & VIRTQ_DESC_F_WRITE) != 0, count); !st) {
       return std::unexpected(st.error());
     }
     if (!(flags & VIRTQ_DESC_F_NEXT)) {
-      id = d->id;  // section 2.8.6: the buffer id is in the last descriptor of the list
+      id = d.id;  // section 2.8.6: the buffer id is in the last descriptor of the list
       break;
     }
   }
@@ -320,20 +332,17 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
                      " slots; the device holds it with " + std::to_string(inflight_[id]));
   }
   // Section 2.8.21: id and len first, the flags that publish them last with release ordering.
-  const uint64_t at = desc_gpa_ + pdesc_offset(next_used_);
-  if (auto st = mem.write_obj(at + offsetof(PvirtqDesc, len), written); !st) {
-    return fault(QueueFault::RingAccess, "write used descriptor: " + st.error().message());
-  }
-  if (auto st = mem.write_obj(at + offsetof(PvirtqDesc, id), id); !st) {
-    return fault(QueueFault::RingAccess, "write used descriptor: " + st.error().message());
-  }
+  // One lookup for the three fields (bytes 8..15 of the descriptor).
+  auto tail = mem.span(desc_gpa_ + pdesc_offset(next_used_) + offsetof(PvirtqDesc, len), 8);
+  if (!tail) return fault(QueueFault::RingAccess, "write used descriptor: " + tail.error().message());
+  uint8_t* p = tail->data();
+  std::memcpy(p, &written, sizeof(written));
+  std::memcpy(p + (offsetof(PvirtqDesc, id) - offsetof(PvirtqDesc, len)), &id, sizeof(id));
   // Section 2.8.3: WRITE in a used descriptor says whether the device wrote anything.
   const auto flags = static_cast<uint16_t>(packed_used_bits(used_wrap_) |
                                            (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
-  if (auto st = store_u16(mem, at + offsetof(PvirtqDesc, flags), flags, std::memory_order_release);
-      !st) {
-    return fault(QueueFault::RingAccess, "write used flags: " + st.error().message());
-  }
+  auto* fp = reinterpret_cast<uint16_t*>(p + (offsetof(PvirtqDesc, flags) - offsetof(PvirtqDesc, len)));
+  std::atomic_ref<uint16_t>(*fp).store(flags, std::memory_order_release);
   // Section 2.8.6: skip the rest of this buffer's slots, whichever buffer it was.
   uint32_t next = next_used_ + uint32_t{desc_count};
   if (next >= size_) {
@@ -352,17 +361,16 @@ Result<bool> PackedQueue::needs_notification(const GuestMemory& mem) {
   // The used flags store must be visible before reading the driver's suppression state, or the
   // driver may re-enable interrupts in between and never get one (section 2.8.10).
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  auto flags = load_u16(mem, driver_gpa_ + event_flags_offset(), std::memory_order_relaxed);
-  if (!flags) {
-    return fault(QueueFault::RingAccess, "read driver event flags: " + flags.error().message());
-  }
-  auto off_wrap = load_u16(mem, driver_gpa_ + event_off_wrap_offset(), std::memory_order_relaxed);
-  if (!off_wrap) {
-    return fault(QueueFault::RingAccess, "read driver event off_wrap: " + off_wrap.error().message());
-  }
+  auto area = mem.span(driver_gpa_, event_area_bytes());
+  if (!area) return fault(QueueFault::RingAccess, "read driver event: " + area.error().message());
+  auto* ev = reinterpret_cast<uint16_t*>(area->data());
+  const uint16_t flags = std::atomic_ref<uint16_t>(ev[event_flags_offset() / 2]).load(
+      std::memory_order_relaxed);
+  const uint16_t off_wrap = std::atomic_ref<uint16_t>(ev[event_off_wrap_offset() / 2]).load(
+      std::memory_order_relaxed);
   const uint32_t used = used_since_signal_;
   used_since_signal_ = 0;
-  const uint16_t mode = *flags & RING_EVENT_FLAGS_MASK;
+  const uint16_t mode = flags & RING_EVENT_FLAGS_MASK;
   if (mode == RING_EVENT_FLAGS_DISABLE) return false;
   // DESC without EVENT_IDX and the reserved value 3 are treated as ENABLE: an extra interrupt
   // is harmless, a lost one hangs the driver.
@@ -376,8 +384,8 @@ Result<bool> PackedQueue::needs_notification(const GuestMemory& mem) {
   // wrapping 16-bit arithmetic like the split ring's event index.
   const auto new_pos = next_used_;
   const auto old_pos = static_cast<uint16_t>(new_pos - used);
-  auto event = static_cast<uint16_t>(*off_wrap & PACKED_OFFSET_MASK);
-  const bool event_wrap = (*off_wrap & PACKED_WRAP_BIT) != 0;
+  auto event = static_cast<uint16_t>(off_wrap & PACKED_OFFSET_MASK);
+  const bool event_wrap = (off_wrap & PACKED_WRAP_BIT) != 0;
   if (event_wrap != used_wrap_) event = static_cast<uint16_t>(event - size_);
   return vring_need_event(event, new_pos, old_pos);
 }
