@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "iovirt/core/guest_memory.hpp"
@@ -824,6 +827,114 @@ TEST_F(PackedQueueTest, EventIdxKicksAcrossWrapsOnlyWhenArmedSlotMadeAvailable) 
       ASSERT_TRUE(drv.take_used()->has_value());
     }
   }
+  EXPECT_FALSE(q.broken());
+}
+
+// --- driver and device on two threads ---
+
+TEST(PackedQueueThreads, DriverAndDeviceOnTwoThreadsExchangeEveryBuffer) {
+  // The driver thread posts requests (a readable sequence number, a writable reply slot) as fast
+  // as the ring allows; the device thread pops, answers seq * 3 into the reply and pushes,
+  // completing in pairs out of order. Every reply must arrive, with its own value: this is what
+  // the acquire on the descriptor flags and the release on the used flags guarantee.
+  GuestMemory mem = make_memory();
+  DriverPackedQueue drv = make_driver(mem);
+  PackedQueue q = make_device_queue();
+  constexpr uint32_t kRequests = 20000;
+  std::atomic<bool> stop{false};
+  std::atomic<uint32_t> device_done{0};
+  std::string device_error;
+
+  std::thread device([&] {
+    // Segments are only valid until the next pop: keep what is needed of each held chain.
+    struct Request {
+      uint16_t id;
+      uint16_t desc_count;
+      uint64_t seq_addr;
+      uint64_t reply_addr;
+    };
+    std::vector<Request> held;
+    while (!stop.load(std::memory_order_relaxed)) {
+      auto r = q.pop(mem);
+      if (!r) {
+        device_error = r.error().message();
+        return;
+      }
+      if (r->has_value()) {
+        const DescriptorChain& c = **r;
+        if (c.segments.size() != 2 || c.segments[0].write || !c.segments[1].write) {
+          device_error = "bad chain";
+          return;
+        }
+        held.push_back(Request{c.head, c.desc_count, c.segments[0].addr, c.segments[1].addr});
+      }
+      // Answer two at a time, the newer first, or one when the ring is momentarily empty.
+      if (held.size() >= 2 || (!r->has_value() && !held.empty())) {
+        std::reverse(held.begin(), held.end());
+        for (const Request& req : held) {
+          auto seq = mem.read_obj<uint64_t>(req.seq_addr);
+          if (!seq || !mem.write_obj(req.reply_addr, *seq * 3)) {
+            device_error = "request access failed";
+            return;
+          }
+          if (auto st = q.push(mem, req.id, req.desc_count, 8); !st) {
+            device_error = st.error().message();
+            return;
+          }
+          device_done.fetch_add(1, std::memory_order_relaxed);
+        }
+        held.clear();
+      }
+      if (!r->has_value()) std::this_thread::yield();
+    }
+  });
+
+  std::vector<uint64_t> seq_of(kSize, 0);
+  uint32_t posted = 0;
+  uint32_t completed = 0;
+  bool ok = true;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (completed < kRequests && ok && std::chrono::steady_clock::now() < deadline) {
+    bool progress = false;
+    if (posted < kRequests && drv.free_slots() >= 2 && drv.ids_in_flight() < kSize) {
+      // Buffers per id, so a reply can only land in its own request's slot.
+      // (No ASSERT here: returning early would skip the device thread's join.)
+      const auto new_id = drv.next_id();
+      const uint16_t nid = new_id.value_or(0);
+      const uint64_t seq = posted + 1;
+      const uint64_t at = kBuf + 64ull * nid;
+      seq_of[nid] = seq;
+      ok = new_id.has_value() && mem.write_obj(at, seq).has_value() &&
+           mem.write_obj(at + 8, uint64_t{0}).has_value();
+      const Buf bufs[] = {{at, 8, false}, {at + 8, 8, true}};
+      auto next = drv.add_chain(bufs);
+      ok = ok && next.has_value() && *next == nid;
+      ++posted;
+      progress = true;
+    }
+    auto u = drv.take_used();
+    if (!u) {
+      ok = false;
+      break;
+    }
+    if (u->has_value()) {
+      const uint16_t id = (*u)->id;
+      auto reply = mem.read_obj<uint64_t>(kBuf + 64ull * id + 8);
+      EXPECT_EQ((*u)->len, 8u);
+      EXPECT_TRUE(reply.has_value() && *reply == seq_of[id] * 3) << "id " << id;
+      if (!reply || *reply != seq_of[id] * 3) ok = false;
+      ++completed;
+      progress = true;
+    }
+    if (!progress) std::this_thread::yield();
+  }
+  stop.store(true);
+  device.join();
+
+  EXPECT_TRUE(device_error.empty()) << device_error;
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(completed, kRequests);
+  EXPECT_EQ(device_done.load(), kRequests);
   EXPECT_FALSE(q.broken());
 }
 

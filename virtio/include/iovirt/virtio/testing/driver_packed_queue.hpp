@@ -48,6 +48,11 @@ class DriverPackedQueue final {
   // Ring slots free for new descriptors.
   [[nodiscard]] uint32_t free_slots() const { return num_free_; }
   [[nodiscard]] uint32_t ids_in_flight() const;
+  // The id the next add_chain()/add_indirect_chain() will use, or nullopt if none is free.
+  [[nodiscard]] std::optional<uint16_t> next_id() const {
+    if (free_ids_.empty()) return std::nullopt;
+    return free_ids_.back();
+  }
 
   // Driver event suppression: what the device reads to decide on interrupts.
   Status set_driver_event(uint16_t flags, uint16_t off_wrap = 0);
