@@ -45,7 +45,7 @@ constexpr uint64_t kDriverGpa = 0x1000;  // driver event suppression
 constexpr uint64_t kDeviceGpa = 0x2000;  // device event suppression
 constexpr uint64_t kTableGpa = 0x4000;   // kBatch indirect tables of up to 4 x 16 bytes
 constexpr uint64_t kTableStride = 64;
-constexpr uint64_t kDataGpa = 0x10000;   // data buffers (the device does not touch them)
+constexpr uint64_t kDataGpa = 0x10000;  // data buffers (the device does not touch them)
 
 enum class Kind { Direct, Indirect };
 
@@ -84,10 +84,10 @@ void BM_PackedPopPush(benchmark::State& state) {
 
   const std::array<RegionSpec, 1> regions{RegionSpec{0, kMemSize}};
   GuestMemory mem = must(GuestMemory::create(regions), "GuestMemory::create");
-  DriverPackedQueue drv = must(
-      DriverPackedQueue::create(mem, DriverPackedLayout{kQueueSize, kDescGpa, kDriverGpa,
-                                                        kDeviceGpa}),
-      "DriverPackedQueue::create");
+  DriverPackedQueue drv =
+      must(DriverPackedQueue::create(
+               mem, DriverPackedLayout{kQueueSize, kDescGpa, kDriverGpa, kDeviceGpa}),
+           "DriverPackedQueue::create");
   PackedQueue q = must(PackedQueue::create(kQueueSize), "PackedQueue::create");
   q.set_desc_ring(kDescGpa);
   q.set_driver_event_area(kDriverGpa);

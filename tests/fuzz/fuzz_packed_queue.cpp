@@ -209,12 +209,12 @@ void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l
         if (r) {
           check(!was_broken);
           if (verbose()) {
-            std::fprintf(stderr, "pop: %s\n",
-                         *r ? ("id " + std::to_string((*r)->head) + ", " +
-                               std::to_string((*r)->desc_count) + " slots, " +
-                               std::to_string((*r)->segments.size()) + " segments")
-                                  .c_str()
-                            : "empty");
+            std::fprintf(
+                stderr, "pop: %s\n",
+                *r ? ("id " + std::to_string((*r)->head) + ", " + std::to_string((*r)->desc_count) +
+                      " slots, " + std::to_string((*r)->segments.size()) + " segments")
+                         .c_str()
+                   : "empty");
           }
           if (*r) {
             check_chain(mem, q, **r);

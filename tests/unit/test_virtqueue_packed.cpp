@@ -324,11 +324,17 @@ void run_laps(uint16_t size, uint32_t laps, uint32_t max_len) {
   EXPECT_EQ(q.in_flight_slots(), 0u);
 }
 
-TEST(PackedQueueWrap, ManyLapsWithVariousChainLengths) { run_laps(kSize, 50, 5); }
+TEST(PackedQueueWrap, ManyLapsWithVariousChainLengths) {
+  run_laps(kSize, 50, 5);
+}
 
-TEST(PackedQueueWrap, ManyLapsOnSizeNotPowerOfTwo) { run_laps(7, 40, 4); }
+TEST(PackedQueueWrap, ManyLapsOnSizeNotPowerOfTwo) {
+  run_laps(7, 40, 4);
+}
 
-TEST(PackedQueueWrap, ManyLapsOnSizeOne) { run_laps(1, 10, 1); }
+TEST(PackedQueueWrap, ManyLapsOnSizeOne) {
+  run_laps(1, 10, 1);
+}
 
 TEST(PackedQueueWrap, OutOfOrderCompletionAcrossLaps) {
   // The device holds up to 8 buffers and completes them in a shuffled order; the driver must see
@@ -942,7 +948,8 @@ TEST(PackedQueueThreads, DriverAndDeviceOnTwoThreadsExchangeEveryBuffer) {
 
 TEST(VirtqueueFacade, SplitFormatPopsAndPushes) {
   GuestMemory mem = make_memory();
-  auto drv = testing::DriverQueue::create(mem, testing::DriverQueueLayout{kSize, 0x1000, 0x2000, 0x3000});
+  auto drv =
+      testing::DriverQueue::create(mem, testing::DriverQueueLayout{kSize, 0x1000, 0x2000, 0x3000});
   ASSERT_TRUE(drv.has_value());
   auto vq = Virtqueue::create(kSize);
   ASSERT_TRUE(vq.has_value());

@@ -1,9 +1,9 @@
 #include "iovirt/virtio/packed_queue.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstring>
-#include <atomic>
 #include <limits>
 #include <string>
 
@@ -162,7 +162,8 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
   auto head = mem.span(desc_gpa_ + pdesc_offset(next_avail_), sizeof(PvirtqDesc));
   if (!head) return fault(QueueFault::RingAccess, "read descriptor: " + head.error().message());
   const uint16_t head_flags =
-      std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(head->data() + offsetof(PvirtqDesc, flags)))
+      std::atomic_ref<uint16_t>(
+          *reinterpret_cast<uint16_t*>(head->data() + offsetof(PvirtqDesc, flags)))
           .load(std::memory_order_acquire);
   if (!packed_is_avail(head_flags, avail_wrap_)) return std::optional<DescriptorChain>{};
 
@@ -194,9 +195,9 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
     }
     // Section 2.8.6: every descriptor of the list carries the AVAIL/USED bits of its lap.
     if (slots != 0 && !packed_is_avail(flags, wrap)) {
-      return fault(QueueFault::DescNotAvailable,
-                   "slot " + std::to_string(pos) + " (descriptor " + std::to_string(slots) +
-                       " of the chain at " + std::to_string(next_avail_) + ")");
+      return fault(QueueFault::DescNotAvailable, "slot " + std::to_string(pos) + " (descriptor " +
+                                                     std::to_string(slots) + " of the chain at " +
+                                                     std::to_string(next_avail_) + ")");
     }
     ++slots;
     if (++pos == size_) {
@@ -231,13 +232,13 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
 
   if (id >= size_) {
     return fault(QueueFault::BufferIdOutOfRange, "id " + std::to_string(id) + " at slot " +
-                                                     std::to_string(next_avail_) +
-                                                     ", queue size " + std::to_string(size_));
+                                                     std::to_string(next_avail_) + ", queue size " +
+                                                     std::to_string(size_));
   }
   if (inflight_[id] != 0) {
-    return fault(QueueFault::BufferIdInUse,
-                 "id " + std::to_string(id) + " at slot " + std::to_string(next_avail_) +
-                     " is still held by the device");
+    return fault(QueueFault::BufferIdInUse, "id " + std::to_string(id) + " at slot " +
+                                                std::to_string(next_avail_) +
+                                                " is still held by the device");
   }
   if (inflight_slots_ + slots > size_) {
     return fault(QueueFault::RingOverrun, std::to_string(inflight_slots_) + " + " +
@@ -251,8 +252,8 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
   const auto total = static_cast<uint32_t>(walk_total_);
   const auto readable = static_cast<uint32_t>(walk_readable_);
   return std::optional<DescriptorChain>(
-      DescriptorChain{id, static_cast<uint16_t>(slots), std::span<const Segment>(segs_.data(), count),
-                      readable, total - readable});
+      DescriptorChain{id, static_cast<uint16_t>(slots),
+                      std::span<const Segment>(segs_.data(), count), readable, total - readable});
 }
 
 // Section 2.8.19: the table is len / 16 consecutive descriptors. Only WRITE is meaningful in it;
@@ -334,14 +335,16 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
   // Section 2.8.21: id and len first, the flags that publish them last with release ordering.
   // One lookup for the three fields (bytes 8..15 of the descriptor).
   auto tail = mem.span(desc_gpa_ + pdesc_offset(next_used_) + offsetof(PvirtqDesc, len), 8);
-  if (!tail) return fault(QueueFault::RingAccess, "write used descriptor: " + tail.error().message());
+  if (!tail)
+    return fault(QueueFault::RingAccess, "write used descriptor: " + tail.error().message());
   uint8_t* p = tail->data();
   std::memcpy(p, &written, sizeof(written));
   std::memcpy(p + (offsetof(PvirtqDesc, id) - offsetof(PvirtqDesc, len)), &id, sizeof(id));
   // Section 2.8.3: WRITE in a used descriptor says whether the device wrote anything.
-  const auto flags = static_cast<uint16_t>(packed_used_bits(used_wrap_) |
-                                           (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
-  auto* fp = reinterpret_cast<uint16_t*>(p + (offsetof(PvirtqDesc, flags) - offsetof(PvirtqDesc, len)));
+  const auto flags =
+      static_cast<uint16_t>(packed_used_bits(used_wrap_) | (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
+  auto* fp =
+      reinterpret_cast<uint16_t*>(p + (offsetof(PvirtqDesc, flags) - offsetof(PvirtqDesc, len)));
   std::atomic_ref<uint16_t>(*fp).store(flags, std::memory_order_release);
   // Section 2.8.6: skip the rest of this buffer's slots, whichever buffer it was.
   uint32_t next = next_used_ + uint32_t{desc_count};
@@ -364,10 +367,10 @@ Result<bool> PackedQueue::needs_notification(const GuestMemory& mem) {
   auto area = mem.span(driver_gpa_, event_area_bytes());
   if (!area) return fault(QueueFault::RingAccess, "read driver event: " + area.error().message());
   auto* ev = reinterpret_cast<uint16_t*>(area->data());
-  const uint16_t flags = std::atomic_ref<uint16_t>(ev[event_flags_offset() / 2]).load(
-      std::memory_order_relaxed);
-  const uint16_t off_wrap = std::atomic_ref<uint16_t>(ev[event_off_wrap_offset() / 2]).load(
-      std::memory_order_relaxed);
+  const uint16_t flags =
+      std::atomic_ref<uint16_t>(ev[event_flags_offset() / 2]).load(std::memory_order_relaxed);
+  const uint16_t off_wrap =
+      std::atomic_ref<uint16_t>(ev[event_off_wrap_offset() / 2]).load(std::memory_order_relaxed);
   const uint32_t used = used_since_signal_;
   used_since_signal_ = 0;
   const uint16_t mode = flags & RING_EVENT_FLAGS_MASK;
@@ -396,7 +399,8 @@ Status PackedQueue::write_device_event(const GuestMemory& mem, uint16_t off_wrap
       !st) {
     return fault(QueueFault::RingAccess, "write device event off_wrap: " + st.error().message());
   }
-  if (auto st = store_u16(mem, device_gpa_ + event_flags_offset(), flags, std::memory_order_release);
+  if (auto st =
+          store_u16(mem, device_gpa_ + event_flags_offset(), flags, std::memory_order_release);
       !st) {
     return fault(QueueFault::RingAccess, "write device event flags: " + st.error().message());
   }

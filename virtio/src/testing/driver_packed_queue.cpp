@@ -81,10 +81,9 @@ Result<uint16_t> DriverPackedQueue::add_chain(std::span<const Buf> bufs) {
   scratch_.clear();
   for (size_t i = 0; i < bufs.size(); ++i) {
     const bool last = i + 1 == bufs.size();
-    scratch_.push_back(PvirtqDesc{
-        bufs[i].gpa, bufs[i].len, last ? id : uint16_t{0},
-        static_cast<uint16_t>((bufs[i].write ? VIRTQ_DESC_F_WRITE : 0) |
-                              (last ? 0 : VIRTQ_DESC_F_NEXT))});
+    scratch_.push_back(PvirtqDesc{bufs[i].gpa, bufs[i].len, last ? id : uint16_t{0},
+                                  static_cast<uint16_t>((bufs[i].write ? VIRTQ_DESC_F_WRITE : 0) |
+                                                        (last ? 0 : VIRTQ_DESC_F_NEXT))});
   }
   if (auto r = place(scratch_); !r) return std::unexpected(r.error());
   free_ids_.pop_back();

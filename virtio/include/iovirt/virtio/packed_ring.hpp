@@ -55,13 +55,27 @@ struct PvirtqEventSuppress {
 static_assert(sizeof(PvirtqEventSuppress) == 4);
 static_assert(offsetof(PvirtqEventSuppress, flags) == 2);
 
-inline constexpr uint64_t pdesc_offset(uint32_t slot) { return 16ull * slot; }
-inline constexpr uint64_t pdesc_id_offset(uint32_t slot) { return 16ull * slot + 12; }
-inline constexpr uint64_t pdesc_flags_offset(uint32_t slot) { return 16ull * slot + 14; }
-inline constexpr uint64_t pdesc_area_bytes(uint32_t size) { return 16ull * size; }
-inline constexpr uint64_t event_off_wrap_offset() { return 0; }
-inline constexpr uint64_t event_flags_offset() { return 2; }
-inline constexpr uint64_t event_area_bytes() { return 4; }
+inline constexpr uint64_t pdesc_offset(uint32_t slot) {
+  return 16ull * slot;
+}
+inline constexpr uint64_t pdesc_id_offset(uint32_t slot) {
+  return 16ull * slot + 12;
+}
+inline constexpr uint64_t pdesc_flags_offset(uint32_t slot) {
+  return 16ull * slot + 14;
+}
+inline constexpr uint64_t pdesc_area_bytes(uint32_t size) {
+  return 16ull * size;
+}
+inline constexpr uint64_t event_off_wrap_offset() {
+  return 0;
+}
+inline constexpr uint64_t event_flags_offset() {
+  return 2;
+}
+inline constexpr uint64_t event_area_bytes() {
+  return 4;
+}
 
 // The AVAIL/USED bits a side writes when its wrap counter is `wrap` (section 2.8.1): available
 // descriptors have AVAIL == wrap and USED != wrap, used ones have both equal to wrap.

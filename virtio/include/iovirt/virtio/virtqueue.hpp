@@ -38,7 +38,9 @@ class Virtqueue final {
   [[nodiscard]] uint32_t max_size() const { return split_.max_size(); }
   [[nodiscard]] uint32_t size() const { return packed() ? packed_.size() : split_.size(); }
   // Split: a power of 2; packed: any value in [1, max_size()].
-  Status set_size(uint32_t size) { return packed() ? packed_.set_size(size) : split_.set_size(size); }
+  Status set_size(uint32_t size) {
+    return packed() ? packed_.set_size(size) : split_.set_size(size);
+  }
   void set_desc_area(uint64_t gpa) {
     if (packed()) {
       packed_.set_desc_ring(gpa);
