@@ -37,6 +37,7 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 # Debian 12's default clang (14) lacks std::expected support, so the newest clang++-NN is used.
 declare -A FUZZ_TARGETS=(
   [fuzz_split_queue]=45
+  [fuzz_packed_queue]=45
   [fuzz_blk_request]=30
   [fuzz_net_header]=30
 )

@@ -93,6 +93,20 @@ const char* to_string(QueueFault f) {
       return "used element head out of range";
     case QueueFault::RingAccess:
       return "ring access failed";
+    case QueueFault::DescNotAvailable:
+      return "descriptor in a chain not available";
+    case QueueFault::ChainTooLong:
+      return "descriptor chain longer than the queue";
+    case QueueFault::IndirectInChain:
+      return "indirect descriptor inside a chain";
+    case QueueFault::BufferIdOutOfRange:
+      return "buffer id out of range";
+    case QueueFault::BufferIdInUse:
+      return "buffer id already in use";
+    case QueueFault::RingOverrun:
+      return "more descriptors in flight than the queue size";
+    case QueueFault::UsedIdNotInFlight:
+      return "used buffer id not in flight";
   }
   return "unknown fault";
 }

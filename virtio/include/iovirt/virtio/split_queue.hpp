@@ -46,6 +46,14 @@ enum class QueueFault : uint8_t {
   IndirectChainLoop,       // chain inside an indirect table longer than the table
   UsedHeadOutOfRange,      // push() of a head >= size (device bug)
   RingAccess,              // a ring read/write failed after validate (memory map changed)
+  // Packed ring only (section 2.8).
+  DescNotAvailable,        // a later descriptor of a chain is not marked available (2.8.6)
+  ChainTooLong,            // NEXT chain longer than the queue size (2.8.18)
+  IndirectInChain,         // INDIRECT descriptor inside a NEXT chain (2.8.19)
+  BufferIdOutOfRange,      // buffer id >= queue size
+  BufferIdInUse,           // buffer id of a buffer the device still holds
+  RingOverrun,             // more descriptors in flight than the queue size
+  UsedIdNotInFlight,       // push() of an id/desc_count that pop() did not return (device bug)
 };
 
 [[nodiscard]] const char* to_string(QueueFault f);

@@ -10,6 +10,8 @@
 // Threading: a Virtqueue is plain state with no lock. The transport configures it on a vCPU
 // thread while the device is not running (before DRIVER_OK or after reset); from activate() until
 // reset exactly one backend thread owns it.
+// Dispatch: both ring objects live in the Virtqueue and a format switch picks one per call (a
+// well-predicted branch, no variant visit, no allocation when the format changes).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +19,7 @@
 
 #include "iovirt/core/error.hpp"
 #include "iovirt/core/guest_memory.hpp"
+#include "iovirt/virtio/packed_queue.hpp"
 #include "iovirt/virtio/split_queue.hpp"
 
 namespace iovirt::virtio {
@@ -29,56 +32,141 @@ class Virtqueue final {
 
   // --- configuration (transport, device stopped) ---
   [[nodiscard]] RingFormat format() const { return format_; }
-  // Chooses the ring format; resets ring state. Packed is refused until the packed ring exists.
+  // Chooses the ring format and resets the queue (as reset()): call it once the features are
+  // negotiated, before the queue is configured.
   Status set_format(RingFormat f);
   [[nodiscard]] uint32_t max_size() const { return split_.max_size(); }
-  [[nodiscard]] uint32_t size() const { return split_.size(); }
-  Status set_size(uint32_t size) { return split_.set_size(size); }
-  void set_desc_area(uint64_t gpa) { split_.set_desc_table(gpa); }
-  void set_driver_area(uint64_t gpa) { split_.set_avail_ring(gpa); }
-  void set_device_area(uint64_t gpa) { split_.set_used_ring(gpa); }
-  [[nodiscard]] uint64_t desc_area() const { return split_.desc_table(); }
-  [[nodiscard]] uint64_t driver_area() const { return split_.avail_ring(); }
-  [[nodiscard]] uint64_t device_area() const { return split_.used_ring(); }
-  void set_event_idx(bool on) { split_.set_event_idx(on); }
-  void set_indirect(bool on) { split_.set_indirect(on); }
-  void set_ready(bool on) { split_.set_ready(on); }
-  [[nodiscard]] bool ready() const { return split_.ready(); }
-  [[nodiscard]] bool event_idx() const { return split_.event_idx(); }
+  [[nodiscard]] uint32_t size() const { return packed() ? packed_.size() : split_.size(); }
+  // Split: a power of 2; packed: any value in [1, max_size()].
+  Status set_size(uint32_t size) {
+    return packed() ? packed_.set_size(size) : split_.set_size(size);
+  }
+  void set_desc_area(uint64_t gpa) {
+    if (packed()) {
+      packed_.set_desc_ring(gpa);
+    } else {
+      split_.set_desc_table(gpa);
+    }
+  }
+  void set_driver_area(uint64_t gpa) {
+    if (packed()) {
+      packed_.set_driver_event_area(gpa);
+    } else {
+      split_.set_avail_ring(gpa);
+    }
+  }
+  void set_device_area(uint64_t gpa) {
+    if (packed()) {
+      packed_.set_device_event_area(gpa);
+    } else {
+      split_.set_used_ring(gpa);
+    }
+  }
+  [[nodiscard]] uint64_t desc_area() const {
+    return packed() ? packed_.desc_ring() : split_.desc_table();
+  }
+  [[nodiscard]] uint64_t driver_area() const {
+    return packed() ? packed_.driver_event_area() : split_.avail_ring();
+  }
+  [[nodiscard]] uint64_t device_area() const {
+    return packed() ? packed_.device_event_area() : split_.used_ring();
+  }
+  void set_event_idx(bool on) {
+    if (packed()) {
+      packed_.set_event_idx(on);
+    } else {
+      split_.set_event_idx(on);
+    }
+  }
+  void set_indirect(bool on) {
+    if (packed()) {
+      packed_.set_indirect(on);
+    } else {
+      split_.set_indirect(on);
+    }
+  }
+  void set_ready(bool on) {
+    if (packed()) {
+      packed_.set_ready(on);
+    } else {
+      split_.set_ready(on);
+    }
+  }
+  [[nodiscard]] bool ready() const { return packed() ? packed_.ready() : split_.ready(); }
+  [[nodiscard]] bool event_idx() const {
+    return packed() ? packed_.event_idx() : split_.event_idx();
+  }
   // Back to the state after create() (format kept).
-  void reset() { split_.reset(); }
+  void reset() {
+    if (packed()) {
+      packed_.reset();
+    } else {
+      split_.reset();
+    }
+  }
 
   // --- state ---
-  [[nodiscard]] bool broken() const { return split_.broken(); }
-  [[nodiscard]] QueueFault fault() const { return split_.fault(); }
-  [[nodiscard]] uint16_t next_avail() const { return split_.next_avail(); }
-  [[nodiscard]] uint16_t next_used() const { return split_.next_used(); }
+  [[nodiscard]] bool broken() const { return packed() ? packed_.broken() : split_.broken(); }
+  [[nodiscard]] QueueFault fault() const { return packed() ? packed_.fault() : split_.fault(); }
+  // Split: the free-running 16-bit index. Packed: ring position | wrap counter << 15, the form
+  // of vhost GET_VRING_BASE.
+  [[nodiscard]] uint16_t next_avail() const {
+    return packed() ? packed_.avail_state() : split_.next_avail();
+  }
+  [[nodiscard]] uint16_t next_used() const {
+    return packed() ? packed_.used_state() : split_.next_used();
+  }
+  // Restore (migration, vhost-user SET_VRING_BASE), same encodings as above. Packed refuses a
+  // position outside the queue.
+  Status set_next_avail(uint16_t v) {
+    if (packed()) return packed_.set_avail_state(v);
+    split_.set_next_avail(v);
+    return {};
+  }
+  Status set_next_used(uint16_t v) {
+    if (packed()) return packed_.set_used_state(v);
+    split_.set_next_used(v);
+    return {};
+  }
 
   // --- data path (the owning backend thread) ---
-  Status validate(const GuestMemory& mem) { return split_.validate(mem); }
-  Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem) { return split_.pop(mem); }
+  Status validate(const GuestMemory& mem) {
+    return packed() ? packed_.validate(mem) : split_.validate(mem);
+  }
+  Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem) {
+    return packed() ? packed_.pop(mem) : split_.pop(mem);
+  }
   // Gives a chain back with `written` bytes written into its device-writable buffers.
   Status push(const GuestMemory& mem, const DescriptorChain& chain, uint32_t written) {
-    return split_.push(mem, chain.head, written);
+    return packed() ? packed_.push(mem, chain.head, chain.desc_count, written)
+                    : split_.push(mem, chain.head, written);
   }
+  // desc_count: the chain's desc_count (packed ring; ignored by the split ring).
   Status push(const GuestMemory& mem, uint16_t head, uint16_t desc_count, uint32_t written) {
-    (void)desc_count;
-    return split_.push(mem, head, written);
+    return packed() ? packed_.push(mem, head, desc_count, written)
+                    : split_.push(mem, head, written);
   }
   Result<bool> needs_notification(const GuestMemory& mem) {
-    return split_.needs_notification(mem);
+    return packed() ? packed_.needs_notification(mem) : split_.needs_notification(mem);
   }
   Result<bool> enable_notification(const GuestMemory& mem) {
-    return split_.enable_notification(mem);
+    return packed() ? packed_.enable_notification(mem) : split_.enable_notification(mem);
   }
-  Status disable_notification(const GuestMemory& mem) { return split_.disable_notification(mem); }
+  Status disable_notification(const GuestMemory& mem) {
+    return packed() ? packed_.disable_notification(mem) : split_.disable_notification(mem);
+  }
 
   [[nodiscard]] SplitQueue& split() { return split_; }
+  [[nodiscard]] PackedQueue& packed_queue() { return packed_; }
 
  private:
-  explicit Virtqueue(SplitQueue split) : split_(std::move(split)) {}
+  Virtqueue(SplitQueue split, PackedQueue packed)
+      : split_(std::move(split)), packed_(std::move(packed)) {}
+  [[nodiscard]] bool packed() const { return format_ == RingFormat::Packed; }
+
   RingFormat format_ = RingFormat::Split;
   SplitQueue split_;
+  PackedQueue packed_;
 };
 
 }  // namespace iovirt::virtio

@@ -1,0 +1,348 @@
+// libFuzzer target for the device side of the packed virtqueue (PackedQueue), in the style of
+// fuzz_split_queue.cpp: the input is a hostile guest plus a device-side call sequence.
+//
+// Input layout (missing bytes read as zero):
+//   [0] queue size: 1..255, 0 means 256 (packed sizes need not be powers of 2)
+//   [1] bit0 EVENT_IDX, bit1 INDIRECT, bit2 second region, bit3 rings in the second region,
+//       bit4 misplace the descriptor ring (straddling its region's end), bit5 misaligned
+//       driver event area
+//   [2] number of raw descriptors to write from slot 0 (% (size + 1)), then 16 bytes each
+//   [3..4] driver event off_wrap, [5..6] driver event flags
+//   [7] number of raw indirect table entries (% 65), then 16 bytes each (at kIndirectGpa)
+//   rest: operations, one opcode byte each followed by its operands (see run_ops).
+// Invariants (violation -> __builtin_trap): popped segments lie inside one guest memory region,
+// lengths add up without overflow, readable before writable, id < size, 1 <= desc_count <= size
+// (1 for an indirect buffer), the device never holds more slots than the ring has, the held
+// slots match what the harness popped and did not push, positions stay inside the ring, a push
+// advances next_used by desc_count, a broken queue stays broken with the same fault until reset.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "iovirt/core/guest_memory.hpp"
+#include "iovirt/virtio/packed_queue.hpp"
+#include "iovirt/virtio/packed_ring.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+
+namespace {
+
+using iovirt::GuestMemory;
+using iovirt::RegionSpec;
+using iovirt::virtio::DescriptorChain;
+using iovirt::virtio::PackedQueue;
+using iovirt::virtio::PvirtqDesc;
+using iovirt::virtio::QueueFault;
+using iovirt::virtio::Segment;
+
+constexpr uint64_t kRegion0Gpa = 0;
+constexpr uint64_t kRegion0Size = 256 * 1024;
+constexpr uint64_t kRegion1Gpa = 1024 * 1024;  // a hole between the regions
+constexpr uint64_t kRegion1Size = 128 * 1024;
+constexpr uint64_t kIndirectGpa = 0x20000;  // in region 0
+constexpr uint16_t kMaxSize = 256;
+
+void check(bool ok) {
+  if (!ok) __builtin_trap();
+}
+
+// FUZZ_PACKED_QUEUE_VERBOSE=1 prints what each pop did (for checking what a seed reaches).
+bool verbose() {
+  static const bool v = std::getenv("FUZZ_PACKED_QUEUE_VERBOSE") != nullptr;
+  return v;
+}
+
+class Reader {
+ public:
+  Reader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  [[nodiscard]] bool empty() const { return pos_ >= size_; }
+  uint8_t u8() { return pos_ < size_ ? data_[pos_++] : 0; }
+  uint16_t u16() {
+    const uint16_t lo = u8();
+    return static_cast<uint16_t>(lo | (u8() << 8));
+  }
+  uint32_t u32() {
+    const uint32_t lo = u16();
+    return lo | (static_cast<uint32_t>(u16()) << 16);
+  }
+  uint64_t u64() {
+    const uint64_t lo = u32();
+    return lo | (static_cast<uint64_t>(u32()) << 32);
+  }
+  PvirtqDesc desc() {
+    PvirtqDesc d{};
+    d.addr = u64();
+    d.len = u32();
+    d.id = u16();
+    d.flags = u16();
+    return d;
+  }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+GuestMemory& memory(bool two_regions) {
+  static std::unique_ptr<GuestMemory> mems[2];
+  auto& m = mems[two_regions ? 1 : 0];
+  if (!m) {
+    const RegionSpec one[] = {{kRegion0Gpa, kRegion0Size}};
+    const RegionSpec two[] = {{kRegion0Gpa, kRegion0Size}, {kRegion1Gpa, kRegion1Size}};
+    auto r = two_regions ? GuestMemory::create(two) : GuestMemory::create(one);
+    check(r.has_value());
+    m = std::make_unique<GuestMemory>(std::move(*r));
+  }
+  for (const auto& region : m->regions()) std::memset(region.host, 0, region.size);
+  return *m;
+}
+
+struct Layout {
+  uint16_t size;
+  bool event_idx;
+  bool indirect;
+  uint64_t desc;
+  uint64_t driver;
+  uint64_t device;
+};
+
+Layout decode_layout(Reader& in, bool& two_regions) {
+  Layout l{};
+  const uint8_t s = in.u8();
+  l.size = s == 0 ? kMaxSize : s;
+  const uint8_t f = in.u8();
+  l.event_idx = (f & 1) != 0;
+  l.indirect = (f & 2) != 0;
+  two_regions = (f & 4) != 0;
+  const uint64_t base = (two_regions && (f & 8) != 0) ? kRegion1Gpa : kRegion0Gpa;
+  l.desc = base + 0x1000;
+  l.driver = base + 0x8000 + ((f & 0x20) != 0 ? 2 : 0);
+  l.device = base + 0x8010;
+  if ((f & 0x10) != 0) {
+    // Straddles the end of its region: validate() must refuse it.
+    const uint64_t end = base == kRegion1Gpa ? kRegion1Gpa + kRegion1Size : kRegion0Size;
+    l.desc = end - 16;
+  }
+  return l;
+}
+
+template <class T>
+void poke(const GuestMemory& mem, uint64_t gpa, const T& v) {
+  (void)mem.write_obj(gpa, v);
+}
+
+bool configure(PackedQueue& q, const GuestMemory& mem, const Layout& l) {
+  q.reset();
+  if (!q.set_size(l.size)) return false;
+  q.set_desc_ring(l.desc);
+  q.set_driver_event_area(l.driver);
+  q.set_device_event_area(l.device);
+  q.set_event_idx(l.event_idx);
+  q.set_indirect(l.indirect);
+  if (!q.validate(mem)) {
+    check(q.broken());
+    return false;
+  }
+  q.set_ready(true);
+  return true;
+}
+
+void check_chain(const GuestMemory& mem, const PackedQueue& q, const DescriptorChain& c) {
+  check(c.head < q.size());
+  check(c.desc_count >= 1 && c.desc_count <= q.size());
+  check(!c.segments.empty());
+  check(c.segments.size() <= std::max<size_t>(q.size(), PackedQueue::kMaxIndirectEntries));
+  // More segments than slots only through one indirect table, which takes one slot.
+  if (c.segments.size() != c.desc_count) check(c.desc_count == 1);
+  uint64_t readable = 0;
+  uint64_t writable = 0;
+  bool seen_write = false;
+  for (const Segment& s : c.segments) {
+    check(mem.span(s.addr, s.len).has_value());
+    check(s.addr + s.len >= s.addr);
+    if (s.write) {
+      seen_write = true;
+      writable += s.len;
+    } else {
+      check(!seen_write);
+      readable += s.len;
+    }
+  }
+  check(readable == c.readable_len);
+  check(writable == c.writable_len);
+  check(readable + writable <= UINT32_MAX);
+}
+
+struct Held {
+  uint16_t id;
+  uint16_t slots;
+};
+
+void check_state(const PackedQueue& q, const std::vector<Held>& held) {
+  uint32_t slots = 0;
+  for (const Held& h : held) slots += h.slots;
+  check(q.in_flight_slots() == slots);
+  check(q.in_flight_slots() <= q.size());
+  check(q.next_avail() < q.size());
+  check(q.next_used() < q.size());
+}
+
+void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l) {
+  using namespace iovirt::virtio;
+  std::vector<Held> held;
+  for (int steps = 0; !in.empty() && steps < 512; ++steps) {
+    const bool was_broken = q.broken();
+    const QueueFault was_fault = q.fault();
+    switch (in.u8() % 13) {
+      case 0:
+      case 1: {  // pop (twice as likely)
+        auto r = q.pop(mem);
+        if (r) {
+          check(!was_broken);
+          if (verbose()) {
+            std::fprintf(
+                stderr, "pop: %s\n",
+                *r ? ("id " + std::to_string((*r)->head) + ", " + std::to_string((*r)->desc_count) +
+                      " slots, " + std::to_string((*r)->segments.size()) + " segments")
+                         .c_str()
+                   : "empty");
+          }
+          if (*r) {
+            check_chain(mem, q, **r);
+            for (const Held& h : held) check(h.id != (*r)->head);
+            held.push_back(Held{(*r)->head, (*r)->desc_count});
+          }
+        } else {
+          if (verbose()) std::fprintf(stderr, "pop: %s\n", r.error().message().c_str());
+          check(q.broken() || !q.ready());
+        }
+        break;
+      }
+      case 2: {  // push of raw operands (device bug unless they match a held buffer)
+        const uint16_t id = in.u16();
+        const uint16_t count = in.u16();
+        const uint32_t len = in.u32();
+        const uint16_t before = q.next_used();
+        auto r = q.push(mem, id, count, len);
+        if (r) {
+          check(!was_broken);
+          bool found = false;
+          for (size_t i = 0; i < held.size(); ++i) {
+            if (held[i].id == id && held[i].slots == count) {
+              held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
+              found = true;
+              break;
+            }
+          }
+          check(found);
+          check(q.next_used() == (before + count) % q.size());
+        }
+        break;
+      }
+      case 3: {  // push one held buffer, any of them: out-of-order completion
+        const uint8_t pick = in.u8();
+        const uint32_t len = in.u32();
+        if (!held.empty()) {
+          const size_t i = pick % held.size();
+          const Held h = held[i];
+          const uint16_t before = q.next_used();
+          auto r = q.push(mem, h.id, h.slots, len);
+          if (r) {
+            check(!was_broken);
+            held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
+            check(q.next_used() == (before + h.slots) % q.size());
+          } else {
+            check(was_broken || !q.ready());
+          }
+        }
+        break;
+      }
+      case 4: {
+        auto r = q.needs_notification(mem);
+        if (r) check(!was_broken);
+        break;
+      }
+      case 5:
+        (void)q.enable_notification(mem);
+        break;
+      case 6:
+        (void)q.disable_notification(mem);
+        break;
+      case 7: {  // guest: rewrite one descriptor, raw
+        const uint16_t i = static_cast<uint16_t>(in.u8() % l.size);
+        poke(mem, l.desc + 16ull * i, in.desc());
+        break;
+      }
+      case 8: {  // guest: one descriptor made available for a given lap (AVAIL/USED forced)
+        const uint16_t i = static_cast<uint16_t>(in.u8() % l.size);
+        PvirtqDesc d = in.desc();
+        const bool wrap = (in.u8() & 1) != 0;
+        d.flags = static_cast<uint16_t>((d.flags & ~(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) |
+                                        packed_avail_bits(wrap));
+        poke(mem, l.desc + 16ull * i, d);
+        break;
+      }
+      case 9: {  // guest: driver event suppression
+        const uint16_t off_wrap = in.u16();
+        const uint16_t flags = in.u16();
+        poke(mem, l.driver + event_off_wrap_offset(), off_wrap);
+        poke(mem, l.driver + event_flags_offset(), flags);
+        break;
+      }
+      case 10: {  // guest: one indirect table entry
+        const uint64_t i = in.u8() % 64;
+        poke(mem, kIndirectGpa + 16 * i, in.desc());
+        break;
+      }
+      case 11:  // device reset and re-setup (the only way out of broken)
+        held.clear();
+        if (configure(q, mem, l)) check(!q.broken());
+        continue;
+      case 12: {  // restore positions (vhost SET_VRING_BASE); refused outside the ring
+        const uint16_t v = in.u16();
+        const bool used = (in.u8() & 1) != 0;
+        auto r = used ? q.set_used_state(v) : q.set_avail_state(v);
+        check(r.has_value() == ((v & PACKED_OFFSET_MASK) < q.size()));
+        break;
+      }
+    }
+    check_state(q, held);
+    if (was_broken) {
+      check(q.broken());
+      check(q.fault() == was_fault);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace iovirt::virtio;
+  Reader in(data, size);
+  bool two_regions = false;
+  const Layout l = decode_layout(in, two_regions);
+  const GuestMemory& mem = memory(two_regions);
+
+  const unsigned ndesc = in.u8() % (l.size + 1u);
+  for (unsigned i = 0; i < ndesc; ++i) poke(mem, l.desc + 16ull * i, in.desc());
+  poke(mem, l.driver + event_off_wrap_offset(), in.u16());
+  poke(mem, l.driver + event_flags_offset(), in.u16());
+  const unsigned nind = in.u8() % 65u;
+  for (unsigned i = 0; i < nind; ++i) poke(mem, kIndirectGpa + 16ull * i, in.desc());
+
+  static auto queue = PackedQueue::create(kMaxSize);
+  check(queue.has_value());
+  PackedQueue& q = *queue;
+  configure(q, mem, l);
+  run_ops(in, q, mem, l);
+  return 0;
+}

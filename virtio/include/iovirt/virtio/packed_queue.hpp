@@ -1,0 +1,146 @@
+// Device side of a packed virtqueue (virtio 1.2 section 2.8, VIRTIO_F_RING_PACKED) as plain
+// state: size, the three area addresses, next avail/used ring positions with their wrap
+// counters, and negotiated features. Every operation takes the guest memory as an argument, like
+// SplitQueue, so the same queue serves in-process devices, vhost-user backends and tests.
+//
+// Ring positions: next_avail() is the slot the device polls next, next_used() the slot its next
+// used descriptor goes to; each has a wrap counter that starts at 1 and flips when the position
+// passes the end of the ring (section 2.8.1). The device may complete buffers in any order: a
+// used descriptor carries the buffer id and the device skips forward by the number of ring slots
+// that buffer took (its desc_count, section 2.8.6), whichever buffer it is.
+//
+// Threat model: every ring byte is written by a hostile guest. Each rule the guest can break is a
+// QueueFault; the first fault marks the queue broken (the device then sets DEVICE_NEEDS_RESET,
+// section 2.1.2) and every later pop/push fails until reset(). Loops are bounded by the queue
+// size or the indirect table size. The device also tracks which buffer ids it holds, so a guest
+// cannot make it hold one id twice (device backends key per-request state by id) or hold more
+// ring slots than the ring has. pop() does not allocate: segments land in a buffer and the
+// in-flight table is sized once by create().
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "iovirt/core/error.hpp"
+#include "iovirt/core/guest_memory.hpp"
+#include "iovirt/virtio/packed_ring.hpp"
+#include "iovirt/virtio/split_queue.hpp"  // QueueFault, Segment, DescriptorChain
+
+namespace iovirt::virtio {
+
+class PackedQueue final {
+ public:
+  // Indirect tables larger than this are refused (Linux uses at most a few hundred entries).
+  static constexpr uint32_t kMaxIndirectEntries = 1024;
+
+  // max_size: the device's maximum queue size, in [1, 32768]; size() starts there.
+  // Allocates the segment buffer and the in-flight table once.
+  [[nodiscard]] static Result<PackedQueue> create(uint16_t max_size);
+
+  // --- configuration (control path; the transport writes these) ---
+  [[nodiscard]] uint32_t max_size() const { return max_size_; }
+  [[nodiscard]] uint32_t size() const { return size_; }
+  // Any size in [1, max_size()]: packed rings need not be a power of 2 (section 2.8.10.1).
+  Status set_size(uint32_t size);
+  void set_desc_ring(uint64_t gpa) { desc_gpa_ = gpa; }
+  // Driver area: the driver event suppression structure (read by the device).
+  void set_driver_event_area(uint64_t gpa) { driver_gpa_ = gpa; }
+  // Device area: the device event suppression structure (written by the device).
+  void set_device_event_area(uint64_t gpa) { device_gpa_ = gpa; }
+  void set_event_idx(bool on) { event_idx_ = on; }
+  void set_indirect(bool on) { indirect_ = on; }
+  void set_ready(bool on) { ready_ = on; }
+  [[nodiscard]] uint64_t desc_ring() const { return desc_gpa_; }
+  [[nodiscard]] uint64_t driver_event_area() const { return driver_gpa_; }
+  [[nodiscard]] uint64_t device_event_area() const { return device_gpa_; }
+  [[nodiscard]] bool event_idx() const { return event_idx_; }
+  [[nodiscard]] bool indirect() const { return indirect_; }
+  [[nodiscard]] bool ready() const { return ready_; }
+
+  // Back to the state after create(): not ready, positions 0 with wrap counters 1, features off,
+  // nothing in flight, not broken.
+  void reset();
+
+  // --- state ---
+  [[nodiscard]] uint16_t next_avail() const { return next_avail_; }
+  [[nodiscard]] bool avail_wrap() const { return avail_wrap_; }
+  [[nodiscard]] uint16_t next_used() const { return next_used_; }
+  [[nodiscard]] bool used_wrap() const { return used_wrap_; }
+  // Position | wrap counter << 15: the form of vhost GET/SET_VRING_BASE for packed rings.
+  [[nodiscard]] uint16_t avail_state() const {
+    return static_cast<uint16_t>(next_avail_ | (avail_wrap_ ? PACKED_WRAP_BIT : 0));
+  }
+  [[nodiscard]] uint16_t used_state() const {
+    return static_cast<uint16_t>(next_used_ | (used_wrap_ ? PACKED_WRAP_BIT : 0));
+  }
+  // Restore (migration, vhost-user SET_VRING_BASE). Refuses a position >= size() without
+  // breaking the queue (a control-path error, not a guest fault). Meant for a queue holding no
+  // buffers: buffers popped before are forgotten.
+  Status set_avail_state(uint16_t v);
+  Status set_used_state(uint16_t v);
+  [[nodiscard]] bool broken() const { return fault_ != QueueFault::None; }
+  [[nodiscard]] QueueFault fault() const { return fault_; }
+  // Ring slots held by popped, not yet pushed buffers.
+  [[nodiscard]] uint32_t in_flight_slots() const { return inflight_slots_; }
+
+  // --- data path ---
+  // Size in range and each area inside guest memory, aligned (section 2.8.10.1).
+  Status validate(const GuestMemory& mem);
+  // Next available buffer, or nullopt when the descriptor at next_avail is not available
+  // (section 2.8.1). head = buffer id, desc_count = ring slots the buffer took.
+  Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem);
+  // Return a buffer: a used descriptor at next_used (id, len, then flags with release, section
+  // 2.8.21), then next_used advances by desc_count. `id` and `desc_count` must be what pop()
+  // returned for a buffer still held; anything else is a device bug and breaks the queue.
+  Status push(const GuestMemory& mem, uint16_t id, uint16_t desc_count, uint32_t written);
+  // Whether to interrupt the driver now for the used descriptors written since the last
+  // decision (section 2.8.10): the driver event suppression flags, and with EVENT_IDX its
+  // off_wrap (RING_EVENT_FLAGS_DESC).
+  Result<bool> needs_notification(const GuestMemory& mem);
+
+  // Driver-to-device notification suppression through the device event suppression structure.
+  // enable_notification() asks for kicks again (DESC at next_avail with EVENT_IDX, else ENABLE)
+  // and returns whether a buffer arrived meanwhile, so the device re-polls instead of missing it.
+  Result<bool> enable_notification(const GuestMemory& mem);
+  Status disable_notification(const GuestMemory& mem);
+
+ private:
+  explicit PackedQueue(uint32_t max_size);
+
+  std::unexpected<Error> fault(QueueFault f, const std::string& detail);
+  Status check_usable() const;
+  Result<uint16_t> load_desc_flags(const GuestMemory& mem, uint32_t slot);
+  Status walk_indirect(const GuestMemory& mem, const PvirtqDesc& table, uint32_t& count);
+  Status append(const GuestMemory& mem, const PvirtqDesc& d, bool write, uint32_t& count);
+  Status write_device_event(const GuestMemory& mem, uint16_t off_wrap, uint16_t flags);
+
+  uint32_t max_size_;
+  uint32_t size_;
+  uint64_t desc_gpa_ = 0;
+  uint64_t driver_gpa_ = 0;
+  uint64_t device_gpa_ = 0;
+  bool ready_ = false;
+  bool event_idx_ = false;
+  bool indirect_ = false;
+  uint16_t next_avail_ = 0;
+  bool avail_wrap_ = true;
+  uint16_t next_used_ = 0;
+  bool used_wrap_ = true;
+  // Ring slots used since the last needs_notification() decision (EVENT_IDX old position).
+  uint32_t used_since_signal_ = 0;
+  QueueFault fault_ = QueueFault::None;
+
+  // Per-id ring slots held by the device (0: not held). Sized by create().
+  std::vector<uint16_t> inflight_;
+  uint32_t inflight_slots_ = 0;
+
+  // Per-pop scratch, never reallocated after create().
+  std::vector<Segment> segs_;
+  uint64_t walk_total_ = 0;
+  uint64_t walk_readable_ = 0;
+  bool walk_seen_write_ = false;
+};
+
+}  // namespace iovirt::virtio
