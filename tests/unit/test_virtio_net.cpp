@@ -76,8 +76,8 @@ std::vector<uint8_t> make_frame(const std::array<uint8_t, 6>& dst, size_t len, u
   return f;
 }
 
-bool is_ours(std::span<const uint8_t> f) {
-  return f.size() >= 14 && f[12] == (kEtherType >> 8) && f[13] == (kEtherType & 0xff);
+bool is_ours(std::span<const uint8_t> f, uint16_t ethertype = kEtherType) {
+  return f.size() >= 14 && f[12] == (ethertype >> 8) && f[13] == (ethertype & 0xff);
 }
 
 // Everything created inside the private namespace.
@@ -251,7 +251,8 @@ class NetTest : public ::testing::Test {
   }
 
   // Next frame of ours seen on the tap's host side.
-  std::optional<std::vector<uint8_t>> host_recv(std::chrono::milliseconds limit = 5000ms) {
+  std::optional<std::vector<uint8_t>> host_recv(std::chrono::milliseconds limit = 5000ms,
+                                                 uint16_t ethertype = kEtherType) {
     const auto end = std::chrono::steady_clock::now() + limit;
     std::vector<uint8_t> buf(70000);
     while (std::chrono::steady_clock::now() < end) {
@@ -260,7 +261,7 @@ class NetTest : public ::testing::Test {
       const ssize_t n = ::recv(ns.pkt.get(), buf.data(), buf.size(), 0);
       if (n <= 0) continue;
       buf.resize(static_cast<size_t>(n));
-      if (is_ours(buf)) return buf;
+      if (is_ours(buf, ethertype)) return buf;
       buf.resize(70000);
     }
     return std::nullopt;
@@ -437,6 +438,54 @@ TEST_F(NetTest, TxThroughAnIndirectTableAndSuppressedInterrupts) {
                .value() >= 1;
   }));
   EXPECT_EQ(irq.counts[1].load(), 0);
+}
+
+// A 3000-byte TCP/IPv4 frame with a TSO header (HOST_TSO4): the tap takes it whole and the
+// kernel segments it later; a GSO header with gso_size 0 is dropped by the device.
+TEST_F(NetTest, TxTso4FrameIsAcceptedByTheTap) {
+  NEED_DEVICE();
+  const uint64_t f = base_features() | feature_bit(net_feature::kCsum) |
+                     feature_bit(net_feature::kHostTso4);
+  ASSERT_TRUE(activate(f, 2).has_value());
+  std::vector<uint8_t> frame(3000, 0x5a);
+  std::memcpy(frame.data(), kBroadcast.data(), 6);
+  const uint8_t src[6] = {0x02, 0x11, 0x22, 0x33, 0x44, 0x66};
+  std::memcpy(frame.data() + 6, src, 6);
+  frame[12] = 0x08;
+  frame[13] = 0x00;
+  uint8_t* ip = frame.data() + 14;
+  std::memset(ip, 0, 40);
+  ip[0] = 0x45;
+  ip[2] = static_cast<uint8_t>((3000 - 14) >> 8);
+  ip[3] = static_cast<uint8_t>((3000 - 14) & 0xff);
+  ip[8] = 64;
+  ip[9] = 6;  // TCP
+  const uint8_t a[4] = {10, 0, 0, 1}, b[4] = {10, 0, 0, 2};
+  std::memcpy(ip + 12, a, 4);
+  std::memcpy(ip + 16, b, 4);
+  uint8_t* tcp = ip + 20;
+  tcp[12] = 5 << 4;  // data offset
+  tcp[13] = 0x18;    // PSH ACK
+  VirtioNetHdr hdr{};
+  hdr.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+  hdr.gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
+  hdr.hdr_len = 54;
+  hdr.gso_size = 1000;
+  hdr.csum_start = 34;
+  hdr.csum_offset = 16;
+  std::array<uint8_t, kNetHdrSize> h{};
+  std::memcpy(h.data(), &hdr, sizeof hdr);
+  send_tx(1, h, frame);
+  auto got = host_recv(5000ms, 0x0800);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->size(), frame.size());
+  ASSERT_TRUE(wait_used(1).has_value());
+  EXPECT_EQ(ns.dev->net_metrics().tx_dropped->value(), 0u);
+  hdr.gso_size = 0;
+  std::memcpy(h.data(), &hdr, sizeof hdr);
+  send_tx(1, h, frame);
+  ASSERT_TRUE(wait_used(1).has_value());
+  EXPECT_EQ(ns.dev->net_metrics().tx_dropped->value(), 1u);
 }
 
 TEST_F(NetTest, TxHostileHeaderIsDroppedAndTheDeviceGoesOn) {

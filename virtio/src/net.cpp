@@ -170,10 +170,8 @@ Status VirtioNet::activate(ActivateContext ctx) {
   }
   const bool mq = has(ctx.features, net_feature::kMq);
   pairs_in_use_ = mq ? cfg_.queue_pairs : 1;  // section 5.1.2
-  const std::optional<uint16_t> ctrl_index =
-      has(ctx.features, net_feature::kCtrlVq)
-          ? std::optional<uint16_t>(static_cast<uint16_t>(2 * pairs_in_use_))
-          : std::nullopt;
+  // -1: no control queue. (A plain int: g++ 12 -O2 misreads an optional<uint16_t> here.)
+  const int ctrl_index = has(ctx.features, net_feature::kCtrlVq) ? 2 * pairs_in_use_ : -1;
 
   std::vector<PairQueues> pairs(pairs_in_use_);
   std::optional<ServedQueue> ctrl;
@@ -184,7 +182,7 @@ Status VirtioNet::activate(ActivateContext ctx) {
                   EINVAL);
     }
     ServedQueue s{b.index, b.queue, b.kick_fd, &queue_metrics_[b.index], false};
-    if (ctrl_index && b.index == *ctrl_index) {
+    if (b.index == ctrl_index) {
       ctrl = s;
     } else if (b.index < 2 * pairs_in_use_) {
       auto& p = pairs[b.index / 2];

@@ -48,6 +48,7 @@ const char* to_string(TxDrop d) {
     case TxDrop::GsoNotNegotiated: return "GSO type not negotiated";
     case TxDrop::GsoBadType: return "unknown GSO type";
     case TxDrop::GsoBadSize: return "GSO with gso_size 0";
+    case TxDrop::GsoBadHdrLen: return "GSO with hdr_len beyond the frame";
     case TxDrop::TooManySegments: return "more segments than IOV_MAX";
   }
   return "?";
@@ -119,7 +120,12 @@ TxCheck check_tx_chain(const GuestMemory& mem, std::span<const Segment> segs, ui
     r.drop = TxDrop::GsoNotNegotiated;
     return r;
   }
-  if (r.hdr.gso_size == 0) r.drop = TxDrop::GsoBadSize;
+  if (r.hdr.gso_size == 0) {
+    r.drop = TxDrop::GsoBadSize;
+  } else if (r.hdr.hdr_len > r.frame_len) {
+    // hdr_len: the length of the headers to copy into each segment (section 5.1.6.2).
+    r.drop = TxDrop::GsoBadHdrLen;
+  }
   return r;
 }
 

@@ -104,6 +104,7 @@ enum class TxDrop : uint8_t {
   GsoNotNegotiated, // a gso_type whose HOST_* feature was not negotiated
   GsoBadType,       // unknown gso_type
   GsoBadSize,       // gso_size 0 with a GSO type
+  GsoBadHdrLen,     // GSO with hdr_len beyond the frame
   TooManySegments,  // more segments than writev takes (IOV_MAX)
 };
 [[nodiscard]] const char* to_string(TxDrop d);
