@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -84,6 +85,7 @@ bool is_ours(std::span<const uint8_t> f, uint16_t ethertype = kEtherType) {
 struct NetNs {
   std::unique_ptr<VirtioNet> dev;
   Fd pkt;  // AF_PACKET socket bound to the tap
+  Fd nsfd;  // the namespace itself, for setns() from another thread
   int ifindex = 0;
   std::string skip;   // why the environment cannot run the test
   std::string error;  // device creation error
@@ -106,6 +108,7 @@ NetNs make_in_netns(NetConfig cfg, MetricsRegistry& metrics) {
       (void)!::write(fd, "1", 1);
       ::close(fd);
     }
+    r.nsfd = Fd(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
     auto d = VirtioNet::create(cfg, metrics, "net0");
     if (!d) {
       r.error = d.error().message();
@@ -705,6 +708,29 @@ TEST_F(NetTest, ResetWhileTrafficRuns) {
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(*got, out);
   EXPECT_TRUE(failures().empty());
+}
+
+// The interface is deleted under the running device: the tap fd reports an error, the device
+// asks for a reset (ctx.fail) and its thread does not spin on the dead fd.
+TEST_F(NetTest, DeletedTapFailsTheDevice) {
+  NEED_DEVICE();
+  if (::access("/usr/sbin/ip", X_OK) != 0 && ::access("/sbin/ip", X_OK) != 0) {
+    GTEST_SKIP() << "needs ip(8) to delete the link";
+  }
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  post_rx(0, 2048);
+  kick(0);
+  int rc = -1;
+  std::thread t([&] {
+    if (::setns(ns.nsfd.get(), CLONE_NEWNET) != 0) return;
+    const std::string cmd = std::string("ip link del ") + kTap + " 2>/dev/null";
+    rc = std::system(cmd.c_str());
+  });
+  t.join();
+  ASSERT_EQ(rc, 0);
+  ASSERT_TRUE(wait_for([&] { return !failures().empty(); }));
+  EXPECT_NE(failures()[0].find("tap queue 0"), std::string::npos) << failures()[0];
+  ns.dev->reset();  // returns: the thread was not stuck
 }
 
 TEST(NetCreate, ErrorsNameTheTapAndTheFix) {

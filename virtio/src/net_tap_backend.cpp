@@ -103,6 +103,7 @@ struct TapBackend::Worker {
   std::thread thread;
 
   bool tap_polled = false;
+  bool tap_dead = false;
   bool tx_pending = false;
   bool warned_tx = false;
 
@@ -134,8 +135,18 @@ struct TapBackend::Worker {
     if (pq.rx && &s == &*pq.rx) set_tap_polled(false);
   }
 
+  // The tap queue failed (the interface was deleted, the queue detached under us): epoll would
+  // report EPOLLERR for ever, so the fd leaves the set and the device asks for a reset.
+  void tap_gone(const std::string& why) {
+    if (tap_dead) return;
+    tap_dead = true;
+    tap_polled = false;
+    (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, pq.tap_fd, nullptr);
+    ctx->fail(std::string(dev->name()) + ": tap queue " + std::to_string(pair) + ": " + why);
+  }
+
   void set_tap_polled(bool on) {
-    if (on == tap_polled || pq.tap_fd < 0) return;
+    if (on == tap_polled || pq.tap_fd < 0 || tap_dead) return;
     epoll_event ev{};
     ev.events = on ? uint32_t{EPOLLIN} : 0u;
     ev.data.u32 = kTagTap;
@@ -302,10 +313,7 @@ struct TapBackend::Worker {
       rx_iov[nseg] = iovec{bounce.data(), bounce.size()};
       const ssize_t r = ::readv(pq.tap_fd, rx_iov.data(), static_cast<int>(nseg + 1));
       if (r < 0) {
-        if (errno != EAGAIN && errno != EINTR) {
-          log_warn(std::string(dev->name()) + ": tap read: " + std::strerror(errno));
-          set_tap_polled(false);
-        }
+        if (errno != EAGAIN && errno != EINTR) tap_gone(std::string("read: ") + std::strerror(errno));
         break;
       }
       ++frames;
@@ -392,7 +400,11 @@ struct TapBackend::Worker {
             on_rx_kick();
             break;
           case kTagTap:
-            if (pq.rx && !pq.rx->dead) rx_round();
+            if ((evs[i].events & (EPOLLERR | EPOLLHUP)) != 0) {
+              tap_gone("the tap reported an error or hang-up (was the interface deleted?)");
+            } else if (pq.rx && !pq.rx->dead) {
+              rx_round();
+            }
             break;
           case kTagCtrlKick:
             if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
