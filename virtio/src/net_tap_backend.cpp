@@ -122,6 +122,7 @@ struct TapBackend::Worker {
   std::vector<iovec> rx_segs;  // capacity IOV_MAX + one chain's worst case, size rx_nsegs
   size_t rx_nsegs = 0;
   uint64_t rx_bytes_cached = 0;
+  uint64_t pending_len = 0;  // a frame waiting in `bounce` for enough buffers
   std::vector<iovec> rx_iov;     // readv list: cached segments + the bounce tail
   std::vector<uint8_t> bounce;   // catches the part of a frame the guest's buffers cannot hold
 
@@ -287,28 +288,99 @@ struct TapBackend::Worker {
     return true;
   }
 
+  // Out of (enough) buffers: ask for a kick and stop polling the tap until it comes (section
+  // 2.7.10). Returns true when buffers arrived meanwhile (poll the ring again).
+  bool rx_wait_for_buffers(ServedQueue& s, bool& ok) {
+    auto more = s.q->enable_notification(*ctx->mem);
+    if (!more) {
+      fail_queue(s, more.error().message());
+      ok = false;
+      return false;
+    }
+    if (*more) return true;
+    set_tap_polled(false);
+    return false;
+  }
+
+  // The cache can take no more chains (a frame that does not fit now never will).
+  [[nodiscard]] bool rx_cache_capped() const {
+    return rx_nchains == (mrg ? kMaxRxChains : 1) || rx_nsegs >= IOV_MAX - 1;
+  }
+
+  // Gives the first chains of the cache, which hold the n bytes of a frame, to the driver.
+  bool rx_deliver(ServedQueue& s, uint64_t n) {
+    // Hand out chains in order, each filled before the next (section 5.1.6.4).
+    size_t k = 0;
+    uint64_t left = n;
+    while (left > 0) {
+      left -= std::min<uint64_t>(left, rx_chains[k].wlen);
+      ++k;
+    }
+    const auto num_buffers = static_cast<uint16_t>(k);
+    // The tap skips the num_buffers field; it is the device's to fill (1 without MRG_RXBUF).
+    const uint8_t nb[2] = {static_cast<uint8_t>(num_buffers & 0xff),
+                           static_cast<uint8_t>(num_buffers >> 8)};
+    write_iov(rx_segs.data(), rx_chains[0].nseg, kNumBuffersOffset, nb, sizeof nb);
+    left = n;
+    for (size_t i = 0; i < k; ++i) {
+      const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
+      left -= w;
+      if (auto st = s.q->push(*ctx->mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
+        fail_queue(s, st.error().message());
+        return false;
+      }
+      s.m->chains->inc();
+    }
+    s.m->bytes->inc(n);
+    rx_drop_front(k);
+    return true;
+  }
+
+  // Moves frames from the tap into the rx ring. Zero-copy while the cached buffers can hold any
+  // frame (rx_target bytes); below that a frame is read into the bounce buffer and copied once it
+  // is known to fit, or kept (pending) until the driver adds buffers, so a slow refill costs a
+  // wait, never a frame.
   void rx_round() {
     ServedQueue& s = *pq.rx;
-    const GuestMemory& mem = *ctx->mem;
     bool pushed = false;
+    bool ok = true;
     for (unsigned frames = 0; frames < kRxBudget;) {
       if (!rx_refill(pushed)) return;
-      if (rx_nchains == 0) {
-        // Out of buffers: stop polling the tap until the driver kicks (section 2.7.10).
-        auto more = s.q->enable_notification(mem);
-        if (!more) {
-          fail_queue(s, more.error().message());
-          return;
+      if (pending_len > 0) {
+        if (rx_bytes_cached < pending_len) {
+          if (!rx_cache_capped()) {
+            if (rx_wait_for_buffers(s, ok)) continue;
+            if (!ok) return;
+            break;
+          }
+          nm->rx_dropped->inc();  // larger than every buffer the device can hold at once
+          pending_len = 0;
+          continue;
         }
-        if (*more) continue;
-        set_tap_polled(false);
+        write_iov(rx_segs.data(), rx_nsegs, 0, bounce.data(), pending_len);
+        const uint64_t n = pending_len;
+        pending_len = 0;
+        if (!rx_deliver(s, n)) return;
+        pushed = true;
+        ++frames;
+        continue;
+      }
+      if (rx_nchains == 0) {
+        if (rx_wait_for_buffers(s, ok)) continue;
+        if (!ok) return;
         break;
       }
-      const size_t nseg = std::min<size_t>(rx_nsegs, IOV_MAX - 1);
+      // Zero-copy into the cached buffers, the bounce buffer catching any excess; or, when the
+      // cache is short, into the bounce buffer alone.
+      const bool direct = !mrg || rx_bytes_cached >= rx_target || rx_cache_capped();
+      size_t nseg = 0;
       uint64_t mapped = 0;
-      for (size_t i = 0; i < nseg; ++i) {
-        rx_iov[i] = rx_segs[i];
-        mapped += rx_segs[i].iov_len;
+      if (direct) {
+        nseg = std::min<size_t>(rx_nsegs, IOV_MAX - 1);
+        for (size_t i = 0; i < nseg; ++i) {
+          rx_iov[i] = rx_segs[i];
+          mapped += rx_segs[i].iov_len;
+        }
       }
       rx_iov[nseg] = iovec{bounce.data(), bounce.size()};
       const ssize_t r = ::readv(pq.tap_fd, rx_iov.data(), static_cast<int>(nseg + 1));
@@ -316,36 +388,22 @@ struct TapBackend::Worker {
         if (errno != EAGAIN && errno != EINTR) tap_gone(std::string("read: ") + std::strerror(errno));
         break;
       }
-      ++frames;
       const auto n = static_cast<uint64_t>(r);
-      if (n < kNetHdrSize || n > mapped) {
-        nm->rx_dropped->inc();  // did not fit the buffers the guest gave; they stay cached
+      if (n < kNetHdrSize) {
+        ++frames;
+        nm->rx_dropped->inc();
         continue;
       }
-      // Hand out chains in order, each filled before the next (section 5.1.6.4).
-      size_t k = 0;
-      uint64_t left = n;
-      while (left > 0) {
-        left -= std::min<uint64_t>(left, rx_chains[k].wlen);
-        ++k;
+      if (!direct) {
+        pending_len = n;  // delivered by the pending branch, now or after a kick
+        continue;
       }
-      const auto num_buffers = static_cast<uint16_t>(k);
-      // The tap skips the num_buffers field; it is the device's to fill (1 without MRG_RXBUF).
-      uint8_t nb[2] = {static_cast<uint8_t>(num_buffers & 0xff),
-                       static_cast<uint8_t>(num_buffers >> 8)};
-      write_iov(rx_segs.data(), rx_chains[0].nseg, kNumBuffersOffset, nb, sizeof nb);
-      left = n;
-      for (size_t i = 0; i < k; ++i) {
-        const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
-        left -= w;
-        if (auto st = s.q->push(mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
-          fail_queue(s, st.error().message());
-          return;
-        }
-        s.m->chains->inc();
+      ++frames;
+      if (n > mapped) {
+        nm->rx_dropped->inc();  // larger than all the buffers the device can hold at once
+        continue;
       }
-      s.m->bytes->inc(n);
-      rx_drop_front(k);
+      if (!rx_deliver(s, n)) return;
       pushed = true;
     }
     if (pushed && !signal_used(*ctx, s)) fail_queue(s, "used ring access failed");
@@ -375,6 +433,8 @@ struct TapBackend::Worker {
       }
       set_tap_polled(true);
     }
+    // A frame waiting in the bounce buffer may fit now; the tap need not be readable for it.
+    if (pending_len > 0) rx_round();
   }
 
   void run() {
