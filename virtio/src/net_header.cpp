@@ -49,7 +49,7 @@ const char* to_string(TxDrop d) {
     case TxDrop::GsoBadType: return "unknown GSO type";
     case TxDrop::GsoBadSize: return "GSO with gso_size 0";
     case TxDrop::GsoBadHdrLen: return "GSO with hdr_len beyond the frame";
-    case TxDrop::TooManySegments: return "more segments than IOV_MAX";
+    case TxDrop::TooManySegments: return "more than IOV_MAX - 1 readable segments";
   }
   return "?";
 }
@@ -77,7 +77,7 @@ TxCheck check_tx_chain(const GuestMemory& mem, std::span<const Segment> segs, ui
     readable += s.len;
     ++nsegs;
   }
-  if (nsegs > IOV_MAX) {
+  if (nsegs > IOV_MAX - 1) {  // writev takes the checked header copy plus these
     r.drop = TxDrop::TooManySegments;
     return r;
   }

@@ -107,8 +107,9 @@ struct TapBackend::Worker {
   bool tx_pending = false;
   bool warned_tx = false;
 
-  // TX scratch: one iovec per readable segment, sized once.
+  // TX scratch: the checked header plus one iovec per readable segment, sized once.
   std::vector<iovec> tx_iov;
+  VirtioNetHdr tx_hdr{};
 
   // RX cache of popped, still unused chains; their writable segments as host iovecs.
   struct RxChain {
@@ -211,10 +212,20 @@ struct TapBackend::Worker {
       }
       return;
     }
-    size_t n = 0;
+    // The header goes out from the copy that was checked, so the guest cannot change it between
+    // the check and the write; the frame goes straight from guest memory.
+    tx_hdr = chk.hdr;
+    tx_iov[0] = iovec{&tx_hdr, sizeof tx_hdr};
+    size_t n = 1;
+    uint64_t skip = kNetHdrSize;
     for (const Segment& seg : c.segments) {
       if (seg.write || seg.len == 0) continue;
-      auto sp = ctx->mem->span(seg.addr, seg.len);
+      if (skip >= seg.len) {
+        skip -= seg.len;
+        continue;
+      }
+      auto sp = ctx->mem->span(seg.addr + skip, seg.len - skip);
+      skip = 0;
       if (!sp) {  // pop() checked it; only a changed memory map gets here
         nm->tx_dropped->inc();
         return;
@@ -509,7 +520,7 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
     if (w->pq.tx) qmax = std::max(qmax, w->pq.tx->q->max_size());
     if (w->pq.rx) qmax = std::max(qmax, w->pq.rx->q->max_size());
     const size_t chain_max = qmax + SplitQueue::kMaxIndirectEntries;
-    w->tx_iov.resize(chain_max);
+    w->tx_iov.resize(chain_max + 1);
     w->rx_chains.resize(kMaxRxChains);
     w->rx_segs.resize(IOV_MAX + chain_max);
     w->rx_iov.resize(IOV_MAX);
