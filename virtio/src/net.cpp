@@ -218,7 +218,14 @@ Status VirtioNet::activate(ActivateContext ctx) {
 
   std::vector<vhost::PairSetup> setups;
   for (size_t i = 0; i < pairs.size(); ++i) {
-    if (!pairs[i].rx || !pairs[i].tx) continue;
+    if (!pairs[i].rx || !pairs[i].tx) {
+      // vhost-net serves a pair as a whole; a half-enabled pair stays idle.
+      if (pairs[i].rx || pairs[i].tx) {
+        log_warn(name_ + ": queue pair " + std::to_string(i) +
+                 " has only one of its queues enabled; vhost-net leaves it idle");
+      }
+      continue;
+    }
     setups.push_back(vhost::PairSetup{
         pairs[i].tap_fd, QueueBinding{pairs[i].rx->index, pairs[i].rx->q, pairs[i].rx->kick_fd},
         QueueBinding{pairs[i].tx->index, pairs[i].tx->q, pairs[i].tx->kick_fd}});
