@@ -130,13 +130,13 @@ TEST_F(NetHeaderTest, CtrlPairsSet) {
   EXPECT_EQ(r.set_pairs, std::optional<uint16_t>(3));
   EXPECT_EQ(ack_byte(), VIRTIO_NET_OK);
   for (auto bad : std::vector<std::vector<uint8_t>>{
-           {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 5, 0},    // above max
-           {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 0, 0},    // zero
-           {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 1, 1},    // 257
-           {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 1},       // truncated
-           {VIRTIO_NET_CTRL_MQ, 1, 1, 0},                                  // RSS_CONFIG
-           {0, 0, 1},                                                      // RX PROMISC
-           {VIRTIO_NET_CTRL_MQ}}) {                                        // no command
+           {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 5, 0},  // above max
+           {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 0, 0},  // zero
+           {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 1, 1},  // 257
+           {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 1},     // truncated
+           {VIRTIO_NET_CTRL_MQ, 1, 1, 0},                                // RSS_CONFIG
+           {0, 0, 1},                                                    // RX PROMISC
+           {VIRTIO_NET_CTRL_MQ}}) {                                      // no command
     r = ctrl(bad);
     EXPECT_EQ(r.ack, VIRTIO_NET_ERR);
     EXPECT_FALSE(r.set_pairs.has_value());
@@ -158,7 +158,8 @@ TEST_F(NetHeaderTest, CtrlWithoutAckByteIsNotExecuted) {
 TEST_F(NetHeaderTest, CtrlCommandSplitAcrossSegments) {
   const std::vector<uint8_t> cmd = {VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, 2, 0};
   ASSERT_TRUE(mem->write(kCmd, cmd).has_value());
-  const Segment s[] = {{kCmd, 2, false}, {kCmd + 2, 1, false}, {kCmd + 3, 1, false}, {kAck, 1, true}};
+  const Segment s[] = {
+      {kCmd, 2, false}, {kCmd + 2, 1, false}, {kCmd + 3, 1, false}, {kAck, 1, true}};
   const CtrlResult r = handle_ctrl_chain(*mem, s, 4, true);
   EXPECT_EQ(r.ack, VIRTIO_NET_OK);
   EXPECT_EQ(r.set_pairs, std::optional<uint16_t>(2));

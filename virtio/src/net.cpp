@@ -45,8 +45,8 @@ VirtioNet::~VirtioNet() {
   reset();
 }
 
-Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg,
-                                                     MetricsRegistry& metrics, std::string name) {
+Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg, MetricsRegistry& metrics,
+                                                     std::string name) {
   const std::string where = name + " (tap '" + cfg.tap + "')";
   if (cfg.queue_pairs == 0 || cfg.queue_pairs > kMaxQueuePairs) {
     return fail(where + ": queue_pairs must be 1.." + std::to_string(kMaxQueuePairs), EINVAL);
@@ -65,7 +65,8 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg,
 
   if (cfg.mac) {
     d->mac_ = *cfg.mac;
-    if ((d->mac_[0] & 1) != 0) return fail(where + ": the MAC address is a multicast address", EINVAL);
+    if ((d->mac_[0] & 1) != 0)
+      return fail(where + ": the MAC address is a multicast address", EINVAL);
   } else {
     if (::getrandom(d->mac_.data(), d->mac_.size(), 0) != static_cast<ssize_t>(d->mac_.size())) {
       return fail_errno(where + ": getrandom for a MAC address");
@@ -88,7 +89,8 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg,
     f |= feature_bit(kGuestCsum);
     if ((t & TUN_F_TSO4) != 0) f |= feature_bit(kGuestTso4);
     if ((t & TUN_F_TSO6) != 0) f |= feature_bit(kGuestTso6);
-    if ((t & TUN_F_TSO_ECN) != 0 && (t & (TUN_F_TSO4 | TUN_F_TSO6)) != 0) f |= feature_bit(kGuestEcn);
+    if ((t & TUN_F_TSO_ECN) != 0 && (t & (TUN_F_TSO4 | TUN_F_TSO6)) != 0)
+      f |= feature_bit(kGuestEcn);
     if ((t & TUN_F_UFO) != 0) f |= feature_bit(kGuestUfo);
   }
   if (cfg.vhost) {
@@ -234,8 +236,8 @@ Status VirtioNet::activate(ActivateContext ctx) {
   if (!vb) return std::unexpected(std::move(vb.error()).context(name_));
   vhost_backend_ = std::move(*vb);
   if (ctrl) {
-    auto cb = TapBackend::start(*this, std::move(ctx), {PairQueues{}}, ctrl, net_metrics_,
-                                pairs_in_use_);
+    auto cb =
+        TapBackend::start(*this, std::move(ctx), {PairQueues{}}, ctrl, net_metrics_, pairs_in_use_);
     if (!cb) {
       vhost_backend_.reset();
       return std::unexpected(std::move(cb.error()).context(name_));

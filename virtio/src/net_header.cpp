@@ -40,16 +40,26 @@ bool walk(std::span<const Segment> segs, bool writable, uint64_t offset, uint64_
 
 const char* to_string(TxDrop d) {
   switch (d) {
-    case TxDrop::None: return "none";
-    case TxDrop::ShortHeader: return "header shorter than 12 bytes";
-    case TxDrop::TooLong: return "frame longer than 65553 bytes";
-    case TxDrop::CsumNotNegotiated: return "NEEDS_CSUM without VIRTIO_NET_F_CSUM";
-    case TxDrop::CsumOutOfFrame: return "csum_start + csum_offset beyond the frame";
-    case TxDrop::GsoNotNegotiated: return "GSO type not negotiated";
-    case TxDrop::GsoBadType: return "unknown GSO type";
-    case TxDrop::GsoBadSize: return "GSO with gso_size 0";
-    case TxDrop::GsoBadHdrLen: return "GSO with hdr_len beyond the frame";
-    case TxDrop::TooManySegments: return "more than IOV_MAX - 1 readable segments";
+    case TxDrop::None:
+      return "none";
+    case TxDrop::ShortHeader:
+      return "header shorter than 12 bytes";
+    case TxDrop::TooLong:
+      return "frame longer than 65553 bytes";
+    case TxDrop::CsumNotNegotiated:
+      return "NEEDS_CSUM without VIRTIO_NET_F_CSUM";
+    case TxDrop::CsumOutOfFrame:
+      return "csum_start + csum_offset beyond the frame";
+    case TxDrop::GsoNotNegotiated:
+      return "GSO type not negotiated";
+    case TxDrop::GsoBadType:
+      return "unknown GSO type";
+    case TxDrop::GsoBadSize:
+      return "GSO with gso_size 0";
+    case TxDrop::GsoBadHdrLen:
+      return "GSO with hdr_len beyond the frame";
+    case TxDrop::TooManySegments:
+      return "more than IOV_MAX - 1 readable segments";
   }
   return "?";
 }
@@ -111,10 +121,18 @@ TxCheck check_tx_chain(const GuestMemory& mem, std::span<const Segment> segs, ui
   }
   unsigned need = 0;
   switch (gso) {
-    case VIRTIO_NET_HDR_GSO_TCPV4: need = net_feature::kHostTso4; break;
-    case VIRTIO_NET_HDR_GSO_TCPV6: need = net_feature::kHostTso6; break;
-    case VIRTIO_NET_HDR_GSO_UDP: need = net_feature::kHostUfo; break;
-    default: r.drop = TxDrop::GsoBadType; return r;
+    case VIRTIO_NET_HDR_GSO_TCPV4:
+      need = net_feature::kHostTso4;
+      break;
+    case VIRTIO_NET_HDR_GSO_TCPV6:
+      need = net_feature::kHostTso6;
+      break;
+    case VIRTIO_NET_HDR_GSO_UDP:
+      need = net_feature::kHostUfo;
+      break;
+    default:
+      r.drop = TxDrop::GsoBadType;
+      return r;
   }
   if (!has(features, need) || (ecn && !has(features, net_feature::kHostEcn))) {
     r.drop = TxDrop::GsoNotNegotiated;
@@ -195,9 +213,10 @@ Status check_net_feature_deps(uint64_t f) {
     }
   }
   if (!has(f, VIRTIO_F_VERSION_1)) {
-    return fail("virtio-net: the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are "
-                "not supported)",
-                EINVAL);
+    return fail(
+        "virtio-net: the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are "
+        "not supported)",
+        EINVAL);
   }
   return {};
 }

@@ -96,7 +96,7 @@ struct TapBackend::Worker {
   uint16_t max_pairs = 1;
   uint16_t pair = 0;
   bool mrg = false;
-  bool mq = false;  // VIRTIO_NET_F_MQ negotiated
+  bool mq = false;         // VIRTIO_NET_F_MQ negotiated
   uint32_t rx_target = 0;  // cache this many writable bytes before reading (MRG_RXBUF)
   EventFd stop_fd;
   Fd ep;
@@ -123,9 +123,9 @@ struct TapBackend::Worker {
   std::vector<iovec> rx_segs;  // capacity IOV_MAX + one chain's worst case, size rx_nsegs
   size_t rx_nsegs = 0;
   uint64_t rx_bytes_cached = 0;
-  uint64_t pending_len = 0;  // a frame waiting in `bounce` for enough buffers
-  std::vector<iovec> rx_iov;     // readv list: cached segments + the bounce tail
-  std::vector<uint8_t> bounce;   // catches the part of a frame the guest's buffers cannot hold
+  uint64_t pending_len = 0;     // a frame waiting in `bounce` for enough buffers
+  std::vector<iovec> rx_iov;    // readv list: cached segments + the bounce tail
+  std::vector<uint8_t> bounce;  // catches the part of a frame the guest's buffers cannot hold
 
   explicit Worker(EventFd s) : stop_fd(std::move(s)) {}
 
@@ -396,7 +396,8 @@ struct TapBackend::Worker {
       rx_iov[nseg] = iovec{bounce.data(), bounce.size()};
       const ssize_t r = ::readv(pq.tap_fd, rx_iov.data(), static_cast<int>(nseg + 1));
       if (r < 0) {
-        if (errno != EAGAIN && errno != EINTR) tap_gone(std::string("read: ") + std::strerror(errno));
+        if (errno != EAGAIN && errno != EINTR)
+          tap_gone(std::string("read: ") + std::strerror(errno));
         break;
       }
       const auto n = static_cast<uint64_t>(r);
@@ -461,7 +462,8 @@ struct TapBackend::Worker {
       bool tx = tx_pending;
       for (int i = 0; i < n; ++i) {
         switch (evs[i].data.u32) {
-          case kTagStop: return;
+          case kTagStop:
+            return;
           case kTagTxKick:
             if (drain(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
             tx = true;
@@ -484,7 +486,8 @@ struct TapBackend::Worker {
               (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
             }
             break;
-          default: break;
+          default:
+            break;
         }
       }
       tx_pending = false;
@@ -499,9 +502,9 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
                                                       const NetMetrics& nm, uint16_t max_pairs) {
   std::unique_ptr<TapBackend> b(new TapBackend(std::move(ctx)));
   const bool mrg = (b->ctx_.features & feature_bit(net_feature::kMrgRxbuf)) != 0;
-  const bool gso = (b->ctx_.features & (feature_bit(net_feature::kGuestTso4) |
-                                        feature_bit(net_feature::kGuestTso6) |
-                                        feature_bit(net_feature::kGuestUfo))) != 0;
+  const bool gso = (b->ctx_.features &
+                    (feature_bit(net_feature::kGuestTso4) | feature_bit(net_feature::kGuestTso6) |
+                     feature_bit(net_feature::kGuestUfo))) != 0;
   for (size_t p = 0; p < pairs.size(); ++p) {
     auto stop = EventFd::create();
     if (!stop) return std::unexpected(std::move(stop.error()).context("virtio-net stop eventfd"));
