@@ -106,7 +106,7 @@ void check_tx(const GuestMemory& mem, std::span<const Segment> segs, uint64_t fe
   if (gso == VIRTIO_NET_HDR_GSO_TCPV6) check(has(features, net_feature::kHostTso6));
   if (gso == VIRTIO_NET_HDR_GSO_UDP) check(has(features, net_feature::kHostUfo));
   check(gso == 0 || gso == 1 || gso == 3 || gso == 4);
-  if (gso != 0) check(r.hdr.gso_size != 0);
+  if (gso != 0) check(r.hdr.gso_size != 0 && r.hdr.hdr_len <= r.frame_len);
   if ((r.hdr.gso_type & VIRTIO_NET_HDR_GSO_ECN) != 0) {
     check(gso != 0 && has(features, net_feature::kHostEcn));
   }

@@ -80,8 +80,8 @@ TEST(VhostNet, FeaturesKeepDeviceBitsAndIntersectRingBits) {
                           feature_bit(net_feature::kMrgRxbuf) | feature_bit(net_feature::kCtrlVq) |
                           feature_bit(net_feature::kCsum);
   // A kernel with VERSION_1 and EVENT_IDX only (no packed ring, no mergeable buffers).
-  const uint64_t kernel = feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_F_EVENT_IDX) |
-                          feature_bit(27);
+  const uint64_t kernel =
+      feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_F_EVENT_IDX) | feature_bit(27);
   const uint64_t f = intersect_features(device, kernel);
   EXPECT_EQ(f, feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_F_EVENT_IDX) |
                    feature_bit(net_feature::kMac) | feature_bit(net_feature::kCtrlVq) |

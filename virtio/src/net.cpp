@@ -45,8 +45,8 @@ VirtioNet::~VirtioNet() {
   reset();
 }
 
-Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg,
-                                                     MetricsRegistry& metrics, std::string name) {
+Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg, MetricsRegistry& metrics,
+                                                     std::string name) {
   const std::string where = name + " (tap '" + cfg.tap + "')";
   if (cfg.queue_pairs == 0 || cfg.queue_pairs > kMaxQueuePairs) {
     return fail(where + ": queue_pairs must be 1.." + std::to_string(kMaxQueuePairs), EINVAL);
@@ -65,7 +65,8 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg,
 
   if (cfg.mac) {
     d->mac_ = *cfg.mac;
-    if ((d->mac_[0] & 1) != 0) return fail(where + ": the MAC address is a multicast address", EINVAL);
+    if ((d->mac_[0] & 1) != 0)
+      return fail(where + ": the MAC address is a multicast address", EINVAL);
   } else {
     if (::getrandom(d->mac_.data(), d->mac_.size(), 0) != static_cast<ssize_t>(d->mac_.size())) {
       return fail_errno(where + ": getrandom for a MAC address");
@@ -88,7 +89,8 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg,
     f |= feature_bit(kGuestCsum);
     if ((t & TUN_F_TSO4) != 0) f |= feature_bit(kGuestTso4);
     if ((t & TUN_F_TSO6) != 0) f |= feature_bit(kGuestTso6);
-    if ((t & TUN_F_TSO_ECN) != 0 && (t & (TUN_F_TSO4 | TUN_F_TSO6)) != 0) f |= feature_bit(kGuestEcn);
+    if ((t & TUN_F_TSO_ECN) != 0 && (t & (TUN_F_TSO4 | TUN_F_TSO6)) != 0)
+      f |= feature_bit(kGuestEcn);
     if ((t & TUN_F_UFO) != 0) f |= feature_bit(kGuestUfo);
   }
   if (cfg.vhost) {
@@ -170,10 +172,8 @@ Status VirtioNet::activate(ActivateContext ctx) {
   }
   const bool mq = has(ctx.features, net_feature::kMq);
   pairs_in_use_ = mq ? cfg_.queue_pairs : 1;  // section 5.1.2
-  const std::optional<uint16_t> ctrl_index =
-      has(ctx.features, net_feature::kCtrlVq)
-          ? std::optional<uint16_t>(static_cast<uint16_t>(2 * pairs_in_use_))
-          : std::nullopt;
+  // -1: no control queue. (A plain int: g++ 12 -O2 misreads an optional<uint16_t> here.)
+  const int ctrl_index = has(ctx.features, net_feature::kCtrlVq) ? 2 * pairs_in_use_ : -1;
 
   std::vector<PairQueues> pairs(pairs_in_use_);
   std::optional<ServedQueue> ctrl;
@@ -184,7 +184,7 @@ Status VirtioNet::activate(ActivateContext ctx) {
                   EINVAL);
     }
     ServedQueue s{b.index, b.queue, b.kick_fd, &queue_metrics_[b.index], false};
-    if (ctrl_index && b.index == *ctrl_index) {
+    if (b.index == ctrl_index) {
       ctrl = s;
     } else if (b.index < 2 * pairs_in_use_) {
       auto& p = pairs[b.index / 2];
@@ -220,7 +220,14 @@ Status VirtioNet::activate(ActivateContext ctx) {
 
   std::vector<vhost::PairSetup> setups;
   for (size_t i = 0; i < pairs.size(); ++i) {
-    if (!pairs[i].rx || !pairs[i].tx) continue;
+    if (!pairs[i].rx || !pairs[i].tx) {
+      // vhost-net serves a pair as a whole; a half-enabled pair stays idle.
+      if (pairs[i].rx || pairs[i].tx) {
+        log_warn(name_ + ": queue pair " + std::to_string(i) +
+                 " has only one of its queues enabled; vhost-net leaves it idle");
+      }
+      continue;
+    }
     setups.push_back(vhost::PairSetup{
         pairs[i].tap_fd, QueueBinding{pairs[i].rx->index, pairs[i].rx->q, pairs[i].rx->kick_fd},
         QueueBinding{pairs[i].tx->index, pairs[i].tx->q, pairs[i].tx->kick_fd}});
@@ -229,8 +236,8 @@ Status VirtioNet::activate(ActivateContext ctx) {
   if (!vb) return std::unexpected(std::move(vb.error()).context(name_));
   vhost_backend_ = std::move(*vb);
   if (ctrl) {
-    auto cb = TapBackend::start(*this, std::move(ctx), {PairQueues{}}, ctrl, net_metrics_,
-                                pairs_in_use_);
+    auto cb =
+        TapBackend::start(*this, std::move(ctx), {PairQueues{}}, ctrl, net_metrics_, pairs_in_use_);
     if (!cb) {
       vhost_backend_.reset();
       return std::unexpected(std::move(cb.error()).context(name_));

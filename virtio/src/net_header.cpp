@@ -40,15 +40,26 @@ bool walk(std::span<const Segment> segs, bool writable, uint64_t offset, uint64_
 
 const char* to_string(TxDrop d) {
   switch (d) {
-    case TxDrop::None: return "none";
-    case TxDrop::ShortHeader: return "header shorter than 12 bytes";
-    case TxDrop::TooLong: return "frame longer than 65553 bytes";
-    case TxDrop::CsumNotNegotiated: return "NEEDS_CSUM without VIRTIO_NET_F_CSUM";
-    case TxDrop::CsumOutOfFrame: return "csum_start + csum_offset beyond the frame";
-    case TxDrop::GsoNotNegotiated: return "GSO type not negotiated";
-    case TxDrop::GsoBadType: return "unknown GSO type";
-    case TxDrop::GsoBadSize: return "GSO with gso_size 0";
-    case TxDrop::TooManySegments: return "more segments than IOV_MAX";
+    case TxDrop::None:
+      return "none";
+    case TxDrop::ShortHeader:
+      return "header shorter than 12 bytes";
+    case TxDrop::TooLong:
+      return "frame longer than 65553 bytes";
+    case TxDrop::CsumNotNegotiated:
+      return "NEEDS_CSUM without VIRTIO_NET_F_CSUM";
+    case TxDrop::CsumOutOfFrame:
+      return "csum_start + csum_offset beyond the frame";
+    case TxDrop::GsoNotNegotiated:
+      return "GSO type not negotiated";
+    case TxDrop::GsoBadType:
+      return "unknown GSO type";
+    case TxDrop::GsoBadSize:
+      return "GSO with gso_size 0";
+    case TxDrop::GsoBadHdrLen:
+      return "GSO with hdr_len beyond the frame";
+    case TxDrop::TooManySegments:
+      return "more than IOV_MAX - 1 readable segments";
   }
   return "?";
 }
@@ -76,7 +87,7 @@ TxCheck check_tx_chain(const GuestMemory& mem, std::span<const Segment> segs, ui
     readable += s.len;
     ++nsegs;
   }
-  if (nsegs > IOV_MAX) {
+  if (nsegs > IOV_MAX - 1) {  // writev takes the checked header copy plus these
     r.drop = TxDrop::TooManySegments;
     return r;
   }
@@ -110,16 +121,29 @@ TxCheck check_tx_chain(const GuestMemory& mem, std::span<const Segment> segs, ui
   }
   unsigned need = 0;
   switch (gso) {
-    case VIRTIO_NET_HDR_GSO_TCPV4: need = net_feature::kHostTso4; break;
-    case VIRTIO_NET_HDR_GSO_TCPV6: need = net_feature::kHostTso6; break;
-    case VIRTIO_NET_HDR_GSO_UDP: need = net_feature::kHostUfo; break;
-    default: r.drop = TxDrop::GsoBadType; return r;
+    case VIRTIO_NET_HDR_GSO_TCPV4:
+      need = net_feature::kHostTso4;
+      break;
+    case VIRTIO_NET_HDR_GSO_TCPV6:
+      need = net_feature::kHostTso6;
+      break;
+    case VIRTIO_NET_HDR_GSO_UDP:
+      need = net_feature::kHostUfo;
+      break;
+    default:
+      r.drop = TxDrop::GsoBadType;
+      return r;
   }
   if (!has(features, need) || (ecn && !has(features, net_feature::kHostEcn))) {
     r.drop = TxDrop::GsoNotNegotiated;
     return r;
   }
-  if (r.hdr.gso_size == 0) r.drop = TxDrop::GsoBadSize;
+  if (r.hdr.gso_size == 0) {
+    r.drop = TxDrop::GsoBadSize;
+  } else if (r.hdr.hdr_len > r.frame_len) {
+    // hdr_len: the length of the headers to copy into each segment (section 5.1.6.2).
+    r.drop = TxDrop::GsoBadHdrLen;
+  }
   return r;
 }
 
@@ -189,9 +213,10 @@ Status check_net_feature_deps(uint64_t f) {
     }
   }
   if (!has(f, VIRTIO_F_VERSION_1)) {
-    return fail("virtio-net: the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are "
-                "not supported)",
-                EINVAL);
+    return fail(
+        "virtio-net: the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are "
+        "not supported)",
+        EINVAL);
   }
   return {};
 }

@@ -16,7 +16,9 @@ namespace {
 
 std::string hint(const std::string& name, int err) {
   if (err == EPERM || err == EACCES) {
-    std::string h = " (open it as root or with CAP_NET_ADMIN, or create it for this user with `ip tuntap add dev ";
+    std::string h =
+        " (open it as root or with CAP_NET_ADMIN, or create it for this user with `ip tuntap add "
+        "dev ";
     h += name;
     h += " mode tap user $USER";
     h += "`)";
@@ -25,7 +27,8 @@ std::string hint(const std::string& name, int err) {
   if (err == EINVAL || err == EBUSY) {
     std::string h = " (is '";
     h += name;
-    h += "' a tun device, or a tap with other flags/queues than iovirt needs? delete it with `ip link del ";
+    h += "' a tun device, or a tap with other flags/queues than iovirt needs? delete it with `ip "
+         "link del ";
     h += name;
     h += "` and let iovirt create it, or `ip tuntap add dev ";
     h += name;
@@ -55,8 +58,8 @@ Result<std::vector<Fd>> open(const std::string& name, uint16_t queues) {
     }
     ifreq ifr{};
     std::memcpy(ifr.ifr_name, name.data(), name.size());
-    ifr.ifr_flags = static_cast<short>(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR |
-                                       (queues > 1 ? IFF_MULTI_QUEUE : 0));
+    ifr.ifr_flags =
+        static_cast<short>(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (queues > 1 ? IFF_MULTI_QUEUE : 0));
     if (::ioctl(fd.get(), TUNSETIFF, &ifr) < 0) {
       const int e = errno;
       return fail("tap '" + name + "': TUNSETIFF queue " + std::to_string(q) + hint(name, e), e);

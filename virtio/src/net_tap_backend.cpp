@@ -96,18 +96,20 @@ struct TapBackend::Worker {
   uint16_t max_pairs = 1;
   uint16_t pair = 0;
   bool mrg = false;
-  bool mq = false;  // VIRTIO_NET_F_MQ negotiated
+  bool mq = false;         // VIRTIO_NET_F_MQ negotiated
   uint32_t rx_target = 0;  // cache this many writable bytes before reading (MRG_RXBUF)
   EventFd stop_fd;
   Fd ep;
   std::thread thread;
 
   bool tap_polled = false;
+  bool tap_dead = false;
   bool tx_pending = false;
   bool warned_tx = false;
 
-  // TX scratch: one iovec per readable segment, sized once.
+  // TX scratch: the checked header plus one iovec per readable segment, sized once.
   std::vector<iovec> tx_iov;
+  VirtioNetHdr tx_hdr{};
 
   // RX cache of popped, still unused chains; their writable segments as host iovecs.
   struct RxChain {
@@ -121,8 +123,9 @@ struct TapBackend::Worker {
   std::vector<iovec> rx_segs;  // capacity IOV_MAX + one chain's worst case, size rx_nsegs
   size_t rx_nsegs = 0;
   uint64_t rx_bytes_cached = 0;
-  std::vector<iovec> rx_iov;     // readv list: cached segments + the bounce tail
-  std::vector<uint8_t> bounce;   // catches the part of a frame the guest's buffers cannot hold
+  uint64_t pending_len = 0;     // a frame waiting in `bounce` for enough buffers
+  std::vector<iovec> rx_iov;    // readv list: cached segments + the bounce tail
+  std::vector<uint8_t> bounce;  // catches the part of a frame the guest's buffers cannot hold
 
   explicit Worker(EventFd s) : stop_fd(std::move(s)) {}
 
@@ -134,8 +137,18 @@ struct TapBackend::Worker {
     if (pq.rx && &s == &*pq.rx) set_tap_polled(false);
   }
 
+  // The tap queue failed (the interface was deleted, the queue detached under us): epoll would
+  // report EPOLLERR for ever, so the fd leaves the set and the device asks for a reset.
+  void tap_gone(const std::string& why) {
+    if (tap_dead) return;
+    tap_dead = true;
+    tap_polled = false;
+    (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, pq.tap_fd, nullptr);
+    ctx->fail(std::string(dev->name()) + ": tap queue " + std::to_string(pair) + ": " + why);
+  }
+
   void set_tap_polled(bool on) {
-    if (on == tap_polled || pq.tap_fd < 0) return;
+    if (on == tap_polled || pq.tap_fd < 0 || tap_dead) return;
     epoll_event ev{};
     ev.events = on ? uint32_t{EPOLLIN} : 0u;
     ev.data.u32 = kTagTap;
@@ -199,10 +212,20 @@ struct TapBackend::Worker {
       }
       return;
     }
-    size_t n = 0;
+    // The header goes out from the copy that was checked, so the guest cannot change it between
+    // the check and the write; the frame goes straight from guest memory.
+    tx_hdr = chk.hdr;
+    tx_iov[0] = iovec{&tx_hdr, sizeof tx_hdr};
+    size_t n = 1;
+    uint64_t skip = kNetHdrSize;
     for (const Segment& seg : c.segments) {
       if (seg.write || seg.len == 0) continue;
-      auto sp = ctx->mem->span(seg.addr, seg.len);
+      if (skip >= seg.len) {
+        skip -= seg.len;
+        continue;
+      }
+      auto sp = ctx->mem->span(seg.addr + skip, seg.len - skip);
+      skip = 0;
       if (!sp) {  // pop() checked it; only a changed memory map gets here
         nm->tx_dropped->inc();
         return;
@@ -276,68 +299,123 @@ struct TapBackend::Worker {
     return true;
   }
 
+  // Out of (enough) buffers: ask for a kick and stop polling the tap until it comes (section
+  // 2.7.10). Returns true when buffers arrived meanwhile (poll the ring again).
+  bool rx_wait_for_buffers(ServedQueue& s, bool& ok) {
+    auto more = s.q->enable_notification(*ctx->mem);
+    if (!more) {
+      fail_queue(s, more.error().message());
+      ok = false;
+      return false;
+    }
+    if (*more) return true;
+    set_tap_polled(false);
+    return false;
+  }
+
+  // The cache can take no more chains (a frame that does not fit now never will).
+  [[nodiscard]] bool rx_cache_capped() const {
+    return rx_nchains == (mrg ? kMaxRxChains : 1) || rx_nsegs >= IOV_MAX - 1;
+  }
+
+  // Gives the first chains of the cache, which hold the n bytes of a frame, to the driver.
+  bool rx_deliver(ServedQueue& s, uint64_t n) {
+    // Hand out chains in order, each filled before the next (section 5.1.6.4).
+    size_t k = 0;
+    uint64_t left = n;
+    while (left > 0) {
+      left -= std::min<uint64_t>(left, rx_chains[k].wlen);
+      ++k;
+    }
+    const auto num_buffers = static_cast<uint16_t>(k);
+    // The tap skips the num_buffers field; it is the device's to fill (1 without MRG_RXBUF).
+    const uint8_t nb[2] = {static_cast<uint8_t>(num_buffers & 0xff),
+                           static_cast<uint8_t>(num_buffers >> 8)};
+    write_iov(rx_segs.data(), rx_chains[0].nseg, kNumBuffersOffset, nb, sizeof nb);
+    left = n;
+    for (size_t i = 0; i < k; ++i) {
+      const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
+      left -= w;
+      if (auto st = s.q->push(*ctx->mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
+        fail_queue(s, st.error().message());
+        return false;
+      }
+      s.m->chains->inc();
+    }
+    s.m->bytes->inc(n);
+    rx_drop_front(k);
+    return true;
+  }
+
+  // Moves frames from the tap into the rx ring. Zero-copy while the cached buffers can hold any
+  // frame (rx_target bytes); below that a frame is read into the bounce buffer and copied once it
+  // is known to fit, or kept (pending) until the driver adds buffers, so a slow refill costs a
+  // wait, never a frame.
   void rx_round() {
     ServedQueue& s = *pq.rx;
-    const GuestMemory& mem = *ctx->mem;
     bool pushed = false;
+    bool ok = true;
     for (unsigned frames = 0; frames < kRxBudget;) {
       if (!rx_refill(pushed)) return;
-      if (rx_nchains == 0) {
-        // Out of buffers: stop polling the tap until the driver kicks (section 2.7.10).
-        auto more = s.q->enable_notification(mem);
-        if (!more) {
-          fail_queue(s, more.error().message());
-          return;
+      if (pending_len > 0) {
+        if (rx_bytes_cached < pending_len) {
+          if (!rx_cache_capped()) {
+            if (rx_wait_for_buffers(s, ok)) continue;
+            if (!ok) return;
+            break;
+          }
+          nm->rx_dropped->inc();  // larger than every buffer the device can hold at once
+          pending_len = 0;
+          continue;
         }
-        if (*more) continue;
-        set_tap_polled(false);
+        write_iov(rx_segs.data(), rx_nsegs, 0, bounce.data(), pending_len);
+        const uint64_t n = pending_len;
+        pending_len = 0;
+        if (!rx_deliver(s, n)) return;
+        pushed = true;
+        ++frames;
+        continue;
+      }
+      if (rx_nchains == 0) {
+        if (rx_wait_for_buffers(s, ok)) continue;
+        if (!ok) return;
         break;
       }
-      const size_t nseg = std::min<size_t>(rx_nsegs, IOV_MAX - 1);
+      // Zero-copy into the cached buffers, the bounce buffer catching any excess; or, when the
+      // cache is short, into the bounce buffer alone.
+      const bool direct = !mrg || rx_bytes_cached >= rx_target || rx_cache_capped();
+      size_t nseg = 0;
       uint64_t mapped = 0;
-      for (size_t i = 0; i < nseg; ++i) {
-        rx_iov[i] = rx_segs[i];
-        mapped += rx_segs[i].iov_len;
+      if (direct) {
+        nseg = std::min<size_t>(rx_nsegs, IOV_MAX - 1);
+        for (size_t i = 0; i < nseg; ++i) {
+          rx_iov[i] = rx_segs[i];
+          mapped += rx_segs[i].iov_len;
+        }
       }
       rx_iov[nseg] = iovec{bounce.data(), bounce.size()};
       const ssize_t r = ::readv(pq.tap_fd, rx_iov.data(), static_cast<int>(nseg + 1));
       if (r < 0) {
-        if (errno != EAGAIN && errno != EINTR) {
-          log_warn(std::string(dev->name()) + ": tap read: " + std::strerror(errno));
-          set_tap_polled(false);
-        }
+        if (errno != EAGAIN && errno != EINTR)
+          tap_gone(std::string("read: ") + std::strerror(errno));
         break;
       }
-      ++frames;
       const auto n = static_cast<uint64_t>(r);
-      if (n < kNetHdrSize || n > mapped) {
-        nm->rx_dropped->inc();  // did not fit the buffers the guest gave; they stay cached
+      if (n < kNetHdrSize) {
+        ++frames;
+        nm->rx_dropped->inc();
         continue;
       }
-      // Hand out chains in order, each filled before the next (section 5.1.6.4).
-      size_t k = 0;
-      uint64_t left = n;
-      while (left > 0) {
-        left -= std::min<uint64_t>(left, rx_chains[k].wlen);
-        ++k;
+      if (!direct) {
+        pending_len = n;  // delivered by the pending branch, now or after a kick
+        continue;
       }
-      const auto num_buffers = static_cast<uint16_t>(k);
-      // The tap skips the num_buffers field; it is the device's to fill (1 without MRG_RXBUF).
-      uint8_t nb[2] = {static_cast<uint8_t>(num_buffers & 0xff),
-                       static_cast<uint8_t>(num_buffers >> 8)};
-      write_iov(rx_segs.data(), rx_chains[0].nseg, kNumBuffersOffset, nb, sizeof nb);
-      left = n;
-      for (size_t i = 0; i < k; ++i) {
-        const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
-        left -= w;
-        if (auto st = s.q->push(mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
-          fail_queue(s, st.error().message());
-          return;
-        }
-        s.m->chains->inc();
+      ++frames;
+      if (n > mapped) {
+        nm->rx_dropped->inc();  // larger than all the buffers the device can hold at once
+        continue;
       }
-      s.m->bytes->inc(n);
-      rx_drop_front(k);
+      if (!rx_deliver(s, n)) return;
       pushed = true;
     }
     if (pushed && !signal_used(*ctx, s)) fail_queue(s, "used ring access failed");
@@ -367,6 +445,8 @@ struct TapBackend::Worker {
       }
       set_tap_polled(true);
     }
+    // A frame waiting in the bounce buffer may fit now; the tap need not be readable for it.
+    if (pending_len > 0) rx_round();
   }
 
   void run() {
@@ -382,7 +462,8 @@ struct TapBackend::Worker {
       bool tx = tx_pending;
       for (int i = 0; i < n; ++i) {
         switch (evs[i].data.u32) {
-          case kTagStop: return;
+          case kTagStop:
+            return;
           case kTagTxKick:
             if (drain(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
             tx = true;
@@ -392,7 +473,11 @@ struct TapBackend::Worker {
             on_rx_kick();
             break;
           case kTagTap:
-            if (pq.rx && !pq.rx->dead) rx_round();
+            if ((evs[i].events & (EPOLLERR | EPOLLHUP)) != 0) {
+              tap_gone("the tap reported an error or hang-up (was the interface deleted?)");
+            } else if (pq.rx && !pq.rx->dead) {
+              rx_round();
+            }
             break;
           case kTagCtrlKick:
             if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
@@ -401,7 +486,8 @@ struct TapBackend::Worker {
               (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
             }
             break;
-          default: break;
+          default:
+            break;
         }
       }
       tx_pending = false;
@@ -416,9 +502,9 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
                                                       const NetMetrics& nm, uint16_t max_pairs) {
   std::unique_ptr<TapBackend> b(new TapBackend(std::move(ctx)));
   const bool mrg = (b->ctx_.features & feature_bit(net_feature::kMrgRxbuf)) != 0;
-  const bool gso = (b->ctx_.features & (feature_bit(net_feature::kGuestTso4) |
-                                        feature_bit(net_feature::kGuestTso6) |
-                                        feature_bit(net_feature::kGuestUfo))) != 0;
+  const bool gso = (b->ctx_.features &
+                    (feature_bit(net_feature::kGuestTso4) | feature_bit(net_feature::kGuestTso6) |
+                     feature_bit(net_feature::kGuestUfo))) != 0;
   for (size_t p = 0; p < pairs.size(); ++p) {
     auto stop = EventFd::create();
     if (!stop) return std::unexpected(std::move(stop.error()).context("virtio-net stop eventfd"));
@@ -437,7 +523,7 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
     if (w->pq.tx) qmax = std::max(qmax, w->pq.tx->q->max_size());
     if (w->pq.rx) qmax = std::max(qmax, w->pq.rx->q->max_size());
     const size_t chain_max = qmax + SplitQueue::kMaxIndirectEntries;
-    w->tx_iov.resize(chain_max);
+    w->tx_iov.resize(chain_max + 1);
     w->rx_chains.resize(kMaxRxChains);
     w->rx_segs.resize(IOV_MAX + chain_max);
     w->rx_iov.resize(IOV_MAX);

@@ -81,7 +81,8 @@ Result<Fd> open_device(const char* path) {
     }
     return fail(msg, e);
   }
-  if (::ioctl(fd.get(), kSetOwner) < 0) return fail_errno(std::string("vhost-net: VHOST_SET_OWNER"));
+  if (::ioctl(fd.get(), kSetOwner) < 0)
+    return fail_errno(std::string("vhost-net: VHOST_SET_OWNER"));
   return fd;
 }
 

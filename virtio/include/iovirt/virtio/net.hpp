@@ -97,14 +97,15 @@ inline constexpr uint32_t kMaxFrame = 65535 + 14 + 4;
 // itself relies on (section 5.1.6.2.1 device requirements).
 enum class TxDrop : uint8_t {
   None,
-  ShortHeader,      // fewer than 12 readable bytes
-  TooLong,          // frame above kMaxFrame
+  ShortHeader,        // fewer than 12 readable bytes
+  TooLong,            // frame above kMaxFrame
   CsumNotNegotiated,  // NEEDS_CSUM without VIRTIO_NET_F_CSUM
-  CsumOutOfFrame,   // csum_start + csum_offset + 2 beyond the frame
-  GsoNotNegotiated, // a gso_type whose HOST_* feature was not negotiated
-  GsoBadType,       // unknown gso_type
-  GsoBadSize,       // gso_size 0 with a GSO type
-  TooManySegments,  // more segments than writev takes (IOV_MAX)
+  CsumOutOfFrame,     // csum_start + csum_offset + 2 beyond the frame
+  GsoNotNegotiated,   // a gso_type whose HOST_* feature was not negotiated
+  GsoBadType,         // unknown gso_type
+  GsoBadSize,         // gso_size 0 with a GSO type
+  GsoBadHdrLen,       // GSO with hdr_len beyond the frame
+  TooManySegments,    // more segments than writev takes (IOV_MAX)
 };
 [[nodiscard]] const char* to_string(TxDrop d);
 
@@ -160,11 +161,11 @@ class VhostNetBackend;
 
 // Per-device counters beyond the per-queue ones.
 struct NetMetrics {
-  Counter* tx_dropped;       // TX chains not sent (bad header, tap refused the frame)
-  Counter* rx_dropped;       // frames read from the tap that did not fit the guest's buffers
-  Counter* rx_bad_chains;    // RX chains without a writable byte, returned unused
-  Counter* ctrl_commands;    // control-queue requests
-  Counter* ctrl_errors;      // control-queue requests answered VIRTIO_NET_ERR
+  Counter* tx_dropped;     // TX chains not sent (bad header, tap refused the frame)
+  Counter* rx_dropped;     // frames read from the tap that did not fit the guest's buffers
+  Counter* rx_bad_chains;  // RX chains without a writable byte, returned unused
+  Counter* ctrl_commands;  // control-queue requests
+  Counter* ctrl_errors;    // control-queue requests answered VIRTIO_NET_ERR
   static NetMetrics create(MetricsRegistry& m, std::string_view device);
 };
 
@@ -206,9 +207,9 @@ class VirtioNet final : public VirtioDevice {
   std::array<uint8_t, 6> mac_{};
   uint64_t features_ = 0;
   uint64_t negotiated_ = 0;
-  std::vector<Fd> taps_;  // one per queue pair
+  std::vector<Fd> taps_;            // one per queue pair
   std::vector<bool> tap_attached_;  // multi-queue taps: queue fd i attached (TUNSETQUEUE)
-  unsigned tap_offloads_ = 0;  // TUN_F_* the tap accepts
+  unsigned tap_offloads_ = 0;       // TUN_F_* the tap accepts
   unsigned applied_offloads_ = 0;
   std::atomic<uint16_t> active_pairs_{1};
   uint16_t pairs_in_use_ = 1;  // N of section 5.1.2 for the current activation

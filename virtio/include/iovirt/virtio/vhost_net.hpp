@@ -69,7 +69,8 @@ inline constexpr unsigned long kSetVringKick = _IOW(kVhostVirtio, 0x20, VringFil
 inline constexpr unsigned long kSetVringCall = _IOW(kVhostVirtio, 0x21, VringFile);
 inline constexpr unsigned long kNetSetBackend = _IOW(kVhostVirtio, 0x30, VringFile);
 // The values the kernel defines (x86-64): a different struct size would change them.
-static_assert(kGetFeatures == 0x8008af00ul && kSetFeatures == 0x4008af00ul && kSetOwner == 0xaf01ul);
+static_assert(kGetFeatures == 0x8008af00ul && kSetFeatures == 0x4008af00ul &&
+              kSetOwner == 0xaf01ul);
 static_assert(kSetMemTable == 0x4008af03ul);
 static_assert(kSetVringNum == 0x4008af10ul && kSetVringAddr == 0x4028af11ul &&
               kSetVringBase == 0x4008af12ul && kGetVringBase == 0xc008af12ul);
