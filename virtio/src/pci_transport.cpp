@@ -118,7 +118,7 @@ Status VirtioPciDevice::init() {
   store_le(std::span(notify).subspan(kCapBodySize, 4), kNotifyMultiplier);
   const auto pcicfg = cap_bytes(cap_type::kPciCfg, 0, 0, 4);
   // pci_cfg_cap: bar, offset, length and data are the driver's to write (section 4.1.4.9).
-  std::vector<uint8_t> pcicfg_mask(pcicfg.size(), 0);
+  std::array<uint8_t, kCapBodySize + 4> pcicfg_mask{};
   pcicfg_mask[kCapBar - 2] = 0xff;
   std::fill_n(pcicfg_mask.begin() + (kCapOffset - 2), 8, uint8_t{0xff});
   std::fill_n(pcicfg_mask.begin() + (kPciCfgData - 2), 4, uint8_t{0xff});
