@@ -89,6 +89,15 @@ TEST(VhostNet, FeaturesKeepDeviceBitsAndIntersectRingBits) {
   EXPECT_EQ(f & feature_bit(27), 0u);  // never more than the device offers
 }
 
+TEST(VhostNet, PackedRingIsNotOfferedEvenWhenTheKernelHasIt) {
+  // setup_ring() programs split rings only, so a kernel offering RING_PACKED/IN_ORDER must not
+  // make the guest negotiate them.
+  const uint64_t device = feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_F_RING_PACKED) |
+                          feature_bit(VIRTIO_F_IN_ORDER);
+  const uint64_t f = intersect_features(device, device);
+  EXPECT_EQ(f, feature_bit(VIRTIO_F_VERSION_1));
+}
+
 TEST(VhostNet, MissingDeviceNamesTheModule) {
   auto fd = open_device("/nonexistent/vhost-net");
   ASSERT_FALSE(fd.has_value());

@@ -234,10 +234,14 @@ TEST_F(VirtioPciTest, NegotiationRefusesUnofferedBitsLegacyDriversAndDeviceVetoe
   write_features(kF_Version1);
   set_status(status::kAcknowledge | status::kDriver | status::kFeaturesOk);
   EXPECT_FALSE(status() & status::kFeaturesOk);
-  // DRIVER_OK without FEATURES_OK does not start the device.
+  // DRIVER_OK without FEATURES_OK does not start the device, and counts as a failure.
   set_status(status::kAcknowledge | status::kDriver | status::kDriverOk);
   EXPECT_EQ(dev_.activations_, 0);
   EXPECT_TRUE(status() & status::kDeviceNeedsReset);
+  EXPECT_EQ(rd(kIsrOffset, 1), 2u);
+  EXPECT_EQ(metrics_.counter("iovirt_virtio_device_failures_total", "", {{"device", "rec0"}})
+                .value(),
+            1u);
 }
 
 TEST_F(VirtioPciTest, FeatureMaskHidesBitsTheDeviceCouldServe) {
@@ -268,11 +272,13 @@ TEST_F(VirtioPciTest, DriverOkActivatesTheDeviceWithTheProgrammedQueues) {
   wr(cc::kQueueSelect, 2, 1);
   EXPECT_EQ(rd(cc::kQueueDesc, 8), 0x4000u);
   EXPECT_EQ(rd(cc::kQueueNotifyOff, 2), 1u);
-  // Queue registers are frozen while the device runs.
+  // Queue registers, the vector included, are frozen while the device runs.
   wr(cc::kQueueDesc, 4, 0x9000);
   wr(cc::kQueueSize, 2, 8);
+  wr(cc::kQueueMsixVector, 2, 0);
   EXPECT_EQ(rd(cc::kQueueDesc, 8), 0x4000u);
   EXPECT_EQ(rd(cc::kQueueSize, 2), 64u);
+  EXPECT_EQ(rd(cc::kQueueMsixVector, 2), 2u);
 }
 
 TEST_F(VirtioPciTest, OnlyEnabledQueuesAreBound) {

@@ -456,7 +456,8 @@ struct TapBackend::Worker {
       const int n = ::epoll_wait(ep.get(), evs, 8, timeout);
       if (n < 0) {
         if (errno == EINTR) continue;
-        log_error(std::string(dev->name()) + ": epoll_wait: " + std::strerror(errno));
+        // The queues would go dead silently: fail the device so the driver sees it.
+        ctx->fail(std::string("epoll_wait: ") + std::strerror(errno));
         return;
       }
       bool tx = tx_pending;

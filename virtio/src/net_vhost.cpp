@@ -22,7 +22,10 @@ uint64_t ring_feature_mask() {
 
 uint64_t intersect_features(uint64_t device, uint64_t kernel) {
   const uint64_t ring = ring_feature_mask();
-  return (device & ~ring) | (device & ring & kernel);
+  // RING_PACKED and IN_ORDER stay out even where the kernel offers them: setup_ring() programs
+  // split rings only.
+  const uint64_t unprogrammed = feature_bit(VIRTIO_F_RING_PACKED) | feature_bit(VIRTIO_F_IN_ORDER);
+  return ((device & ~ring) | (device & ring & kernel)) & ~unprogrammed;
 }
 
 std::vector<uint64_t> build_mem_table(const GuestMemory& mem) {
@@ -130,6 +133,7 @@ Result<std::unique_ptr<VhostNetBackend>> VhostNetBackend::start(const ActivateCo
   std::unique_ptr<VhostNetBackend> b(new VhostNetBackend());
   b->name_ = std::move(name);
   b->irq_ = ctx.irq;
+  b->fail_ = ctx.fail;
   const uint64_t want = ctx.features & ring_feature_mask();
   const auto table = build_mem_table(*ctx.mem);
   for (const PairSetup& p : pairs) {
@@ -168,7 +172,7 @@ void VhostNetBackend::fallback_loop() {
   for (;;) {
     if (::poll(pfds.data(), pfds.size(), -1) < 0) {
       if (errno == EINTR) continue;
-      log_error(name_ + ": vhost-net call poll: " + std::strerror(errno));
+      fail_(std::string("vhost-net call poll: ") + std::strerror(errno));
       return;
     }
     if (pfds[0].revents != 0) return;

@@ -76,8 +76,9 @@ Result<std::unique_ptr<VirtioPciDevice>> VirtioPciDevice::create(VirtioDevice& d
                                                                  MetricsRegistry& metrics,
                                                                  VirtioPciOptions opt) {
   const std::string who = "virtio-pci " + std::string(dev.name());
-  if (dev.num_queues() == 0 || dev.num_queues() > 511)
-    return fail(who + ": " + std::to_string(dev.num_queues()) + " queues (1..511 supported)",
+  if (dev.num_queues() == 0 || dev.num_queues() > kMaxQueues)
+    return fail(who + ": " + std::to_string(dev.num_queues()) + " queues (1.." +
+                    std::to_string(kMaxQueues) + " supported)",
                 EINVAL);
   if (dev.config_size() > kDeviceMaxSize)
     return fail(who + ": device config of " + std::to_string(dev.config_size()) + " bytes", EINVAL);
@@ -177,7 +178,9 @@ bool VirtioPciDevice::ioeventfd_live(uint16_t q) const {
 void VirtioPciDevice::config_read(uint16_t offset, std::span<uint8_t> data) {
   const uint16_t win = static_cast<uint16_t>(pci_cfg_cap_ + kPciCfgData);
   if (pci_cfg_cap_ != 0 && offset >= win && offset + data.size() <= win + 4u) {
-    // VIRTIO_PCI_CAP_PCI_CFG: a BAR access through config space (section 4.1.4.9).
+    // VIRTIO_PCI_CAP_PCI_CFG: a BAR access through config space (section 4.1.4.9). The window's
+    // registers are written under the MSI-X lock (config_write), so read them under it too.
+    auto lock = msix_->lock();
     const uint8_t bar = config_.peek8(static_cast<uint16_t>(pci_cfg_cap_ + kCapBar));
     const uint32_t off = config_.peek32(static_cast<uint16_t>(pci_cfg_cap_ + kCapOffset));
     const uint32_t len = config_.peek32(static_cast<uint16_t>(pci_cfg_cap_ + kCapLength));
@@ -194,6 +197,7 @@ void VirtioPciDevice::config_read(uint16_t offset, std::span<uint8_t> data) {
 void VirtioPciDevice::config_write(uint16_t offset, std::span<const uint8_t> data) {
   const uint16_t win = static_cast<uint16_t>(pci_cfg_cap_ + kPciCfgData);
   if (pci_cfg_cap_ != 0 && offset >= win && offset + data.size() <= win + 4u) {
+    auto lock = msix_->lock();
     const uint8_t bar = config_.peek8(static_cast<uint16_t>(pci_cfg_cap_ + kCapBar));
     const uint32_t off = config_.peek32(static_cast<uint16_t>(pci_cfg_cap_ + kCapOffset));
     const uint32_t len = config_.peek32(static_cast<uint16_t>(pci_cfg_cap_ + kCapLength));
@@ -336,7 +340,9 @@ void VirtioPciDevice::write_common_field(uint32_t field, uint64_t v) {
       if (q && !running) q->size = static_cast<uint16_t>(v);
       break;
     case common_cfg::kQueueMsixVector:
-      if (q) {
+      // Frozen while the device runs like the other queue registers: a backend (kernel vhost)
+      // holds the vector's irqfd from activation on.
+      if (q && !running) {
         q->msix_vector = v < nvec ? static_cast<uint16_t>(v) : kNoVector;
         queue_vectors_[queue_select_].store(q->msix_vector, std::memory_order_release);
       }
@@ -382,7 +388,9 @@ void VirtioPciDevice::write_status(uint8_t v) {
   if ((added & status::kDriverOk) && !active_) {
     if ((next & status::kFeaturesOk) == 0) {
       log_warn(std::string(dev_.name()) + ": DRIVER_OK without FEATURES_OK; device needs reset");
+      device_failures_->inc();
       next |= status::kDeviceNeedsReset;
+      isr_.fetch_or(2);
     } else if (auto st = activate_locked(); !st) {
       log_error(std::string(dev_.name()) + ": " + st.error().message() + "; device needs reset");
       device_failures_->inc();

@@ -42,8 +42,8 @@
 
 namespace iovirt::virtio {
 
-// Layout of BAR 0 (64-bit, prefetchable: Linux maps it write-combining only for notify, which it
-// never does for prefetchable virtio BARs anyway).
+// Layout of BAR 0, a 64-bit non-prefetchable memory BAR holding every structure: common config,
+// ISR, device config, the notify doorbells, and the MSI-X table and PBA.
 namespace pci_layout {
 inline constexpr int kBar = 0;
 inline constexpr uint64_t kCommonOffset = 0x0000;
@@ -57,7 +57,10 @@ inline constexpr uint32_t kNotifyMultiplier = 4;
 inline constexpr uint64_t kMsixTableOffset = 0x4000;
 inline constexpr uint64_t kMsixPbaOffset = 0x6000;
 inline constexpr uint64_t kBarSize = 0x8000;
-inline constexpr uint16_t kMaxQueues = (kMsixTableOffset - kNotifyOffset) / kNotifyMultiplier;
+// Bounded by the MSI-X table (one vector per queue + the config vector, 16 bytes each, between
+// kMsixTableOffset and kMsixPbaOffset) rather than by the notify area (1024 doorbells).
+inline constexpr uint16_t kMaxQueues = (kMsixPbaOffset - kMsixTableOffset) / 16 - 1;
+static_assert(kMaxQueues <= (kMsixTableOffset - kNotifyOffset) / kNotifyMultiplier);
 }  // namespace pci_layout
 
 // struct virtio_pci_common_cfg offsets (section 4.1.4.3).

@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <thread>
@@ -129,6 +130,7 @@ class VhostNetBackend final {
   std::vector<Fd> devs_;
   std::vector<Fallback> fallbacks_;
   VirtioInterrupt* irq_ = nullptr;
+  std::function<void(const std::string&)> fail_;  // ActivateContext::fail
   std::optional<EventFd> stop_;
   std::thread thread_;
 };
