@@ -250,7 +250,10 @@ lab_tap_create() {
     ((LAB_QUEUES == 1)) || mq=multi_queue
     ip link del "$name" 2>/dev/null
     ip tuntap add dev "$name" mode tap $mq || { lab_log "ip tuntap add $name failed"; return 1; }
-    ip addr add "$cidr" dev "$name" && ip link set "$name" up || { lab_log "configuring $name failed"; return 1; }
+    if ! ip addr add "$cidr" dev "$name" || ! ip link set "$name" up; then
+        lab_log "configuring $name failed"
+        return 1
+    fi
 }
 
 # lab_need_vhost_net — vhost_net loaded and /dev/vhost-net present (for LAB_NET_VHOST=on).
@@ -337,7 +340,7 @@ lab_need_debugfs() {
 # lab_vm_stats — "exits io_exits mmio_exits halt_exits irq_injections" of the one VM running in
 # L1, from KVM's debugfs directory PID-FD (the VM-level files sum the vCPUs). Empty if none.
 lab_vm_stats() {
-    local d f out= v pid
+    local d f out='' v pid
     for d in /sys/kernel/debug/kvm/[0-9]*-[0-9]*; do
         pid=${d##*/}
         [[ -r $d/exits && -d /proc/${pid%%-*} ]] || continue

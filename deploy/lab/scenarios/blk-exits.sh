@@ -41,6 +41,7 @@ vmms=(qemu)
 lab_log "blk-exits: VMMs ${vmms[*]}, $N requests per phase, disk $dev (O_DIRECT), ring $LAB_RING, event_idx $LAB_EVENT_IDX, queues $LAB_QUEUES"
 
 samples=
+# shellcheck disable=SC2317 # called through LAB_LINE_HOOK
 on_line() { # the guest's phase markers: sample the VM's counters
     local l=$1
     [[ $l =~ IOVIRT-BENCH-(BEGIN|END)\ ([a-z]+) ]] || return 0

@@ -46,6 +46,7 @@ listener=$!
 
 # L1 -> guest: when the guest says it listens, connect and send (a few tries: it may print the
 # line just before its nc has bound the port).
+# shellcheck disable=SC2317 # called through LAB_LINE_HOOK
 on_line() {
     [[ $1 == *IOVIRT-NET-LISTENING* ]] || return 0
     (
