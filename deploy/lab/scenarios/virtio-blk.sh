@@ -50,6 +50,10 @@ boot() { # NAME RO EXTRA-CMDLINE — one L2 boot; its console in /tmp/virtio-blk
     fi
     lab_guest_verdict "$log" "$name" || return 1
     lab_check_rings "$log" 2 || return 1
+    if [[ $(lab_guest_result "$log" blk_queues) != "$LAB_QUEUES" ]]; then
+        lab_log "FAIL $name: asked for $LAB_QUEUES request queues, the guest has $(lab_guest_result "$log" blk_queues)"
+        return 1
+    fi
 }
 
 if boot blk-write "" "iovirt.test=blk-write iovirt.blk_seed=$seed iovirt.blk_mib=$MIB"; then
