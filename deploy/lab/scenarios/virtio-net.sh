@@ -3,7 +3,7 @@
 # the VMM (iovirt with --iovirt, or QEMU; LAB_VMM picks) as a modern virtio-net NIC; the L2 guest
 # (eth0 = 192.168.100.2/24):
 #   1. pings L1 (ARP + ICMP both ways);
-#   2. sends LAB_NET_MIB (32) MiB of random bytes to L1's port 5001 over TCP (busybox nc);
+#   2. sends LAB_NET_MIB (16) MiB of random bytes to L1's port 5001 over TCP (busybox nc);
 #   3. listens on port 5002; L1 connects and sends its own LAB_NET_MIB MiB of random bytes.
 # Both ends hash what they sent and received. Passes iff the VMM exits 0, the guest reports OK,
 # both digests match across the two ends, and the guest negotiated the ring format and EVENT_IDX
@@ -15,7 +15,7 @@ set -uo pipefail
 source "$LAB_DIR/l1/lib.sh"
 
 CPUS=${LAB_L2_CPUS:-2}
-MIB=${LAB_NET_MIB:-32}
+MIB=${LAB_NET_MIB:-16}
 TAP=tap0
 L1_IP=192.168.100.1
 L2_IP=192.168.100.2
