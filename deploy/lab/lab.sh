@@ -27,10 +27,13 @@ L1_CPUS=${IOVIRT_LAB_L1_CPUS:-1}
 L1_APPEND=${IOVIRT_LAB_L1_APPEND:-}
 # The 9p/virtio chain the L1 initramfs insmods to mount the host root; all else loads later.
 L1_INITRD_MODULES=(9p 9pnet_virtio virtio_pci)
+# The L2 guest's virtio drivers (modern virtio-pci, virtio-blk, virtio-net), for the device tests.
+L2_MODULES=(virtio_pci virtio_blk virtio_net)
 # Paths that L1 covers with its own mounts (tmpfs, proc ...): host files there are invisible to it.
 HIDDEN_IN_L1=(/tmp /var/tmp /run /dev /proc /sys)
 EX_SKIP=77
 EX_USAGE=2
+RUN_LOCK_HELD= # set by `run`, which holds $CACHE/.run.lock while it sets up and runs
 
 log() { echo "lab: $*"; }
 die() {
@@ -150,16 +153,9 @@ populate_busybox() {
     mknod -m 666 "$root/dev/null" c 1 3
 }
 
-l1_module_paths() {
-    local m
-    for m in "${L1_INITRD_MODULES[@]}"; do
-        modprobe -d "$KTREE" -S "$KVER" --show-depends "$m" || die "no module chain for $m in $KVER"
-    done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }'
-}
-
 build_l1_initramfs() {
     local out=$CACHE/l1-initramfs.cpio key stamp=$CACHE/stamps/l1-initramfs mods work p
-    mods=$(l1_module_paths)
+    mods=$(module_paths "${L1_INITRD_MODULES[@]}")
     key=$(printf '%s\n' "$KVER" "$BUSYBOX_DEB" "$mods" | cat - "$LAB_DIR/initramfs/l1-init" | sha256sum)
     if [[ -f $out && -f $stamp && $(<"$stamp") == "$key" ]]; then
         return
@@ -187,15 +183,32 @@ EOF
     echo "$key" >"$stamp"
 }
 
+# module_paths MODULE... — the .ko files that MODULEs need, dependencies first, each once.
+module_paths() {
+    local m
+    for m in "$@"; do
+        modprobe -d "$KTREE" -S "$KVER" --show-depends "$m" || die "no module chain for $m in $KVER"
+    done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }'
+}
+
 build_l2_initramfs() {
-    local out=$CACHE/l2-initramfs.cpio.gz key stamp=$CACHE/stamps/l2-initramfs work
-    key=$(printf '%s\n' "$BUSYBOX_DEB" | cat - "$LAB_DIR/initramfs/l2-init" | sha256sum)
+    local out=$CACHE/l2-initramfs.cpio.gz key stamp=$CACHE/stamps/l2-initramfs work mods p
+    mods=$(module_paths "${L2_MODULES[@]}")
+    key=$(printf '%s\n' "$KVER" "$BUSYBOX_DEB" "$mods" | cat - "$LAB_DIR/initramfs/l2-init" | sha256sum)
     if [[ -f $out && -f $stamp && $(<"$stamp") == "$key" ]]; then
         return
     fi
-    log "building l2 initramfs"
+    log "building l2 initramfs ($KVER)"
     work=$(mktemp -d "$CACHE/l2-initramfs.XXXXXX")
     populate_busybox "$work"
+    # The virtio drivers, insmodded in this order by /init only when a test asks for devices
+    # (a plain boot does not pay for them).
+    mkdir -p "$work/modules"
+    : >"$work/modules.list"
+    for p in $mods; do
+        cp "$p" "$work/modules/"
+        echo "${p##*/}" >>"$work/modules.list"
+    done
     install -m 755 "$LAB_DIR/initramfs/l2-init" "$work/init"
     build_cpio "$work" "$out" gz
     rm -rf "$work"
@@ -226,9 +239,9 @@ cmd_setup() {
     fi
     # Keep one kernel: older trees (400 MB each) and their packages go — but not under a running
     # L1, which loads its modules from its tree.
-    local old runfd
-    exec {runfd}>"$CACHE/.run.lock"
-    if flock -n "$runfd"; then
+    local old runfd=
+    [[ -n $RUN_LOCK_HELD ]] || exec {runfd}>"$CACHE/.run.lock"
+    if [[ -n $RUN_LOCK_HELD ]] || flock -n "$runfd"; then
         for old in "$CACHE"/kernel/*; do
             [[ $old == "$KTREE" || $old == *.tmp ]] && continue
             log "removing the older kernel tree $(basename "$old")"
@@ -236,7 +249,7 @@ cmd_setup() {
         done
         find "$CACHE/debs" -maxdepth 1 -name 'linux-image-*.deb' ! -name "linux-image-${KVER}_*" -delete
     fi
-    exec {runfd}>&-
+    [[ -z $runfd ]] || exec {runfd}>&-
     ln -sfn "kernel/$KVER/boot/vmlinuz-$KVER" "$CACHE/vmlinuz"
     if [[ ! -f $CACHE/stamps/vmlinux-$KVER ]]; then
         log "extracting vmlinux ($KVER)"
@@ -336,16 +349,19 @@ cmd_run() {
 
     need_root
     need_tools "$QEMU" timeout flock realpath sed grep
-    cmd_setup
 
     # One lab run at a time: the runs share the NVMe image, and two TCG guests on 2 cores only slow
-    # each other into timeouts.
+    # each other into timeouts. Setup runs under the lock too: another checkout's lab.sh may rebuild
+    # the shared initramfses from its own init scripts, and must not do so under a running L1.
     local runfd
+    mkdir -p "$CACHE"
     exec {runfd}>"$CACHE/.run.lock"
     if ! flock -n "$runfd"; then
         log "waiting for another lab run to finish"
         flock "$runfd"
     fi
+    RUN_LOCK_HELD=1
+    cmd_setup
 
     mkdir -p "$RESULTS_BASE"
     local res

@@ -46,10 +46,12 @@ lab_need_kvm() {
 #    and iovirt both exit 0. LAB_GUEST_SHUTDOWN=reboot switches to `reboot -f` (QEMU exits through
 #    -no-reboot; iovirt exits 3, "guest reset").
 #  - LAB_GUEST_APPEND adds anything else.
+#  - EXTRA (optional second argument): the device test's parameters (iovirt.test= ...).
 lab_l2_cmdline() {
     local c="console=ttyS0 panic=-1"
     [[ ${LAB_GUEST_VERBOSE:-0} == 1 ]] || c+=" quiet"
     c+=" iovirt.shutdown=${LAB_GUEST_SHUTDOWN:-poweroff} iovirt.expect_cpus=$1"
+    c+="${2:+ $2}"
     echo "$c${LAB_GUEST_APPEND:+ $LAB_GUEST_APPEND}"
 }
 
@@ -90,7 +92,9 @@ lab_run_vmm() {
     [[ $VMM_RC -eq 0 && $VMM_VERDICT == ok ]]
 }
 
-# Reads a console, timestamps each line on arrival; records the first marker line.
+# Reads a console, timestamps each line on arrival; records the first marker line. If
+# LAB_LINE_HOOK names a function, it is called with each line as it arrives (in this reader's
+# subshell: it reports through files), e.g. to sample KVM's counters at a guest's markers.
 _lab_console_reader() {
     local tag=$1 log=$2 start=$3 line now seen=
     exec 3>>"$log"
@@ -99,6 +103,7 @@ _lab_console_reader() {
         line=${line//$'\r'/}
         printf '%s\n' "$line" >&3
         printf '%s| %s\n' "$tag" "$line"
+        [[ -z ${LAB_LINE_HOOK:-} ]] || "$LAB_LINE_HOOK" "$line"
         if [[ -z $seen ]]; then
             if [[ $line == *"$MARKER_OK"* ]]; then
                 seen=1
@@ -114,3 +119,237 @@ _lab_console_reader() {
 
 # lab_us_to_s MICROSECONDS — "12.345"
 lab_us_to_s() { printf '%d.%03d' $(($1 / 1000000)) $((($1 % 1000000) / 1000)); }
+
+# ---------------------------------------------------------------------------------------------
+# Device scenarios (virtio-blk, virtio-net, blk-exits): the same scenario drives either VMM.
+#
+# Knobs (--env), the same for both VMMs and every device:
+#   LAB_VMM=qemu|iovirt   the VMM (default: iovirt when --iovirt was given, else QEMU)
+#   LAB_RING=split|packed the virtqueue format offered (virtio 1.2 sections 2.7 / 2.8)
+#   LAB_EVENT_IDX=on|off  VIRTIO_RING_F_EVENT_IDX offered
+#   LAB_QUEUES=N          request queues (blk) / queue pairs (net), default 1
+#   LAB_NET_VHOST=on|off  the net data path in the host kernel (vhost-net), default off
+#   LAB_BLK_DIRECT=on|off the disk opened O_DIRECT (QEMU: cache=none,aio=io_uring); the image then
+#                         sits behind a loop device, because L1's tmpfs (Linux 6.1) refuses O_DIRECT
+
+LAB_RING=${LAB_RING:-split}
+LAB_EVENT_IDX=${LAB_EVENT_IDX:-on}
+LAB_QUEUES=${LAB_QUEUES:-1}
+LAB_NET_VHOST=${LAB_NET_VHOST:-off}
+LAB_BLK_DIRECT=${LAB_BLK_DIRECT:-off}
+
+# lab_check_knobs — 0 if the knobs above hold valid values, else says which and returns 1.
+lab_check_knobs() {
+    local bad=
+    [[ $LAB_RING == split || $LAB_RING == packed ]] || bad+=" LAB_RING=$LAB_RING (split|packed)"
+    [[ $LAB_EVENT_IDX == on || $LAB_EVENT_IDX == off ]] || bad+=" LAB_EVENT_IDX=$LAB_EVENT_IDX (on|off)"
+    [[ $LAB_NET_VHOST == on || $LAB_NET_VHOST == off ]] || bad+=" LAB_NET_VHOST=$LAB_NET_VHOST (on|off)"
+    [[ $LAB_BLK_DIRECT == on || $LAB_BLK_DIRECT == off ]] || bad+=" LAB_BLK_DIRECT=$LAB_BLK_DIRECT (on|off)"
+    [[ $LAB_QUEUES =~ ^[1-8]$ ]] || bad+=" LAB_QUEUES=$LAB_QUEUES (1..8)"
+    [[ -z ${LAB_VMM:-} || $LAB_VMM == qemu || $LAB_VMM == iovirt ]] || bad+=" LAB_VMM=$LAB_VMM (qemu|iovirt)"
+    [[ -z $bad ]] && return 0
+    lab_log "bad knob value:$bad"
+    return 1
+}
+
+# lab_vmm — prints the VMM a device scenario drives.
+lab_vmm() {
+    if [[ -n ${LAB_VMM:-} ]]; then
+        echo "$LAB_VMM"
+    elif [[ -n ${IOVIRT:-} ]]; then
+        echo iovirt
+    else
+        echo qemu
+    fi
+}
+
+# lab_l2_cmd VMM NCPUS [EXTRA-CMDLINE] — sets L2_CMD to the VMM booting the lab kernel and the L2
+# initramfs with NCPUS vCPUs and 512 MiB; lab_l2_add_disk / lab_l2_add_net append devices.
+lab_l2_cmd() {
+    local vmm=$1 ncpus=$2 extra=${3:-}
+    L2_NDISKS=0
+    L2_NNETS=0
+    case $vmm in
+        qemu)
+            L2_CMD=(qemu-system-x86_64 -accel kvm -cpu "${LAB_L2_CPU:-host}" -smp "$ncpus" -m 512
+                -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$(lab_l2_cmdline "$ncpus" "$extra")"
+                -nographic -no-reboot -nic none -vga none)
+            ;;
+        iovirt)
+            [[ -n ${IOVIRT:-} ]] || { lab_log "LAB_VMM=iovirt needs --iovirt PATH"; return 1; }
+            L2_CMD=("$IOVIRT" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --cpus "$ncpus" --memory 512M
+                --cmdline "$(lab_l2_cmdline "$ncpus" "$extra")")
+            ;;
+        *) lab_log "unknown VMM '$vmm'"; return 1 ;;
+    esac
+}
+
+# QEMU's virtio-pci properties for the ring knobs (modern only, like iovirt; no option ROM).
+_lab_qemu_virtio_props() {
+    printf 'disable-legacy=on,packed=%s,event_idx=%s,romfile=' \
+        "$([[ $LAB_RING == packed ]] && echo on || echo off)" "$LAB_EVENT_IDX"
+}
+# iovirt's ring options: only what differs from its defaults (split ring, EVENT_IDX on, 1 queue).
+_lab_iovirt_ring_opts() {
+    local o=
+    ((LAB_QUEUES == 1)) || o+=",queues=$LAB_QUEUES"
+    [[ $LAB_RING != packed ]] || o+=",packed=on"
+    [[ $LAB_EVENT_IDX != off ]] || o+=",event_idx=off"
+    printf '%s' "$o"
+}
+
+# lab_l2_add_disk VMM PATH [ro] — a virtio-blk disk on PATH (a file, or a block device for
+# LAB_BLK_DIRECT=on). iovirt: --disk path=PATH[,readonly=on][,direct=on][,queues=N][,packed=on][,event_idx=off]
+lab_l2_add_disk() {
+    local vmm=$1 path=$2 ro=${3:-} id=d$L2_NDISKS
+    L2_NDISKS=$((L2_NDISKS + 1))
+    case $vmm in
+        qemu)
+            local drive="file=$path,if=none,id=$id,format=raw"
+            [[ $ro != ro ]] || drive+=",readonly=on"
+            [[ $LAB_BLK_DIRECT != on ]] || drive+=",aio=io_uring,cache=none"
+            L2_CMD+=(-drive "$drive" -device "virtio-blk-pci,drive=$id,num-queues=$LAB_QUEUES,$(_lab_qemu_virtio_props)")
+            ;;
+        iovirt)
+            local o="path=$path"
+            [[ $ro != ro ]] || o+=",readonly=on"
+            [[ $LAB_BLK_DIRECT != on ]] || o+=",direct=on"
+            L2_CMD+=(--disk "$o$(_lab_iovirt_ring_opts)")
+            ;;
+    esac
+}
+
+# lab_l2_add_net VMM TAP MAC — a virtio-net NIC on the existing tap device TAP.
+# iovirt: --net tap=TAP,mac=MAC[,queues=N][,vhost=on][,packed=on][,event_idx=off]
+lab_l2_add_net() {
+    local vmm=$1 tap=$2 mac=$3 id=n$L2_NNETS
+    L2_NNETS=$((L2_NNETS + 1))
+    case $vmm in
+        qemu)
+            local netdev="tap,id=$id,ifname=$tap,script=no,downscript=no,vhost=$LAB_NET_VHOST" dev
+            dev="virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)"
+            if ((LAB_QUEUES > 1)); then
+                netdev+=",queues=$LAB_QUEUES"
+                dev+=",mq=on,vectors=$((2 * LAB_QUEUES + 2))"
+            fi
+            L2_CMD+=(-netdev "$netdev" -device "$dev")
+            ;;
+        iovirt)
+            local o="tap=$tap,mac=$mac"
+            [[ $LAB_NET_VHOST != on ]] || o+=",vhost=on"
+            L2_CMD+=(--net "$o$(_lab_iovirt_ring_opts)")
+            ;;
+    esac
+}
+
+# lab_tap_create NAME CIDR — a tap device in L1 with an address (multi-queue when LAB_QUEUES > 1).
+lab_tap_create() {
+    local name=$1 cidr=$2 mq=
+    lab_modprobe tun || return 1
+    [[ -c /dev/net/tun ]] || { lab_log "/dev/net/tun missing after loading tun"; return 1; }
+    ((LAB_QUEUES == 1)) || mq=multi_queue
+    ip link del "$name" 2>/dev/null
+    ip tuntap add dev "$name" mode tap $mq || { lab_log "ip tuntap add $name failed"; return 1; }
+    if ! ip addr add "$cidr" dev "$name" || ! ip link set "$name" up; then
+        lab_log "configuring $name failed"
+        return 1
+    fi
+}
+
+# lab_need_vhost_net — vhost_net loaded and /dev/vhost-net present (for LAB_NET_VHOST=on).
+lab_need_vhost_net() {
+    lab_modprobe vhost_net || return 1
+    [[ -c /dev/vhost-net ]] || { lab_log "/dev/vhost-net missing after loading vhost_net"; return 1; }
+}
+
+# lab_loop_attach FILE — prints the loop device now backed by FILE (for O_DIRECT on tmpfs files).
+lab_loop_attach() {
+    lab_modprobe loop || return 1
+    losetup --direct-io=off -f --show "$1"
+}
+
+# lab_busybox — the static busybox of the L2 initramfs (the same binary runs in L1): the scenarios
+# use its awk to generate the guest's pattern byte for byte, and its nc to talk to the guest.
+lab_busybox() {
+    local b
+    for b in "$LAB_CACHE"/busybox/*/bin/busybox; do
+        [[ -x $b ]] && { echo "$b"; return 0; }
+    done
+    lab_log "no busybox in $LAB_CACHE/busybox"
+    return 1
+}
+
+# lab_blk_pattern SEED MIB — the guest's blk-write pattern on stdout (the function in l2-init,
+# run by the same busybox).
+lab_blk_pattern() {
+    local bb
+    bb=$(lab_busybox) || return 1
+    BB=$bb "$bb" sh -c "awk() { \"\$BB\" awk \"\$@\"; }
+$(sed -n '/^blk_pattern()/,/^}/p' "$LAB_DIR/initramfs/l2-init")
+blk_pattern $1 $2"
+}
+
+# lab_guest_result LOG KEY — the value of the guest's last "IOVIRT-RESULT KEY=value" line.
+lab_guest_result() {
+    grep -a "IOVIRT-RESULT $2=" "$1" | tail -n 1 | sed "s/.*IOVIRT-RESULT $2=//" | tr -d '\r'
+}
+
+# lab_guest_verdict LOG TEST — 0 iff the guest printed IOVIRT-TEST-OK TEST; else prints the
+# failure line (or that there was none) and returns 1.
+lab_guest_verdict() {
+    if grep -aq "IOVIRT-TEST-OK $2" "$1"; then
+        return 0
+    fi
+    local f
+    f=$(grep -a -m1 "IOVIRT-TEST-FAIL" "$1" | sed 's/.*IOVIRT-TEST-FAIL/IOVIRT-TEST-FAIL/')
+    lab_log "guest: ${f:-no IOVIRT-TEST-OK/FAIL line from test $2}"
+    return 1
+}
+
+# lab_check_rings LOG DEVICE-ID — the guest negotiated what the knobs asked for on every virtio
+# device of that type (1 net, 2 block): packed ring iff LAB_RING=packed, EVENT_IDX iff on.
+lab_check_rings() {
+    local log=$1 id=$2 line n=0 bad=0 want_p want_e p e
+    want_p=$([[ $LAB_RING == packed ]] && echo 1 || echo 0)
+    want_e=$([[ $LAB_EVENT_IDX == on ]] && echo 1 || echo 0)
+    while IFS= read -r line; do
+        n=$((n + 1))
+        p=$(sed -n 's/.* packed=\([01]\).*/\1/p' <<<"$line")
+        e=$(sed -n 's/.* event_idx=\([01]\).*/\1/p' <<<"$line")
+        lab_log "guest negotiated: ${line#*IOVIRT-VIRTIO }"
+        if [[ $p != "$want_p" || $e != "$want_e" ]]; then
+            lab_log "FAIL: asked for LAB_RING=$LAB_RING LAB_EVENT_IDX=$LAB_EVENT_IDX, the guest negotiated packed=$p event_idx=$e"
+            bad=1
+        fi
+    done < <(grep -a "IOVIRT-VIRTIO .*id=0x000$id " "$log" | tr -d '\r')
+    if ((n == 0)); then
+        lab_log "FAIL: the guest reported no virtio device of type $id"
+        return 1
+    fi
+    return "$bad"
+}
+
+# lab_need_debugfs — debugfs mounted in L1 (KVM's per-VM statistics).
+lab_need_debugfs() {
+    mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug || {
+        lab_log "cannot mount debugfs"
+        return 1
+    }
+}
+
+# lab_vm_stats — "exits io_exits mmio_exits halt_exits irq_injections" of the one VM running in
+# L1, from KVM's debugfs directory PID-FD (the VM-level files sum the vCPUs). Empty if none.
+lab_vm_stats() {
+    local d f out='' v pid
+    for d in /sys/kernel/debug/kvm/[0-9]*-[0-9]*; do
+        pid=${d##*/}
+        [[ -r $d/exits && -d /proc/${pid%%-*} ]] || continue
+        for f in exits io_exits mmio_exits halt_exits irq_injections; do
+            v=0
+            [[ -r $d/$f ]] && v=$(<"$d/$f")
+            out+="$v "
+        done
+        echo "${out% }"
+        return 0
+    done
+}

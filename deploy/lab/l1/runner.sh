@@ -33,7 +33,10 @@ heartbeat_loop() {
 heartbeat_loop &
 heartbeat=$!
 chrt -f -p 50 "$heartbeat" >/dev/null 2>&1 || true
-bash "$script" </dev/null
+# bash reads a script as it runs it: a copy keeps an edit of the checkout during a run (the scripts
+# share is live) from making it run from the middle of a line.
+cp "$script" "/tmp/lab-scenario-$scenario.sh" || exit 1
+bash "/tmp/lab-scenario-$scenario.sh" </dev/null
 rc=$?
 kill "$heartbeat" 2>/dev/null
 exit "$rc"
