@@ -8,6 +8,9 @@
 # Both ends hash what they sent and received. Passes iff the VMM exits 0, the guest reports OK,
 # both digests match across the two ends, and the guest negotiated the ring format and EVENT_IDX
 # the knobs asked for. Knobs: LAB_RING, LAB_EVENT_IDX, LAB_QUEUES, LAB_NET_VHOST, LAB_NET_MIB.
+# LAB_NET_DISK=on also gives the guest a virtio disk (a 64 MiB image in L1's tmpfs): before the
+# network part it writes an 8 MiB pattern there, flushes and reads it back; the scenario then
+# checks that L1's image holds exactly that pattern (deploy/run.sh: both devices in one guest).
 # Kernel vhost-net (6.1) has no packed ring: LAB_NET_VHOST=on with LAB_RING=packed cannot pass.
 # lab-retries-on-hang: 2
 set -uo pipefail
@@ -16,12 +19,15 @@ source "$LAB_DIR/l1/lib.sh"
 
 CPUS=${LAB_L2_CPUS:-2}
 MIB=${LAB_NET_MIB:-16}
+DISK=${LAB_NET_DISK:-off}
+DISK_MIB=8
 TAP=tap0
 L1_IP=192.168.100.1
 L2_IP=192.168.100.2
 MAC=52:54:00:12:34:56
 lab_check_knobs || exit 2
 [[ $MIB =~ ^[1-9][0-9]*$ ]] || { lab_log "LAB_NET_MIB=$MIB is not a positive number"; exit 2; }
+[[ $DISK == on || $DISK == off ]] || { lab_log "LAB_NET_DISK=$DISK is not on or off"; exit 2; }
 # The guest's sends crawl at times (0.15-4 MiB/s measured, no drops, no retransmissions: L1's one
 # CPU shared by the L2 vCPUs and the VMM's I/O thread): give one VMM run room for that.
 [[ -n ${LAB_VMM_TIMEOUT:-} ]] || VMM_TIMEOUT=$((180 + 8 * MIB))
@@ -75,8 +81,17 @@ on_line() {
 }
 
 log=$work/net.console
-lab_l2_cmd "$vmm" "$CPUS" "iovirt.test=net iovirt.ip=$L2_IP/24 iovirt.peer=$L1_IP iovirt.net_mib=$MIB" || exit 2
+extra=
+if [[ $DISK == on ]]; then
+    seed=$((RANDOM * 32768 + RANDOM + 1))
+    img=$work/disk.img
+    truncate -s 64M "$img" || exit 1
+    disk_want=$(lab_blk_pattern "$seed" "$DISK_MIB" | sha256sum | cut -d' ' -f1)
+    extra=" iovirt.net_disk=1 iovirt.blk_seed=$seed iovirt.blk_mib=$DISK_MIB"
+fi
+lab_l2_cmd "$vmm" "$CPUS" "iovirt.test=net iovirt.ip=$L2_IP/24 iovirt.peer=$L1_IP iovirt.net_mib=$MIB$extra" || exit 2
 lab_l2_add_net "$vmm" "$TAP" "$MAC"
+[[ $DISK == off ]] || lab_l2_add_disk "$vmm" "$img" ""
 lab_log "running: ${L2_CMD[*]@Q}"
 LAB_LINE_HOOK=on_line lab_run_vmm "L2 net" "$log" "${L2_CMD[@]}"
 rc=$?
@@ -112,6 +127,16 @@ else
     else
         lab_log "FAIL L1 -> guest: L1 sent sha256 $l1_tx_sha, the guest received ${g_rx:-?} (L1's sender: $(cat "$work/sender.status" 2>/dev/null || echo never started) $(tail -n 1 "$work/sender.err" 2>/dev/null))"
         fail=1
+    fi
+    if [[ $DISK == on ]]; then
+        g_blk=$(lab_guest_result "$log" blk_sha)
+        on_disk=$(head -c $((DISK_MIB * 1048576)) "$img" | sha256sum | cut -d' ' -f1)
+        if [[ $g_blk == "$disk_want" && $on_disk == "$disk_want" ]]; then
+            lab_log "ok   disk: the guest wrote, flushed and read back $DISK_MIB MiB; L1's image holds exactly that pattern (sha256 $on_disk)"
+        else
+            lab_log "FAIL disk: pattern sha256 $disk_want, the guest reported ${g_blk:-nothing}, L1's image has $on_disk"
+            fail=1
+        fi
     fi
     if ((LAB_QUEUES > 1)) && [[ $(lab_guest_result "$log" net_queues) != "$LAB_QUEUES" ]]; then
         lab_log "FAIL asked for $LAB_QUEUES queue pairs, the guest has $(lab_guest_result "$log" net_queues)"
