@@ -120,7 +120,8 @@ Result<std::uint64_t> Sysfs::read_uint(const std::filesystem::path& p) const {
 }
 
 Status Sysfs::write(const std::filesystem::path& p, std::string_view value) const {
-  Fd fd(::open(p.c_str(), O_WRONLY | O_CLOEXEC));
+  // O_TRUNC as a shell's `echo v > attr` does: sysfs ignores it, a fake tree's plain file needs it.
+  Fd fd(::open(p.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
   if (!fd) return fail_errno("open " + p.string() + " for writing");
   std::string v(value);
   v += '\n';
