@@ -22,6 +22,8 @@
 // Write-only triggers (bind, unbind, drivers_probe, reset) are FIFOs kept open by this object, so
 // every write is one queued event even when several processes (fork()ed tests) write at once, as
 // with the kernel; settle() serializes itself with an flock so processes can all call it.
+// Create VFs (set_numvfs / enable) in the process that owns the FakeSysfs: the FIFOs' keeper fds
+// live where they were made, and a FIFO without one would block its next writer.
 // What it does not model: config space, BARs, real probing (any named, loaded driver binds), bus
 // numbering beyond the PF's own device, hotplug/udev events, VF removal refusals, asynchronous
 // probing delays (everything lands at the next settle()).

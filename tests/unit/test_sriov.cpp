@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <optional>
 #include <string>
+#include <thread>
 
 #include "iovirt/sriov/pool.hpp"
 #include "iovirt/sriov/sriov.hpp"
@@ -295,6 +297,32 @@ TEST(SriovPool, SkipsVfOnVfioPciOutsideIovirt) {
   EXPECT_NE(r.error().what().find("1 on vfio-pci outside iovirt"), std::string::npos)
       << r.error().what();
   EXPECT_EQ(f.fake.driver(kNvmeVf1), "vfio-pci");
+}
+
+TEST(SriovPool, TwoThreadsNeverGetTheSameVf) {
+  Fixture f;
+  ASSERT_TRUE(f.sriov->enable(addr(kNvmePf), 2));
+  const auto dir = f.fake.scratch("leases");
+  // Each thread has its own pool (own lease fds): flock excludes per open file, so threads of
+  // one process exclude each other as processes do.
+  std::array<std::optional<Result<Lease>>, 2> got;
+  {
+    std::array<std::jthread, 2> threads;
+    for (std::size_t i = 0; i < threads.size(); ++i) {
+      threads[i] = std::jthread([&, i] {
+        VfPool pool(*f.sriov, dir);
+        got[i] = pool.allocate(addr(kNvmePf), "vm-t" + std::to_string(i));
+      });
+    }
+  }
+  ASSERT_TRUE(*got[0]) << got[0]->error().message();
+  ASSERT_TRUE(*got[1]) << got[1]->error().message();
+  EXPECT_NE((*got[0])->vf(), (*got[1])->vf());
+  VfPool pool(*f.sriov, dir);
+  ASSERT_TRUE(pool.release(std::move(**got[0])));
+  ASSERT_TRUE(pool.release(std::move(**got[1])));
+  EXPECT_EQ(f.fake.driver(kNvmeVf1), "nvme");
+  EXPECT_EQ(f.fake.driver(kNvmeVf2), "nvme");
 }
 
 // Reads exactly one line written by a child.
