@@ -104,10 +104,12 @@ Result<std::string> Sysfs::read(const std::filesystem::path& p, std::size_t max_
 }
 
 Result<std::uint64_t> Sysfs::read_uint(const std::filesystem::path& p) const {
-  IOVIRT_TRY_CTX(s, read(p, 64), "read number");
+  auto r = read(p, 64);
+  if (!r) return std::unexpected(std::move(r.error()).context("read number"));
+  const std::string& s = *r;  // no move out of the expected: g++ 12 -O2 false positive
   std::string_view v = s;
   int base = 10;
-  if (v.starts_with("0x") || v.starts_with("0X")) {
+  if (v.size() >= 2 && v[0] == '0' && (v[1] == 'x' || v[1] == 'X')) {
     v.remove_prefix(2);
     base = 16;
   }
