@@ -179,8 +179,6 @@ class FakeSysfs {
     }
     for (const auto& addr : drain(root_ / "bus/pci/drivers_probe")) probe(addr);
     for (const auto& e : std::filesystem::directory_iterator(root_ / "devices/pci0000:00")) {
-      // The kernel shows a cleared override as "(null)".
-      if (get(e.path() / "driver_override").empty()) put(e.path() / "driver_override", "(null)");
       auto n = drain(e.path() / "reset").size();
       if (n > 0) {
         put(e.path() / ".fake_resets",
@@ -243,8 +241,9 @@ class FakeSysfs {
   }
   void probe(const std::string& addr) {
     if (!std::filesystem::exists(dev_dir(addr)) || driver(addr)) return;
+    // Never write back into attributes the library writes: another process may be mid-write
+    // (open with O_TRUNC, then write), and the fake would clobber its value.
     std::string ov = get(dev_dir(addr) / "driver_override");
-    if (ov.empty()) put(dev_dir(addr) / "driver_override", "(null)");
     std::optional<std::string> target;
     if (!ov.empty() && ov != "(null)") {
       target = ov;  // with an override only that driver may bind

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
@@ -323,6 +325,31 @@ TEST(SriovPool, TwoThreadsNeverGetTheSameVf) {
   ASSERT_TRUE(pool.release(std::move(**got[1])));
   EXPECT_EQ(f.fake.driver(kNvmeVf1), "nvme");
   EXPECT_EQ(f.fake.driver(kNvmeVf2), "nvme");
+}
+
+TEST(SriovPool, EmptyStaleLeaseIsTakenGarbledOneIsSkipped) {
+  Fixture f;
+  ASSERT_TRUE(f.sriov->enable(addr(kNvmePf), 2));
+  const auto dir = f.fake.scratch("leases");
+  std::filesystem::create_directories(dir);
+  // Empty: a holder died between creating the file and writing it; the VF was never touched.
+  { std::ofstream(dir / kNvmeVf1); }
+  VfPool pool(*f.sriov, dir);
+  auto a = pool.allocate(addr(kNvmePf), "vm-a");
+  ASSERT_TRUE(a) << a.error().message();
+  EXPECT_EQ(a->vf().to_string(), kNvmeVf1);
+  EXPECT_EQ(a->record().restore_driver, "nvme");
+  ASSERT_TRUE(pool.release(std::move(*a)));
+  // Garbled: we cannot know what to restore, so the VF is left alone for an operator.
+  { std::ofstream(dir / kNvmeVf1) << "pid=zz\n"; }
+  auto b = pool.allocate(addr(kNvmePf), "vm-b");
+  ASSERT_TRUE(b) << b.error().message();
+  EXPECT_EQ(b->vf().to_string(), kNvmeVf2);
+  EXPECT_EQ(f.fake.driver(kNvmeVf1), "nvme");
+  auto c = pool.allocate(addr(kNvmePf), "vm-c");
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().what().find("1 failed to reclaim"), std::string::npos) << c.error().what();
+  ASSERT_TRUE(pool.release(std::move(*b)));
 }
 
 // Reads exactly one line written by a child.
