@@ -478,6 +478,17 @@ TEST(VhostUserHostile, BadFlagsAndUnknownRequests) {
   EXPECT_NE(refused(raw(39, kVersion, bytes_of(uint64_t{0x100})), {}).find("device status 0x100"), std::string::npos);
 }
 
+TEST(VhostUserHostile, ErrorIsOneLineNamingMessageAndField) {
+  Fd a = memfd("a");
+  const auto e = refused(raw(5, kVersion, table({region(0, 0x1000, UINT64_MAX)})), {a.get()});
+  EXPECT_EQ(e.rfind("vhost-user SET_MEM_TABLE: region 0 userspace_addr 0xffffffffffffffff", 0), 0U) << e;
+  EXPECT_EQ(e.find('\n'), std::string::npos);
+  const uint8_t b[12] = {5, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
+  auto r = parse(std::span<const uint8_t>(b), {}, Role::Backend, Limits{});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().what(), "vhost-user SET_MEM_TABLE: payload size 0 below the 8-byte table header");
+}
+
 TEST(VhostUserHostile, ParseFromBytesRejectsShortInput) {
   const uint8_t b[3] = {};
   auto r = parse(std::span<const uint8_t>(b), {}, Role::Backend, Limits{});

@@ -14,6 +14,17 @@ namespace iovirt::virtio::vhost_user {
 
 namespace {
 
+// Propagate an error line unchanged: it already names the message and the field.
+#define VU_CHECK(expr)                                              \
+  do {                                                              \
+    auto vu_st_ = (expr);                                           \
+    if (!vu_st_) return std::unexpected(std::move(vu_st_.error())); \
+  } while (0)
+#define VU_TRY(var, expr)                                                \
+  auto var##_r = (expr);                                                 \
+  if (!var##_r) return std::unexpected(std::move(var##_r.error()));      \
+  auto var = std::move(*var##_r)
+
 constexpr const char* kNames[] = {
     "NONE",
     "GET_FEATURES",
@@ -162,12 +173,12 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
     case Request::GetStatus:
     case Request::GetMaxMemSlots:
     case Request::ResetDevice:
-      IOVIRT_CHECK_CTX(expect(req, p, 0, nfds, 0), "parse");
+      VU_CHECK(expect(req, p, 0, nfds, 0));
       return Body{Empty{}};
     case Request::SetFeatures:
     case Request::SetProtocolFeatures:
     case Request::SetStatus: {
-      IOVIRT_CHECK_CTX(expect(req, p, 8, nfds, 0), "parse");
+      VU_CHECK(expect(req, p, 8, nfds, 0));
       const auto v = load<uint64_t>(p);
       if (static_cast<Request>(req) == Request::SetStatus && v > 0xff)
         return bad(req, "device status " + hex(v) + " above 0xff");
@@ -192,7 +203,7 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
       t.regions.reserve(n);
       for (uint32_t i = 0; i < n; ++i) {
         const auto r = load<MemRegion>(p.subspan(kMemTableHeaderSize + i * sizeof(MemRegion)));
-        IOVIRT_CHECK_CTX(check_region(req, "region " + std::to_string(i), r), "parse");
+        VU_CHECK(check_region(req, "region " + std::to_string(i), r));
         for (uint32_t j = 0; j < i; ++j) {
           const MemRegion& o = t.regions[j];
           // Both ranges are known not to wrap, so the inclusive ends are exact.
@@ -207,7 +218,7 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
       return Body{std::move(t)};
     }
     case Request::SetLogBase: {
-      IOVIRT_CHECK_CTX(expect(req, p, sizeof(LogWire), nfds, 1), "parse");
+      VU_CHECK(expect(req, p, sizeof(LogWire), nfds, 1));
       const auto w = load<LogWire>(p);
       if (w.mmap_size == 0) return bad(req, "log mmap_size is 0");
       if (w.mmap_offset > UINT64_MAX - w.mmap_size)
@@ -215,12 +226,12 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
       return Body{LogBase{w, std::move(fds[0])}};
     }
     case Request::SetLogFd:
-      IOVIRT_CHECK_CTX(expect(req, p, 0, nfds, 1), "parse");
+      VU_CHECK(expect(req, p, 0, nfds, 1));
       return Body{LogFd{std::move(fds[0])}};
     case Request::SetVringNum: {
-      IOVIRT_CHECK_CTX(expect(req, p, sizeof(VringState), nfds, 0), "parse");
+      VU_CHECK(expect(req, p, sizeof(VringState), nfds, 0));
       const auto s = load<VringState>(p);
-      IOVIRT_CHECK_CTX(check_index(req, s.index, limits), "parse");
+      VU_CHECK(check_index(req, s.index, limits));
       // Split rings need a power of two (virtio 1.2 2.7); packed rings merely <= 32768, but the
       // protocol carries no ring layout, so the strict rule applies to both.
       if (!is_pow2(s.num) || s.num > kMaxQueueSize)
@@ -228,9 +239,9 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
       return Body{s};
     }
     case Request::SetVringAddr: {
-      IOVIRT_CHECK_CTX(expect(req, p, sizeof(VringAddr), nfds, 0), "parse");
+      VU_CHECK(expect(req, p, sizeof(VringAddr), nfds, 0));
       const auto a = load<VringAddr>(p);
-      IOVIRT_CHECK_CTX(check_index(req, a.index, limits), "parse");
+      VU_CHECK(check_index(req, a.index, limits));
       if ((a.flags & ~kVringFlagLog) != 0) return bad(req, "vring flags " + hex(a.flags) + " unknown");
       // Alignment of the split ring parts (virtio 1.2 2.7): desc 16, avail 2, used 4.
       if (a.desc_user_addr % 16 != 0) return bad(req, "desc_user_addr " + hex(a.desc_user_addr) + " not 16-byte aligned");
@@ -241,9 +252,9 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
     case Request::SetVringBase:
     case Request::GetVringBase:
     case Request::SetVringEnable: {
-      IOVIRT_CHECK_CTX(expect(req, p, sizeof(VringState), nfds, 0), "parse");
+      VU_CHECK(expect(req, p, sizeof(VringState), nfds, 0));
       const auto s = load<VringState>(p);
-      IOVIRT_CHECK_CTX(check_index(req, s.index, limits), "parse");
+      VU_CHECK(check_index(req, s.index, limits));
       if (static_cast<Request>(req) == Request::SetVringBase && s.num > 0xffff)
         return bad(req, "vring base " + std::to_string(s.num) + " above 0xffff");
       if (static_cast<Request>(req) == Request::SetVringEnable && s.num > 1)
@@ -258,7 +269,7 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
       const auto v = load<uint64_t>(p);
       if ((v & ~(kVringIndexMask | kVringNoFd)) != 0)
         return bad(req, "payload " + hex(v) + " has bits above index and NOFD set");
-      IOVIRT_CHECK_CTX(check_index(req, v & kVringIndexMask, limits), "parse");
+      VU_CHECK(check_index(req, v & kVringIndexMask, limits));
       const bool nofd = (v & kVringNoFd) != 0;
       if (nfds != (nofd ? 0U : 1U))
         return bad(req, std::to_string(nfds) + " file descriptors attached with NOFD " +
@@ -268,19 +279,19 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
     case Request::GetConfig:
     case Request::SetConfig: {
       if (nfds != 0) return bad(req, std::to_string(nfds) + " file descriptors attached, expected 0");
-      IOVIRT_TRY_CTX(c, parse_config(req, p), "parse");
+      VU_TRY(c, parse_config(req, p));
       return Body{std::move(c)};
     }
     case Request::GetInflightFd: {
-      IOVIRT_CHECK_CTX(expect(req, p, sizeof(InflightWire), nfds, 0), "parse");
+      VU_CHECK(expect(req, p, sizeof(InflightWire), nfds, 0));
       const auto w = load<InflightWire>(p);
-      IOVIRT_CHECK_CTX(check_inflight(req, w, limits, false), "parse");
+      VU_CHECK(check_inflight(req, w, limits, false));
       return Body{Inflight{w, Fd()}};
     }
     case Request::SetInflightFd: {
-      IOVIRT_CHECK_CTX(expect(req, p, sizeof(InflightWire), nfds, 1), "parse");
+      VU_CHECK(expect(req, p, sizeof(InflightWire), nfds, 1));
       const auto w = load<InflightWire>(p);
-      IOVIRT_CHECK_CTX(check_inflight(req, w, limits, true), "parse");
+      VU_CHECK(check_inflight(req, w, limits, true));
       return Body{Inflight{w, std::move(fds[0])}};
     }
     case Request::AddMemReg:
@@ -293,7 +304,7 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
         return bad(req, std::to_string(nfds) + " file descriptors attached, expected " +
                             (add ? "1" : "0 or 1"));
       const auto w = load<SingleMemRegionWire>(p);
-      IOVIRT_CHECK_CTX(check_region(req, "region", w.region), "parse");
+      VU_CHECK(check_region(req, "region", w.region));
       Fd fd;
       if (add) fd = std::move(fds[0]);
       return Body{SingleRegion{w.region, std::move(fd)}};
@@ -311,14 +322,14 @@ Result<Body> parse_reply(uint32_t req, std::span<const uint8_t> p, std::vector<F
   const size_t nfds = fds.size();
   switch (static_cast<Request>(req)) {
     case Request::GetVringBase: {
-      IOVIRT_CHECK_CTX(expect(req, p, sizeof(VringState), nfds, 0), "parse reply");
+      VU_CHECK(expect(req, p, sizeof(VringState), nfds, 0));
       const auto s = load<VringState>(p);
-      IOVIRT_CHECK_CTX(check_index(req, s.index, limits), "parse reply");
+      VU_CHECK(check_index(req, s.index, limits));
       return Body{s};
     }
     case Request::GetConfig: {
       if (nfds != 0) return bad(req, std::to_string(nfds) + " file descriptors attached, expected 0");
-      IOVIRT_TRY_CTX(c, parse_config(req, p), "parse reply");
+      VU_TRY(c, parse_config(req, p));
       return Body{std::move(c)};
     }
     case Request::GetInflightFd: {
@@ -330,7 +341,7 @@ Result<Body> parse_reply(uint32_t req, std::span<const uint8_t> p, std::vector<F
       if (nfds != want)
         return bad(req, std::to_string(nfds) + " file descriptors attached, expected " + std::to_string(want));
       if (want == 0) return Body{Inflight{w, Fd()}};
-      IOVIRT_CHECK_CTX(check_inflight(req, w, limits, true), "parse reply");
+      VU_CHECK(check_inflight(req, w, limits, true));
       return Body{Inflight{w, std::move(fds[0])}};
     }
     default:
@@ -338,7 +349,7 @@ Result<Body> parse_reply(uint32_t req, std::span<const uint8_t> p, std::vector<F
   }
   // Every other reply (GET_FEATURES & co, and REPLY_ACK for any request) is a u64.
   if (req == 0 || req >= std::size(kNames)) return bad(req, "reply to an unknown request");
-  IOVIRT_CHECK_CTX(expect(req, p, 8, nfds, 0), "parse reply");
+  VU_CHECK(expect(req, p, 8, nfds, 0));
   return Body{U64{load<uint64_t>(p)}};
 }
 
