@@ -506,12 +506,12 @@ Status Connection::send_raw(std::span<const uint8_t> bytes, std::span<const int>
 }
 
 Status Connection::send(const Message& msg) {
-  IOVIRT_TRY_CTX(e, encode(msg), "vhost-user send");
+  VU_TRY(e, encode(msg));
   return send_raw(e.bytes, e.fds);
 }
 
 Status Connection::read_exact(uint8_t* dst, size_t len, std::vector<Fd>& fds, bool at_boundary,
-                              bool& clean_eof) {
+                              bool& clean_eof, const std::string& what) {
   size_t got = 0;
   while (got < len) {
     alignas(cmsghdr) char control[CMSG_SPACE(kMaxFds * sizeof(int))];
@@ -524,7 +524,7 @@ Status Connection::read_exact(uint8_t* dst, size_t len, std::vector<Fd>& fds, bo
     const ssize_t n = ::recvmsg(fd_.get(), &mh, MSG_CMSG_CLOEXEC);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return fail_errno("vhost-user recvmsg");
+      return fail_errno("vhost-user recvmsg " + what);
     }
     // Own every fd that arrived before looking at anything else, so each error path closes them.
     for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
@@ -537,15 +537,19 @@ Status Connection::read_exact(uint8_t* dst, size_t len, std::vector<Fd>& fds, bo
       }
     }
     if ((mh.msg_flags & MSG_CTRUNC) != 0)
-      return fail("vhost-user recv: control message truncated (more than 8 file descriptors?)", EPROTO);
+      return fail("vhost-user recv " + what +
+                  ": control message truncated (more than 8 file descriptors?)",
+                  EPROTO);
     if (fds.size() > kMaxFds)
-      return fail("vhost-user recv: " + std::to_string(fds.size()) + " file descriptors, at most 8", EPROTO);
+      return fail("vhost-user recv " + what + ": " + std::to_string(fds.size()) +
+                      " file descriptors, at most 8",
+                  EPROTO);
     if (n == 0) {
       if (at_boundary && got == 0) {
         clean_eof = true;
         return {};
       }
-      return fail("vhost-user recv: peer closed the connection inside a message (" +
+      return fail("vhost-user recv " + what + ": peer closed the connection inside a message (" +
                       std::to_string(got) + " of " + std::to_string(len) + " bytes)",
                   EPROTO);
     }
@@ -558,7 +562,7 @@ Result<std::optional<RawMessage>> Connection::recv() {
   RawMessage m;
   bool eof = false;
   uint8_t hb[sizeof(Header)];
-  IOVIRT_CHECK_CTX(read_exact(hb, sizeof hb, m.fds, true, eof), "header");
+  VU_CHECK(read_exact(hb, sizeof hb, m.fds, true, eof, "header"));
   if (eof) return std::optional<RawMessage>();
   std::memcpy(&m.header, hb, sizeof hb);
   if (m.header.size > kMaxPayload)
@@ -567,16 +571,16 @@ Result<std::optional<RawMessage>> Connection::recv() {
   m.payload.resize(m.header.size);
   if (m.header.size != 0) {
     bool unused = false;
-    IOVIRT_CHECK_CTX(read_exact(m.payload.data(), m.payload.size(), m.fds, false, unused),
-                     request_name(m.header.request) + " payload");
+    VU_CHECK(read_exact(m.payload.data(), m.payload.size(), m.fds, false, unused,
+                        request_name(m.header.request) + " payload"));
   }
   return std::optional<RawMessage>(std::move(m));
 }
 
 Result<std::optional<Message>> Connection::receive(Role role, const Limits& limits) {
-  IOVIRT_TRY_CTX(raw, recv(), "vhost-user receive");
+  VU_TRY(raw, recv());
   if (!raw) return std::optional<Message>();
-  IOVIRT_TRY_CTX(msg, parse(std::move(*raw), role, limits), "vhost-user receive");
+  VU_TRY(msg, parse(std::move(*raw), role, limits));
   return std::optional<Message>(std::move(msg));
 }
 

@@ -295,8 +295,9 @@ class Connection {
   Result<std::optional<Message>> receive(Role role, const Limits& limits);
 
  private:
+  // `what` names the part being read in error lines ("header", "SET_MEM_TABLE payload").
   Status read_exact(uint8_t* dst, size_t len, std::vector<Fd>& fds, bool at_boundary,
-                    bool& clean_eof);
+                    bool& clean_eof, const std::string& what);
   Fd fd_;
 };
 
