@@ -291,7 +291,8 @@ class Connection {
   // a truncated control message (MSG_CTRUNC) or more than 8 fds is an error, and every fd that
   // did arrive is closed.
   Result<std::optional<RawMessage>> recv();
-  // recv() + parse(); nullopt on clean EOF.
+  // recv() + parse(); nullopt on clean EOF. After any error the stream position is unknown (a
+  // refused message may have been read in part): the caller drops the connection.
   Result<std::optional<Message>> receive(Role role, const Limits& limits);
 
  private:
