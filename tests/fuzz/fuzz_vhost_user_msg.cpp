@@ -12,6 +12,7 @@
 // every input), an accepted message obeys every limit (region count and fds, no wrap, no overlap,
 // vring index < max_queues, NOFD <=> no fd, config within 256 bytes) and re-encodes to a message
 // that parses again to the same bytes; a refused one has a "vhost-user" error line.
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -19,7 +20,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <dirent.h>
 #include <span>
 #include <vector>
 
@@ -50,7 +50,8 @@ void check_accepted(const vu::Message& m, const vu::Limits& lim) {
       [&](const auto& b) {
         using T = std::decay_t<decltype(b)>;
         if constexpr (std::is_same_v<T, vu::MemTable>) {
-          check(!b.regions.empty() && b.regions.size() <= lim.max_mem_slots && b.regions.size() <= 8);
+          check(!b.regions.empty() && b.regions.size() <= lim.max_mem_slots &&
+                b.regions.size() <= 8);
           check(b.regions.size() == b.fds.size());
           for (size_t i = 0; i < b.regions.size(); ++i) {
             const auto& r = b.regions[i];
@@ -69,7 +70,8 @@ void check_accepted(const vu::Message& m, const vu::Limits& lim) {
           check(b.index < lim.max_queues);
         } else if constexpr (std::is_same_v<T, vu::VringState>) {
           check(b.index < lim.max_queues);
-          if (m.request == vu::Request::SetVringNum) check(b.num != 0 && b.num <= 32768 && (b.num & (b.num - 1)) == 0);
+          if (m.request == vu::Request::SetVringNum)
+            check(b.num != 0 && b.num <= 32768 && (b.num & (b.num - 1)) == 0);
         } else if constexpr (std::is_same_v<T, vu::VringAddr>) {
           check(b.index < lim.max_queues);
         } else if constexpr (std::is_same_v<T, vu::Config>) {
@@ -110,8 +112,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   vu::Limits lim;
   lim.max_queues = (size > 2 ? data[2] : 0) % 9;
   lim.max_mem_slots = (size > 3 ? data[3] : 0) % 10u;
-  const std::span<const uint8_t> bytes = size > 4 ? std::span<const uint8_t>(data + 4, size - 4)
-                                                  : std::span<const uint8_t>();
+  const std::span<const uint8_t> bytes =
+      size > 4 ? std::span<const uint8_t>(data + 4, size - 4) : std::span<const uint8_t>();
   const vu::Role role = (mode & 1) != 0 ? vu::Role::Frontend : vu::Role::Backend;
 
   const size_t before = open_fds();
@@ -123,8 +125,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if ((mode & 2) == 0) {
       auto r = vu::parse(bytes, std::move(fds), role, lim);
-      if (r) check_accepted(*r, lim);
-      else check_refused(r.error());
+      if (r)
+        check_accepted(*r, lim);
+      else
+        check_refused(r.error());
     } else {
       auto p = vu::Connection::pair();
       check(p.has_value());

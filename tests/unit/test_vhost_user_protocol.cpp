@@ -27,7 +27,8 @@ size_t open_fds() {
 Fd memfd(const std::string& contents) {
   Fd f(::memfd_create("vu-test", MFD_CLOEXEC));
   EXPECT_TRUE(f.valid());
-  EXPECT_EQ(::pwrite(f.get(), contents.data(), contents.size(), 0), static_cast<ssize_t>(contents.size()));
+  EXPECT_EQ(::pwrite(f.get(), contents.data(), contents.size(), 0),
+            static_cast<ssize_t>(contents.size()));
   return f;
 }
 
@@ -37,7 +38,9 @@ std::string read_back(int fd, size_t n) {
   return s;
 }
 
-Fd eventfd_() { return Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)); }
+Fd eventfd_() {
+  return Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+}
 
 // Writes through `received`, reads back through `original`: they are the same eventfd.
 void expect_same_eventfd(int received, int original) {
@@ -59,7 +62,9 @@ struct Pair {
   }
 };
 
-Limits limits() { return Limits{4, 8}; }
+Limits limits() {
+  return Limits{4, 8};
+}
 
 Message roundtrip(Pair& p, const Message& m, Role role = Role::Backend) {
   auto& from = role == Role::Backend ? p.front : p.back;
@@ -121,9 +126,9 @@ std::string refused(const std::vector<uint8_t>& bytes, const std::vector<int>& f
 
 TEST(VhostUserProtocol, NoPayloadRequestsRoundTrip) {
   Pair p;
-  for (Request r : {Request::GetFeatures, Request::SetOwner, Request::ResetOwner,
-                    Request::GetProtocolFeatures, Request::GetQueueNum, Request::GetStatus,
-                    Request::GetMaxMemSlots, Request::ResetDevice}) {
+  for (Request r :
+       {Request::GetFeatures, Request::SetOwner, Request::ResetOwner, Request::GetProtocolFeatures,
+        Request::GetQueueNum, Request::GetStatus, Request::GetMaxMemSlots, Request::ResetDevice}) {
     auto m = roundtrip(p, make_request(r, Empty{}, true));
     EXPECT_TRUE(std::holds_alternative<Empty>(m.body)) << request_name(static_cast<uint32_t>(r));
     EXPECT_TRUE(m.need_reply());
@@ -135,7 +140,8 @@ TEST(VhostUserProtocol, U64RequestsRoundTrip) {
   Pair p;
   auto m = roundtrip(p, make_request(Request::SetFeatures, U64{(1ULL << 32) | (1ULL << 30)}));
   EXPECT_EQ(std::get<U64>(m.body).value, (1ULL << 32) | (1ULL << 30));
-  m = roundtrip(p, make_request(Request::SetProtocolFeatures, U64{1ULL << protocol_feature::kReplyAck}));
+  m = roundtrip(
+      p, make_request(Request::SetProtocolFeatures, U64{1ULL << protocol_feature::kReplyAck}));
   EXPECT_EQ(std::get<U64>(m.body).value, 8U);
   m = roundtrip(p, make_request(Request::SetStatus, U64{0xf}));
   EXPECT_EQ(std::get<U64>(m.body).value, 0xfU);
@@ -225,21 +231,26 @@ TEST(VhostUserProtocol, ConfigRoundTrips) {
 
 TEST(VhostUserProtocol, InflightRoundTrips) {
   Pair p;
-  auto m = roundtrip(p, make_request(Request::GetInflightFd, Inflight{InflightWire{0, 0, 2, 256, 0}, Fd()}));
+  auto m = roundtrip(
+      p, make_request(Request::GetInflightFd, Inflight{InflightWire{0, 0, 2, 256, 0}, Fd()}));
   EXPECT_EQ(std::get<Inflight>(m.body).info.num_queues, 2U);
   EXPECT_EQ(std::get<Inflight>(m.body).info.queue_size, 256U);
   // Reply with the area.
-  m = roundtrip(p, make_reply(Request::GetInflightFd, Inflight{InflightWire{4096, 0, 2, 256, 0}, memfd("inflight")}),
+  m = roundtrip(p,
+                make_reply(Request::GetInflightFd,
+                           Inflight{InflightWire{4096, 0, 2, 256, 0}, memfd("inflight")}),
                 Role::Frontend);
   EXPECT_EQ(read_back(std::get<Inflight>(m.body).fd.get(), 8), "inflight");
-  m = roundtrip(p, make_request(Request::SetInflightFd, Inflight{InflightWire{4096, 0, 2, 256, 0}, memfd("again")}));
+  m = roundtrip(p, make_request(Request::SetInflightFd,
+                                Inflight{InflightWire{4096, 0, 2, 256, 0}, memfd("again")}));
   EXPECT_EQ(std::get<Inflight>(m.body).info.mmap_size, 4096U);
   EXPECT_EQ(read_back(std::get<Inflight>(m.body).fd.get(), 5), "again");
 }
 
 TEST(VhostUserProtocol, MemSlotAndLogMessagesRoundTrip) {
   Pair p;
-  auto m = roundtrip(p, make_request(Request::AddMemReg, SingleRegion{region(0x200000, 0x1000), memfd("slot")}));
+  auto m = roundtrip(
+      p, make_request(Request::AddMemReg, SingleRegion{region(0x200000, 0x1000), memfd("slot")}));
   EXPECT_EQ(std::get<SingleRegion>(m.body).region.guest_phys_addr, 0x200000U);
   EXPECT_EQ(read_back(std::get<SingleRegion>(m.body).fd.get(), 4), "slot");
   m = roundtrip(p, make_request(Request::RemMemReg, SingleRegion{region(0x200000, 0x1000), Fd()}));
@@ -299,7 +310,8 @@ TEST(VhostUserHostile, EofMidPayloadIsAnErrorAndClosesFds) {
     p.front = Connection(Fd());
     auto r = p.back.recv();
     ASSERT_FALSE(r.has_value());
-    EXPECT_NE(r.error().message().find("SET_MEM_TABLE payload"), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find("SET_MEM_TABLE payload"), std::string::npos)
+        << r.error().message();
   }
   EXPECT_EQ(open_fds(), before);
 }
@@ -310,21 +322,28 @@ TEST(VhostUserHostile, OversizedPayloadRefusedBeforeReading) {
 }
 
 TEST(VhostUserHostile, WrongSizes) {
-  EXPECT_NE(refused(raw(1, kVersion, {0, 0, 0, 0}), {}).find("GET_FEATURES: payload size 4, expected 0"),
+  EXPECT_NE(
+      refused(raw(1, kVersion, {0, 0, 0, 0}), {}).find("GET_FEATURES: payload size 4, expected 0"),
+      std::string::npos);
+  EXPECT_NE(refused(raw(2, kVersion, {1, 2, 3}), {}).find("SET_FEATURES: payload size 3"),
             std::string::npos);
-  EXPECT_NE(refused(raw(2, kVersion, {1, 2, 3}), {}).find("SET_FEATURES: payload size 3"), std::string::npos);
-  EXPECT_NE(refused(raw(8, kVersion, std::vector<uint8_t>(12)), {}).find("SET_VRING_NUM: payload size 12"),
+  EXPECT_NE(refused(raw(8, kVersion, std::vector<uint8_t>(12)), {})
+                .find("SET_VRING_NUM: payload size 12"),
             std::string::npos);
-  EXPECT_NE(refused(raw(9, kVersion, std::vector<uint8_t>(39)), {}).find("SET_VRING_ADDR"), std::string::npos);
+  EXPECT_NE(refused(raw(9, kVersion, std::vector<uint8_t>(39)), {}).find("SET_VRING_ADDR"),
+            std::string::npos);
   // Table payload not matching nregions.
   auto t = table({region(0, 0x1000), region(0x1000, 0x1000)}, 1);
   Fd a = memfd("a");
-  EXPECT_NE(refused(raw(5, kVersion, t), {a.get()}).find("does not match nregions 1"), std::string::npos);
+  EXPECT_NE(refused(raw(5, kVersion, t), {a.get()}).find("does not match nregions 1"),
+            std::string::npos);
   // Config: size field larger than the bytes sent; offset + size beyond 256.
-  EXPECT_NE(refused(raw(25, kVersion, bytes_of(ConfigWireHeader{0, 8, 0})), {}).find("does not match config size"),
+  EXPECT_NE(refused(raw(25, kVersion, bytes_of(ConfigWireHeader{0, 8, 0})), {})
+                .find("does not match config size"),
             std::string::npos);
-  EXPECT_NE(refused(raw(25, kVersion, bytes_of(ConfigWireHeader{250, 8, 0})), {}).find("beyond 256"),
-            std::string::npos);
+  EXPECT_NE(
+      refused(raw(25, kVersion, bytes_of(ConfigWireHeader{250, 8, 0})), {}).find("beyond 256"),
+      std::string::npos);
   EXPECT_NE(refused(raw(25, kVersion, bytes_of(ConfigWireHeader{0, 300, 0})), {}).find("above 256"),
             std::string::npos);
 }
@@ -332,14 +351,19 @@ TEST(VhostUserHostile, WrongSizes) {
 TEST(VhostUserHostile, RegionCounts) {
   std::vector<MemRegion> nine;
   for (uint64_t i = 0; i < 9; ++i) nine.push_back(region(i << 20, 0x1000));
-  EXPECT_NE(refused(raw(5, kVersion, table(nine)), {}).find("nregions 9 out of range 1..8"), std::string::npos);
-  EXPECT_NE(refused(raw(5, kVersion, table({})), {}).find("nregions 0 out of range"), std::string::npos);
+  EXPECT_NE(refused(raw(5, kVersion, table(nine)), {}).find("nregions 9 out of range 1..8"),
+            std::string::npos);
+  EXPECT_NE(refused(raw(5, kVersion, table({})), {}).find("nregions 0 out of range"),
+            std::string::npos);
   // The caller's mem-slot limit applies too.
   Pair p;
-  ASSERT_TRUE(p.front.send_raw(raw(5, kVersion, table({region(0, 0x1000), region(0x1000, 0x1000)})), {}).has_value());
+  ASSERT_TRUE(
+      p.front.send_raw(raw(5, kVersion, table({region(0, 0x1000), region(0x1000, 0x1000)})), {})
+          .has_value());
   auto r = p.back.receive(Role::Backend, Limits{4, 1});
   ASSERT_FALSE(r.has_value());
-  EXPECT_NE(r.error().message().find("out of range 1..1"), std::string::npos) << r.error().message();
+  EXPECT_NE(r.error().message().find("out of range 1..1"), std::string::npos)
+      << r.error().message();
 }
 
 TEST(VhostUserHostile, MissingAndExtraFdsAreRefusedAndClosed) {
@@ -347,17 +371,20 @@ TEST(VhostUserHostile, MissingAndExtraFdsAreRefusedAndClosed) {
   {
     Fd a = memfd("a"), b = memfd("b"), c = eventfd_();
     // Two regions, one fd.
-    EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0x1000), region(0x1000, 0x1000)})), {a.get()})
-                  .find("1 file descriptors attached for 2 regions"),
-              std::string::npos);
+    EXPECT_NE(
+        refused(raw(5, kVersion, table({region(0, 0x1000), region(0x1000, 0x1000)})), {a.get()})
+            .find("1 file descriptors attached for 2 regions"),
+        std::string::npos);
     // One region, three fds.
     EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0x1000)})), {a.get(), b.get(), c.get()})
                   .find("3 file descriptors attached for 1 regions"),
               std::string::npos);
     // Messages that take no fd, with fds.
-    EXPECT_NE(refused(raw(3, kVersion, {}), {a.get(), b.get()}).find("SET_OWNER: 2 file descriptors"),
-              std::string::npos);
-    EXPECT_NE(refused(raw(24, kVersion, bytes_of(ConfigWireHeader{0, 0, 0})), {c.get()}).find("GET_CONFIG: 1 file"),
+    EXPECT_NE(
+        refused(raw(3, kVersion, {}), {a.get(), b.get()}).find("SET_OWNER: 2 file descriptors"),
+        std::string::npos);
+    EXPECT_NE(refused(raw(24, kVersion, bytes_of(ConfigWireHeader{0, 0, 0})), {c.get()})
+                  .find("GET_CONFIG: 1 file"),
               std::string::npos);
     // Kick without an fd and without NOFD.
     EXPECT_NE(refused(raw(12, kVersion, bytes_of(uint64_t{1})), {}).find("NOFD clear (expected 1)"),
@@ -366,10 +393,13 @@ TEST(VhostUserHostile, MissingAndExtraFdsAreRefusedAndClosed) {
     EXPECT_NE(refused(raw(37, kVersion, bytes_of(SingleMemRegionWire{0, region(0, 0x1000)})), {})
                   .find("ADD_MEM_REG: 0 file descriptors attached, expected 1"),
               std::string::npos);
-    EXPECT_NE(refused(raw(32, kVersion, bytes_of(InflightWire{4096, 0, 1, 256, 0})), {}).find("SET_INFLIGHT_FD"),
+    EXPECT_NE(refused(raw(32, kVersion, bytes_of(InflightWire{4096, 0, 1, 256, 0})), {})
+                  .find("SET_INFLIGHT_FD"),
               std::string::npos);
     // REM_MEM_REG may carry one fd (spec compatibility); it is closed, not used.
-    EXPECT_EQ(refused(raw(38, kVersion, bytes_of(SingleMemRegionWire{0, region(0, 0x1000)})), {a.get()}), "");
+    EXPECT_EQ(
+        refused(raw(38, kVersion, bytes_of(SingleMemRegionWire{0, region(0, 0x1000)})), {a.get()}),
+        "");
   }
   EXPECT_EQ(open_fds(), before);
 }
@@ -408,48 +438,69 @@ TEST(VhostUserHostile, MoreThanEightFdsTruncateAndAreClosed) {
 
 TEST(VhostUserHostile, OverlappingAndWrappingRegions) {
   Fd a = memfd("a"), b = memfd("b");
-  EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0x2000), region(0x1000, 0x1000)})), {a.get(), b.get()})
+  EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0x2000), region(0x1000, 0x1000)})),
+                    {a.get(), b.get()})
                 .find("region 1 guest range 0x1000+0x1000 overlaps region 0"),
             std::string::npos);
-  EXPECT_NE(refused(raw(5, kVersion, table({region(0x10000, 0x1000), region(0, 0x10001)})), {a.get(), b.get()})
+  EXPECT_NE(refused(raw(5, kVersion, table({region(0x10000, 0x1000), region(0, 0x10001)})),
+                    {a.get(), b.get()})
                 .find("overlaps region 0"),
             std::string::npos);
   EXPECT_NE(refused(raw(5, kVersion, table({region(UINT64_MAX - 0xfff, 0x2000)})), {a.get()})
                 .find("region 0 guest_phys_addr 0xfffffffffffff000 + memory_size 0x2000 wraps"),
             std::string::npos);
-  EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0x2000, UINT64_MAX)})), {a.get()}).find("userspace_addr"),
+  EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0x2000, UINT64_MAX)})), {a.get()})
+                .find("userspace_addr"),
             std::string::npos);
-  EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0x2000, 0, UINT64_MAX - 1)})), {a.get()}).find("mmap_offset"),
+  EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0x2000, 0, UINT64_MAX - 1)})), {a.get()})
+                .find("mmap_offset"),
             std::string::npos);
-  EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0)})), {a.get()}).find("memory_size is 0"), std::string::npos);
+  EXPECT_NE(refused(raw(5, kVersion, table({region(0, 0)})), {a.get()}).find("memory_size is 0"),
+            std::string::npos);
   // The last byte of the address space is fine.
-  EXPECT_EQ(refused(raw(5, kVersion, table({region(UINT64_MAX - 0xfff, 0x1000, 0)})), {a.get()}), "");
-  EXPECT_NE(refused(raw(37, kVersion, bytes_of(SingleMemRegionWire{0, region(UINT64_MAX, 2)})), {a.get()})
-                .find("ADD_MEM_REG: region guest_phys_addr"),
-            std::string::npos);
+  EXPECT_EQ(refused(raw(5, kVersion, table({region(UINT64_MAX - 0xfff, 0x1000, 0)})), {a.get()}),
+            "");
+  EXPECT_NE(
+      refused(raw(37, kVersion, bytes_of(SingleMemRegionWire{0, region(UINT64_MAX, 2)})), {a.get()})
+          .find("ADD_MEM_REG: region guest_phys_addr"),
+      std::string::npos);
 }
 
 TEST(VhostUserHostile, VringFieldsOutOfRange) {
-  EXPECT_NE(refused(raw(8, kVersion, bytes_of(VringState{4, 256})), {}).find("vring index 4 out of range (max_queues 4)"),
+  EXPECT_NE(refused(raw(8, kVersion, bytes_of(VringState{4, 256})), {})
+                .find("vring index 4 out of range (max_queues 4)"),
             std::string::npos);
-  EXPECT_NE(refused(raw(8, kVersion, bytes_of(VringState{0, 100})), {}).find("not a power of two"), std::string::npos);
-  EXPECT_NE(refused(raw(8, kVersion, bytes_of(VringState{0, 65536})), {}).find("not a power of two"), std::string::npos);
-  EXPECT_NE(refused(raw(8, kVersion, bytes_of(VringState{0, 0})), {}).find("not a power of two"), std::string::npos);
-  EXPECT_NE(refused(raw(9, kVersion, bytes_of(VringAddr{9, 0, 0, 0, 0, 0})), {}).find("vring index 9"), std::string::npos);
-  EXPECT_NE(refused(raw(9, kVersion, bytes_of(VringAddr{0, 2, 0, 0, 0, 0})), {}).find("vring flags 0x2 unknown"),
+  EXPECT_NE(refused(raw(8, kVersion, bytes_of(VringState{0, 100})), {}).find("not a power of two"),
             std::string::npos);
-  EXPECT_NE(refused(raw(9, kVersion, bytes_of(VringAddr{0, 0, 8, 0, 0, 0})), {}).find("desc_user_addr 0x8 not 16"),
+  EXPECT_NE(
+      refused(raw(8, kVersion, bytes_of(VringState{0, 65536})), {}).find("not a power of two"),
+      std::string::npos);
+  EXPECT_NE(refused(raw(8, kVersion, bytes_of(VringState{0, 0})), {}).find("not a power of two"),
             std::string::npos);
-  EXPECT_NE(refused(raw(11, kVersion, bytes_of(VringState{200, 0})), {}).find("GET_VRING_BASE: vring index 200"),
+  EXPECT_NE(
+      refused(raw(9, kVersion, bytes_of(VringAddr{9, 0, 0, 0, 0, 0})), {}).find("vring index 9"),
+      std::string::npos);
+  EXPECT_NE(refused(raw(9, kVersion, bytes_of(VringAddr{0, 2, 0, 0, 0, 0})), {})
+                .find("vring flags 0x2 unknown"),
             std::string::npos);
-  EXPECT_NE(refused(raw(18, kVersion, bytes_of(VringState{0, 2})), {}).find("not 0 or 1"), std::string::npos);
-  EXPECT_NE(refused(raw(13, kVersion, bytes_of(uint64_t{0x105})), {}).find("SET_VRING_CALL: vring index 5"),
+  EXPECT_NE(refused(raw(9, kVersion, bytes_of(VringAddr{0, 0, 8, 0, 0, 0})), {})
+                .find("desc_user_addr 0x8 not 16"),
             std::string::npos);
-  EXPECT_NE(refused(raw(13, kVersion, bytes_of(uint64_t{0x200})), {}).find("bits above index and NOFD"),
+  EXPECT_NE(refused(raw(11, kVersion, bytes_of(VringState{200, 0})), {})
+                .find("GET_VRING_BASE: vring index 200"),
             std::string::npos);
-  EXPECT_NE(refused(raw(32, kVersion, bytes_of(InflightWire{4096, 0, 9, 256, 0})), {eventfd_().get()})
-                .find("inflight num_queues 9"),
+  EXPECT_NE(refused(raw(18, kVersion, bytes_of(VringState{0, 2})), {}).find("not 0 or 1"),
             std::string::npos);
+  EXPECT_NE(refused(raw(13, kVersion, bytes_of(uint64_t{0x105})), {})
+                .find("SET_VRING_CALL: vring index 5"),
+            std::string::npos);
+  EXPECT_NE(
+      refused(raw(13, kVersion, bytes_of(uint64_t{0x200})), {}).find("bits above index and NOFD"),
+      std::string::npos);
+  EXPECT_NE(
+      refused(raw(32, kVersion, bytes_of(InflightWire{4096, 0, 9, 256, 0})), {eventfd_().get()})
+          .find("inflight num_queues 9"),
+      std::string::npos);
 }
 
 TEST(VhostUserHostile, NofdWithAnFdIsRefusedAndTheFdClosed) {
@@ -464,29 +515,38 @@ TEST(VhostUserHostile, NofdWithAnFdIsRefusedAndTheFdClosed) {
 }
 
 TEST(VhostUserHostile, BadFlagsAndUnknownRequests) {
-  EXPECT_NE(refused(raw(1, 0, {}), {}).find("GET_FEATURES: flags 0x0: version 0 is not 1"), std::string::npos);
+  EXPECT_NE(refused(raw(1, 0, {}), {}).find("GET_FEATURES: flags 0x0: version 0 is not 1"),
+            std::string::npos);
   EXPECT_NE(refused(raw(1, 2, {}), {}).find("version 2 is not 1"), std::string::npos);
   EXPECT_NE(refused(raw(1, kVersion | 0x10, {}), {}).find("unknown bits"), std::string::npos);
-  EXPECT_NE(refused(raw(1, kVersion | kFlagReply, {}), {}).find("REPLY flag set on a request"), std::string::npos);
-  EXPECT_NE(refused(raw(1, kVersion, bytes_of(uint64_t{0})), {}, Role::Frontend).find("REPLY flag missing"),
+  EXPECT_NE(refused(raw(1, kVersion | kFlagReply, {}), {}).find("REPLY flag set on a request"),
             std::string::npos);
-  EXPECT_NE(refused(raw(99, kVersion, {}), {}).find("vhost-user request 99: unknown request"), std::string::npos);
+  EXPECT_NE(refused(raw(1, kVersion, bytes_of(uint64_t{0})), {}, Role::Frontend)
+                .find("REPLY flag missing"),
+            std::string::npos);
+  EXPECT_NE(refused(raw(99, kVersion, {}), {}).find("vhost-user request 99: unknown request"),
+            std::string::npos);
   EXPECT_NE(refused(raw(0, kVersion, {}), {}).find("unknown request"), std::string::npos);
-  EXPECT_NE(refused(raw(22, kVersion, {}), {}).find("IOTLB_MSG: request not supported"), std::string::npos);
-  EXPECT_NE(refused(raw(99, kVersion | kFlagReply, bytes_of(uint64_t{0})), {}, Role::Frontend).find("unknown request"),
+  EXPECT_NE(refused(raw(22, kVersion, {}), {}).find("IOTLB_MSG: request not supported"),
             std::string::npos);
-  EXPECT_NE(refused(raw(39, kVersion, bytes_of(uint64_t{0x100})), {}).find("device status 0x100"), std::string::npos);
+  EXPECT_NE(refused(raw(99, kVersion | kFlagReply, bytes_of(uint64_t{0})), {}, Role::Frontend)
+                .find("unknown request"),
+            std::string::npos);
+  EXPECT_NE(refused(raw(39, kVersion, bytes_of(uint64_t{0x100})), {}).find("device status 0x100"),
+            std::string::npos);
 }
 
 TEST(VhostUserHostile, ErrorIsOneLineNamingMessageAndField) {
   Fd a = memfd("a");
   const auto e = refused(raw(5, kVersion, table({region(0, 0x1000, UINT64_MAX)})), {a.get()});
-  EXPECT_EQ(e.rfind("vhost-user SET_MEM_TABLE: region 0 userspace_addr 0xffffffffffffffff", 0), 0U) << e;
+  EXPECT_EQ(e.rfind("vhost-user SET_MEM_TABLE: region 0 userspace_addr 0xffffffffffffffff", 0), 0U)
+      << e;
   EXPECT_EQ(e.find('\n'), std::string::npos);
   const uint8_t b[12] = {5, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0};
   auto r = parse(std::span<const uint8_t>(b), {}, Role::Backend, Limits{});
   ASSERT_FALSE(r.has_value());
-  EXPECT_EQ(r.error().what(), "vhost-user SET_MEM_TABLE: payload size 0 below the 8-byte table header");
+  EXPECT_EQ(r.error().what(),
+            "vhost-user SET_MEM_TABLE: payload size 0 below the 8-byte table header");
 }
 
 TEST(VhostUserHostile, ParseFromBytesRejectsShortInput) {

@@ -1,6 +1,4 @@
 // vhost-user message parsing, encoding and framing. See vhost_user/protocol.hpp.
-#include "iovirt/virtio/vhost_user/protocol.hpp"
-
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -9,6 +7,8 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+
+#include "iovirt/virtio/vhost_user/protocol.hpp"
 
 namespace iovirt::virtio::vhost_user {
 
@@ -20,9 +20,9 @@ namespace {
     auto vu_st_ = (expr);                                           \
     if (!vu_st_) return std::unexpected(std::move(vu_st_.error())); \
   } while (0)
-#define VU_TRY(var, expr)                                                \
-  auto var##_r = (expr);                                                 \
-  if (!var##_r) return std::unexpected(std::move(var##_r.error()));      \
+#define VU_TRY(var, expr)                                           \
+  auto var##_r = (expr);                                            \
+  if (!var##_r) return std::unexpected(std::move(var##_r.error())); \
   auto var = std::move(*var##_r)
 
 constexpr const char* kNames[] = {
@@ -91,7 +91,9 @@ T load(std::span<const uint8_t> p) {
   return v;
 }
 
-bool is_pow2(uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
+bool is_pow2(uint32_t v) {
+  return v != 0 && (v & (v - 1)) == 0;
+}
 
 // The payload size and fd count every fixed-size message must have.
 Status expect(uint32_t req, std::span<const uint8_t> payload, size_t want_size, size_t nfds,
@@ -129,7 +131,8 @@ Status check_region(uint32_t req, const std::string& which, const MemRegion& r) 
 
 Result<Config> parse_config(uint32_t req, std::span<const uint8_t> payload) {
   if (payload.size() < sizeof(ConfigWireHeader))
-    return bad(req, "payload size " + std::to_string(payload.size()) + " below the 12-byte config header");
+    return bad(
+        req, "payload size " + std::to_string(payload.size()) + " below the 12-byte config header");
   const auto h = load<ConfigWireHeader>(payload);
   if (h.size > kMaxConfigSize)
     return bad(req, "config size " + std::to_string(h.size) + " above 256");
@@ -137,8 +140,8 @@ Result<Config> parse_config(uint32_t req, std::span<const uint8_t> payload) {
     return bad(req, "config offset " + std::to_string(h.offset) + " + size " +
                         std::to_string(h.size) + " beyond 256");
   if (payload.size() != sizeof(ConfigWireHeader) + h.size)
-    return bad(req, "payload size " + std::to_string(payload.size()) + " does not match config size " +
-                        std::to_string(h.size) + " + 12");
+    return bad(req, "payload size " + std::to_string(payload.size()) +
+                        " does not match config size " + std::to_string(h.size) + " + 12");
   if (h.flags > 1)  // 0: front-end access, 1: live migration
     return bad(req, "config flags " + hex(h.flags) + " unknown");
   Config c{h.offset, h.flags, {}};
@@ -157,7 +160,8 @@ Status check_inflight(uint32_t req, const InflightWire& w, const Limits& limits,
     return bad(req, "inflight num_queues " + std::to_string(w.num_queues) + " out of range 1.." +
                         std::to_string(limits.max_queues));
   if (w.queue_size == 0 || w.queue_size > kMaxQueueSize)
-    return bad(req, "inflight queue_size " + std::to_string(w.queue_size) + " out of range 1..32768");
+    return bad(req,
+               "inflight queue_size " + std::to_string(w.queue_size) + " out of range 1..32768");
   return {};
 }
 
@@ -186,11 +190,13 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
     }
     case Request::SetMemTable: {
       if (p.size() < kMemTableHeaderSize)
-        return bad(req, "payload size " + std::to_string(p.size()) + " below the 8-byte table header");
+        return bad(req,
+                   "payload size " + std::to_string(p.size()) + " below the 8-byte table header");
       const uint32_t n = load<uint32_t>(p);
       const uint32_t max = std::min(limits.max_mem_slots, kMaxMemTableRegions);
       if (n == 0 || n > max)
-        return bad(req, "nregions " + std::to_string(n) + " out of range 1.." + std::to_string(max));
+        return bad(req,
+                   "nregions " + std::to_string(n) + " out of range 1.." + std::to_string(max));
       // QEMU sends 8 + n * 32; a sender of the whole C struct sends 264. Both carry n regions.
       const size_t exact = kMemTableHeaderSize + size_t{n} * sizeof(MemRegion);
       if (p.size() != exact && p.size() != sizeof(MemTableWire))
@@ -209,8 +215,9 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
           // Both ranges are known not to wrap, so the inclusive ends are exact.
           if (r.guest_phys_addr <= o.guest_phys_addr + (o.memory_size - 1) &&
               o.guest_phys_addr <= r.guest_phys_addr + (r.memory_size - 1))
-            return bad(req, "region " + std::to_string(i) + " guest range " + hex(r.guest_phys_addr) +
-                                "+" + hex(r.memory_size) + " overlaps region " + std::to_string(j));
+            return bad(req, "region " + std::to_string(i) + " guest range " +
+                                hex(r.guest_phys_addr) + "+" + hex(r.memory_size) +
+                                " overlaps region " + std::to_string(j));
         }
         t.regions.push_back(r);
       }
@@ -235,18 +242,23 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
       // Split rings need a power of two (virtio 1.2 2.7); packed rings merely <= 32768, but the
       // protocol carries no ring layout, so the strict rule applies to both.
       if (!is_pow2(s.num) || s.num > kMaxQueueSize)
-        return bad(req, "vring num " + std::to_string(s.num) + " is not a power of two in 1..32768");
+        return bad(req,
+                   "vring num " + std::to_string(s.num) + " is not a power of two in 1..32768");
       return Body{s};
     }
     case Request::SetVringAddr: {
       VU_CHECK(expect(req, p, sizeof(VringAddr), nfds, 0));
       const auto a = load<VringAddr>(p);
       VU_CHECK(check_index(req, a.index, limits));
-      if ((a.flags & ~kVringFlagLog) != 0) return bad(req, "vring flags " + hex(a.flags) + " unknown");
+      if ((a.flags & ~kVringFlagLog) != 0)
+        return bad(req, "vring flags " + hex(a.flags) + " unknown");
       // Alignment of the split ring parts (virtio 1.2 2.7): desc 16, avail 2, used 4.
-      if (a.desc_user_addr % 16 != 0) return bad(req, "desc_user_addr " + hex(a.desc_user_addr) + " not 16-byte aligned");
-      if (a.avail_user_addr % 2 != 0) return bad(req, "avail_user_addr " + hex(a.avail_user_addr) + " not 2-byte aligned");
-      if (a.used_user_addr % 4 != 0) return bad(req, "used_user_addr " + hex(a.used_user_addr) + " not 4-byte aligned");
+      if (a.desc_user_addr % 16 != 0)
+        return bad(req, "desc_user_addr " + hex(a.desc_user_addr) + " not 16-byte aligned");
+      if (a.avail_user_addr % 2 != 0)
+        return bad(req, "avail_user_addr " + hex(a.avail_user_addr) + " not 2-byte aligned");
+      if (a.used_user_addr % 4 != 0)
+        return bad(req, "used_user_addr " + hex(a.used_user_addr) + " not 4-byte aligned");
       return Body{a};
     }
     case Request::SetVringBase:
@@ -274,11 +286,13 @@ Result<Body> parse_request(uint32_t req, std::span<const uint8_t> p, std::vector
       if (nfds != (nofd ? 0U : 1U))
         return bad(req, std::to_string(nfds) + " file descriptors attached with NOFD " +
                             (nofd ? "set (expected 0)" : "clear (expected 1)"));
-      return Body{VringFd{static_cast<uint32_t>(v & kVringIndexMask), nofd ? Fd() : std::move(fds[0])}};
+      return Body{
+          VringFd{static_cast<uint32_t>(v & kVringIndexMask), nofd ? Fd() : std::move(fds[0])}};
     }
     case Request::GetConfig:
     case Request::SetConfig: {
-      if (nfds != 0) return bad(req, std::to_string(nfds) + " file descriptors attached, expected 0");
+      if (nfds != 0)
+        return bad(req, std::to_string(nfds) + " file descriptors attached, expected 0");
       VU_TRY(c, parse_config(req, p));
       return Body{std::move(c)};
     }
@@ -328,7 +342,8 @@ Result<Body> parse_reply(uint32_t req, std::span<const uint8_t> p, std::vector<F
       return Body{s};
     }
     case Request::GetConfig: {
-      if (nfds != 0) return bad(req, std::to_string(nfds) + " file descriptors attached, expected 0");
+      if (nfds != 0)
+        return bad(req, std::to_string(nfds) + " file descriptors attached, expected 0");
       VU_TRY(c, parse_config(req, p));
       return Body{std::move(c)};
     }
@@ -339,7 +354,8 @@ Result<Body> parse_reply(uint32_t req, std::span<const uint8_t> p, std::vector<F
       // mmap_size 0 means "no inflight area" and comes without an fd.
       const size_t want = w.mmap_size == 0 ? 0 : 1;
       if (nfds != want)
-        return bad(req, std::to_string(nfds) + " file descriptors attached, expected " + std::to_string(want));
+        return bad(req, std::to_string(nfds) + " file descriptors attached, expected " +
+                            std::to_string(want));
       if (want == 0) return Body{Inflight{w, Fd()}};
       VU_CHECK(check_inflight(req, w, limits, true));
       return Body{Inflight{w, std::move(fds[0])}};
@@ -377,7 +393,8 @@ Result<Message> parse(const Header& header, std::span<const uint8_t> payload, st
     return bad(req, "header size " + std::to_string(header.size) + " but " +
                         std::to_string(payload.size()) + " payload bytes");
   if (header.size > kMaxPayload)
-    return bad(req, "payload size " + std::to_string(header.size) + " above " + std::to_string(kMaxPayload));
+    return bad(req, "payload size " + std::to_string(header.size) + " above " +
+                        std::to_string(kMaxPayload));
   if (fds.size() > kMaxFds)
     return bad(req, std::to_string(fds.size()) + " file descriptors attached, at most 8");
   const bool reply = (header.flags & kFlagReply) != 0;
@@ -456,7 +473,8 @@ Result<Encoded> encode(const Message& msg) {
         }
       },
       msg.body);
-  if (!ok || e.fds.size() > kMaxFds) return bad(req, "cannot encode: body does not fit the wire format");
+  if (!ok || e.fds.size() > kMaxFds)
+    return bad(req, "cannot encode: body does not fit the wire format");
   const Header h{req, msg.flags, static_cast<uint32_t>(out.size() - sizeof(Header))};
   std::memcpy(out.data(), &h, sizeof h);
   return e;
@@ -466,7 +484,9 @@ Message make_request(Request r, Body body, bool need_reply) {
   return Message{r, kVersion | (need_reply ? kFlagNeedReply : 0U), std::move(body)};
 }
 
-Message make_reply(Request r, Body body) { return Message{r, kVersion | kFlagReply, std::move(body)}; }
+Message make_reply(Request r, Body body) {
+  return Message{r, kVersion | kFlagReply, std::move(body)};
+}
 
 Result<std::pair<Connection, Connection>> Connection::pair() {
   int sv[2];
@@ -537,9 +557,9 @@ Status Connection::read_exact(uint8_t* dst, size_t len, std::vector<Fd>& fds, bo
       }
     }
     if ((mh.msg_flags & MSG_CTRUNC) != 0)
-      return fail("vhost-user recv " + what +
-                  ": control message truncated (more than 8 file descriptors?)",
-                  EPROTO);
+      return fail(
+          "vhost-user recv " + what + ": control message truncated (more than 8 file descriptors?)",
+          EPROTO);
     if (fds.size() > kMaxFds)
       return fail("vhost-user recv " + what + ": " + std::to_string(fds.size()) +
                       " file descriptors, at most 8",

@@ -133,7 +133,7 @@ inline constexpr uint32_t kVringFlagLog = 0x1;  // VHOST_VRING_F_LOG in VringAdd
 struct VringAddr {
   uint32_t index;
   uint32_t flags;
-  uint64_t desc_user_addr;   // front-end virtual addresses, translated via the memory table
+  uint64_t desc_user_addr;  // front-end virtual addresses, translated via the memory table
   uint64_t used_user_addr;
   uint64_t avail_user_addr;
   uint64_t log_guest_addr;
@@ -190,8 +190,10 @@ inline constexpr uint64_t kVringIndexMask = 0xff;
 inline constexpr uint64_t kVringNoFd = 0x100;
 
 // ---- parsed messages ----
-struct Empty {};                       // requests without payload
-struct U64 { uint64_t value; };        // SET_FEATURES, SET_STATUS, ..., and u64 replies / acks
+struct Empty {};  // requests without payload
+struct U64 {
+  uint64_t value;
+};  // SET_FEATURES, SET_STATUS, ..., and u64 replies / acks
 struct MemTable {
   std::vector<MemRegion> regions;
   std::vector<Fd> fds;  // fds[i] backs regions[i]
@@ -221,8 +223,8 @@ struct LogFd {
   Fd fd;
 };
 
-using Body = std::variant<Empty, U64, VringState, VringAddr, MemTable, SingleRegion, VringFd, Config,
-                          Inflight, LogBase, LogFd>;
+using Body = std::variant<Empty, U64, VringState, VringAddr, MemTable, SingleRegion, VringFd,
+                          Config, Inflight, LogBase, LogFd>;
 
 struct Message {
   Request request = Request::GetFeatures;
@@ -238,8 +240,8 @@ enum class Role { Backend, Frontend };
 
 // What the parsing side allows; values above these are refused.
 struct Limits {
-  uint32_t max_queues = 8;       // vring index < max_queues
-  uint32_t max_mem_slots = 8;    // regions in SET_MEM_TABLE (<= 8 on the wire)
+  uint32_t max_queues = 8;     // vring index < max_queues
+  uint32_t max_mem_slots = 8;  // regions in SET_MEM_TABLE (<= 8 on the wire)
 };
 
 // One message as read off the socket, fds already owned.
@@ -272,7 +274,9 @@ Result<Encoded> encode(const Message& msg);
 // Builders for the common cases.
 Message make_request(Request r, Body body = Empty{}, bool need_reply = false);
 Message make_reply(Request r, Body body);
-inline Message make_ack(Request r, uint64_t status) { return make_reply(r, U64{status}); }
+inline Message make_ack(Request r, uint64_t status) {
+  return make_reply(r, U64{status});
+}
 
 // A blocking AF_UNIX SOCK_STREAM connection speaking vhost-user framing.
 class Connection {
