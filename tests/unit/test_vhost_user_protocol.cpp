@@ -278,6 +278,18 @@ TEST(VhostUserProtocol, RepliesRoundTrip) {
   EXPECT_EQ(std::get<U64>(m.body).value, 0U);
 }
 
+TEST(VhostUserProtocol, EncodeRefusesBodiesThatDoNotFitTheWire) {
+  MemTable t;
+  for (uint64_t i = 0; i < 9; ++i) t.regions.push_back(region(i << 20, 0x1000));
+  EXPECT_FALSE(encode(make_request(Request::SetMemTable, std::move(t))).has_value());
+  EXPECT_FALSE(encode(make_request(Request::SetMemTable, MemTable{})).has_value());
+  EXPECT_FALSE(encode(make_request(Request::SetConfig, Config{0, 0, std::vector<uint8_t>(257)}))
+                   .has_value());
+  // And send() says so instead of putting a bad message on the wire.
+  Pair p;
+  EXPECT_FALSE(p.front.send(make_request(Request::SetMemTable, MemTable{})).has_value());
+}
+
 TEST(VhostUserProtocol, CleanEofBetweenMessagesIsNotAnError) {
   Pair p;
   p.front = Connection(Fd());
