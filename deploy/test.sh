@@ -40,6 +40,7 @@ declare -A FUZZ_TARGETS=(
   [fuzz_packed_queue]=45
   [fuzz_blk_request]=30
   [fuzz_net_header]=30
+  [fuzz_vhost_user_msg]=30
 )
 FUZZ_CXX=""
 for c in clang++-19 clang++-18 clang++-17 clang++; do
