@@ -2,19 +2,9 @@
 
 #include <mutex>
 
-namespace iovirt {
+#include "iovirt/core/hex.hpp"
 
-namespace {
-std::string hex(uint64_t v) {
-  static const char* digits = "0123456789abcdef";
-  std::string s;
-  do {
-    s.insert(s.begin(), digits[v & 0xf]);
-    v >>= 4;
-  } while (v);
-  return "0x" + s;
-}
-}  // namespace
+namespace iovirt {
 
 Status Bus::insert(uint64_t base, uint64_t len, BusDevice* dev) {
   if (len == 0 || dev == nullptr) return fail(name_ + " bus: empty range or null device at " + hex(base));

@@ -11,16 +11,11 @@
 #include <string>
 
 #include "iovirt/core/fd.hpp"
+#include "iovirt/core/hex.hpp"
 
 namespace iovirt {
 
 namespace {
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
 
 // "gpa 0x1000 len 0x10": the form every access error uses.
 std::string range_name(uint64_t gpa, uint64_t len) {

@@ -1,5 +1,6 @@
 #include "iovirt/core/kvm.hpp"
 
+#include "iovirt/core/hex.hpp"
 #include "iovirt/core/kvm_uapi.hpp"
 
 #include <fcntl.h>
@@ -13,12 +14,6 @@
 namespace iovirt {
 
 namespace {
-
-std::string hex(uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 // A flexible-array ioctl argument: a C-layout header (kvm_uapi.hpp) followed directly by n
 // entries, in u64 storage so both stay aligned.

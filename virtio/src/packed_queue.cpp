@@ -7,6 +7,8 @@
 #include <limits>
 #include <string>
 
+#include "iovirt/core/hex.hpp"
+
 namespace iovirt::virtio {
 
 namespace {
@@ -26,20 +28,6 @@ Status store_u16(const GuestMemory& mem, uint64_t gpa, uint16_t v, std::memory_o
   auto* p = reinterpret_cast<uint16_t*>(s->data());
   std::atomic_ref<uint16_t>(*p).store(v, order);
   return {};
-}
-
-std::string hex(uint64_t v) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out = "0x";
-  bool started = false;
-  for (int shift = 60; shift >= 0; shift -= 4) {
-    const auto nib = static_cast<unsigned>((v >> shift) & 0xf);
-    if (nib != 0 || started || shift == 0) {
-      out.push_back(kDigits[nib]);
-      started = true;
-    }
-  }
-  return out;
 }
 
 std::unexpected<Error> refuse(QueueFault f) {
@@ -167,10 +155,7 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
           .load(std::memory_order_acquire);
   if (!packed_is_avail(head_flags, avail_wrap_)) return std::optional<DescriptorChain>{};
 
-  walk_total_ = 0;
-  walk_readable_ = 0;
-  walk_seen_write_ = false;
-  uint32_t count = 0;  // segments
+  segs_.start();
   uint32_t slots = 0;  // ring slots taken
   uint32_t pos = next_avail_;
   bool wrap = avail_wrap_;
@@ -217,11 +202,11 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
                                                       " of the chain at " +
                                                       std::to_string(next_avail_));
       }
-      if (auto st = walk_indirect(mem, d, count); !st) return std::unexpected(st.error());
+      if (auto st = walk_indirect(mem, d); !st) return std::unexpected(st.error());
       id = d.id;
       break;
     }
-    if (auto st = append(mem, d, (flags & VIRTQ_DESC_F_WRITE) != 0, count); !st) {
+    if (auto st = append(mem, d, (flags & VIRTQ_DESC_F_WRITE) != 0); !st) {
       return std::unexpected(st.error());
     }
     if (!(flags & VIRTQ_DESC_F_NEXT)) {
@@ -249,18 +234,15 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
   inflight_slots_ += slots;
   next_avail_ = static_cast<uint16_t>(pos);
   avail_wrap_ = wrap;
-  const auto total = static_cast<uint32_t>(walk_total_);
-  const auto readable = static_cast<uint32_t>(walk_readable_);
-  return std::optional<DescriptorChain>(
-      DescriptorChain{id, static_cast<uint16_t>(slots),
-                      std::span<const Segment>(segs_.data(), count), readable, total - readable});
+  return std::optional<DescriptorChain>(DescriptorChain{id, static_cast<uint16_t>(slots),
+                                                        segs_.segments(), segs_.readable_len(),
+                                                        segs_.writable_len()});
 }
 
 // Section 2.8.19: the table is len / 16 consecutive descriptors. Only WRITE is meaningful in it;
 // NEXT and the ids are ignored. INDIRECT inside the table is a driver MUST NOT that would mean
 // nothing to the device: refused, like in the split ring.
-Status PackedQueue::walk_indirect(const GuestMemory& mem, const PvirtqDesc& table,
-                                  uint32_t& count) {
+Status PackedQueue::walk_indirect(const GuestMemory& mem, const PvirtqDesc& table) {
   if (table.len == 0 || table.len % sizeof(PvirtqDesc) != 0) {
     return fault(QueueFault::IndirectBadLength,
                  "len " + std::to_string(table.len) + " is not a nonzero multiple of 16");
@@ -282,41 +264,15 @@ Status PackedQueue::walk_indirect(const GuestMemory& mem, const PvirtqDesc& tabl
     if (d->flags & VIRTQ_DESC_F_INDIRECT) {
       return fault(QueueFault::NestedIndirect, "entry " + std::to_string(i));
     }
-    if (auto st = append(mem, *d, (d->flags & VIRTQ_DESC_F_WRITE) != 0, count); !st) return st;
+    if (auto st = append(mem, *d, (d->flags & VIRTQ_DESC_F_WRITE) != 0); !st) return st;
   }
   return {};
 }
 
-Status PackedQueue::append(const GuestMemory& mem, const PvirtqDesc& d, bool write,
-                           uint32_t& count) {
-  // Section 2.8.4 (and 2.8.18): device-writable elements come after all device-readable ones.
-  if (!write && walk_seen_write_) {
-    return fault(QueueFault::ReadAfterWrite, "descriptor " + std::to_string(count));
-  }
-  walk_total_ += d.len;
-  if (walk_total_ > std::numeric_limits<uint32_t>::max()) {
-    return fault(QueueFault::LengthOverflow,
-                 "total exceeds 2^32-1 at descriptor " + std::to_string(count));
-  }
-  if (!mem.span(d.addr, d.len)) {
-    // Appended piecewise: g++ 12 at -O3 flags the chained operator+ with a false -Wrestrict.
-    std::string detail = "[";
-    detail += hex(d.addr);
-    detail += ", +";
-    detail += hex(d.len);
-    detail += ") at descriptor ";
-    detail += std::to_string(count);
-    return fault(QueueFault::BufferOutsideMemory, detail);
-  }
-  // Both walks are bounded (size, or kMaxIndirectEntries) so this holds; checked anyway.
-  if (count >= segs_.size()) return fault(QueueFault::ChainTooLong, "segment buffer full");
-  if (write) {
-    walk_seen_write_ = true;
-  } else {
-    walk_readable_ += d.len;
-  }
-  segs_[count] = Segment{d.addr, d.len, write};
-  ++count;
+Status PackedQueue::append(const GuestMemory& mem, const PvirtqDesc& d, bool write) {
+  // Both walks are bounded (size, or kMaxIndirectEntries); the buffer bound is checked anyway.
+  auto v = segs_.append(mem, d.addr, d.len, write, QueueFault::ChainTooLong);
+  if (v) return fault(v->fault, v->detail);
   return {};
 }
 

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "iovirt/core/hex.hpp"
 #include "iovirt/core/log.hpp"
 #include "iovirt/virtio/ring.hpp"
 
@@ -61,12 +62,6 @@ constexpr std::array<Field, 18> kCommonFields{{
     {common_cfg::kQueueDriver, 8},         {common_cfg::kQueueDevice, 8},
     {common_cfg::kQueueNotifyData, 2},     {common_cfg::kQueueReset, 2},
 }};
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 }  // namespace
 

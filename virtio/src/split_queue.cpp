@@ -4,6 +4,8 @@
 #include <limits>
 #include <string>
 
+#include "iovirt/core/hex.hpp"
+
 namespace iovirt::virtio {
 
 namespace {
@@ -27,20 +29,6 @@ Status store_u16(const GuestMemory& mem, uint64_t gpa, uint16_t v) {
   auto* p = reinterpret_cast<uint16_t*>(s->data());
   std::atomic_ref<uint16_t>(*p).store(v, std::memory_order_relaxed);
   return {};
-}
-
-std::string hex(uint64_t v) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out = "0x";
-  bool started = false;
-  for (int shift = 60; shift >= 0; shift -= 4) {
-    const auto nib = static_cast<unsigned>((v >> shift) & 0xf);
-    if (nib != 0 || started || shift == 0) {
-      out.push_back(kDigits[nib]);
-      started = true;
-    }
-  }
-  return out;
 }
 
 }  // namespace
@@ -210,22 +198,17 @@ Result<std::optional<DescriptorChain>> SplitQueue::pop(const GuestMemory& mem) {
                                                  std::to_string(size_));
   }
 
-  uint32_t count = 0;
-  walk_total_ = 0;
-  walk_readable_ = 0;
-  walk_seen_write_ = false;
-  if (auto st = walk_chain(mem, *head, count); !st) return std::unexpected(std::move(st.error()));
+  segs_.start();
+  if (auto st = walk_chain(mem, *head); !st) return std::unexpected(std::move(st.error()));
 
   ++next_avail_;
-  const auto total = static_cast<uint32_t>(walk_total_);
-  const auto readable = static_cast<uint32_t>(walk_readable_);
-  return std::optional<DescriptorChain>(DescriptorChain{
-      *head, 1, std::span<const Segment>(segs_.begin(), count), readable, total - readable});
+  return std::optional<DescriptorChain>(
+      DescriptorChain{*head, 1, segs_.segments(), segs_.readable_len(), segs_.writable_len()});
 }
 
 // Section 2.7.5: follow NEXT through the table; at most size descriptors (2.7.5.2: a chain is
 // never longer than the queue size), so a loop ends as ChainLoop.
-Status SplitQueue::walk_chain(const GuestMemory& mem, uint16_t head, uint32_t& count) {
+Status SplitQueue::walk_chain(const GuestMemory& mem, uint16_t head) {
   uint16_t idx = head;
   for (uint32_t n = 0; n < size_; ++n) {
     auto d = mem.read_obj<VirtqDesc>(desc_gpa_ + 16ull * idx);
@@ -238,9 +221,9 @@ Status SplitQueue::walk_chain(const GuestMemory& mem, uint16_t head, uint32_t& c
       if (d->flags & VIRTQ_DESC_F_NEXT) {
         return fault(QueueFault::IndirectWithNext, "descriptor " + std::to_string(idx));
       }
-      return walk_indirect(mem, *d, count);
+      return walk_indirect(mem, *d);
     }
-    if (auto st = append(mem, *d, count); !st) return st;
+    if (auto st = append(mem, *d); !st) return st;
     if (!(d->flags & VIRTQ_DESC_F_NEXT)) return {};
     if (d->next >= size_) {
       return fault(QueueFault::NextOutOfRange, "descriptor " + std::to_string(idx) + " next " +
@@ -254,7 +237,7 @@ Status SplitQueue::walk_chain(const GuestMemory& mem, uint16_t head, uint32_t& c
 }
 
 // Section 2.7.5.3: the table is an array of descriptors chained by NEXT from entry 0.
-Status SplitQueue::walk_indirect(const GuestMemory& mem, const VirtqDesc& table, uint32_t& count) {
+Status SplitQueue::walk_indirect(const GuestMemory& mem, const VirtqDesc& table) {
   if (table.len == 0 || table.len % sizeof(VirtqDesc) != 0) {
     return fault(QueueFault::IndirectBadLength,
                  "len " + std::to_string(table.len) + " is not a nonzero multiple of 16");
@@ -276,7 +259,7 @@ Status SplitQueue::walk_indirect(const GuestMemory& mem, const VirtqDesc& table,
     if (d->flags & VIRTQ_DESC_F_INDIRECT) {
       return fault(QueueFault::NestedIndirect, "entry " + std::to_string(idx));
     }
-    if (auto st = append(mem, *d, count); !st) return st;
+    if (auto st = append(mem, *d); !st) return st;
     if (!(d->flags & VIRTQ_DESC_F_NEXT)) return {};
     if (d->next >= entries) {
       return fault(QueueFault::IndirectNextOutOfRange, "entry " + std::to_string(idx) + " next " +
@@ -289,36 +272,43 @@ Status SplitQueue::walk_indirect(const GuestMemory& mem, const VirtqDesc& table,
                "longer than the table of " + std::to_string(entries));
 }
 
-Status SplitQueue::append(const GuestMemory& mem, const VirtqDesc& d, uint32_t& count) {
-  const bool write = (d.flags & VIRTQ_DESC_F_WRITE) != 0;
-  // Section 2.7.4.2: device-writable descriptors come after all device-readable ones.
-  if (!write && walk_seen_write_) {
-    return fault(QueueFault::ReadAfterWrite, "descriptor " + std::to_string(count));
+std::optional<ChainSegments::Violation> ChainSegments::append(const GuestMemory& mem, uint64_t addr,
+                                                              uint32_t len, bool write,
+                                                              QueueFault full) {
+  if (!write && seen_write_)
+    return Violation{QueueFault::ReadAfterWrite, "descriptor " + std::to_string(count_)};
+  total_ += len;
+  if (total_ > std::numeric_limits<uint32_t>::max()) {
+    return Violation{QueueFault::LengthOverflow,
+                     "total exceeds 2^32-1 at descriptor " + std::to_string(count_)};
   }
-  walk_total_ += d.len;
-  if (walk_total_ > std::numeric_limits<uint32_t>::max()) {
-    return fault(QueueFault::LengthOverflow,
-                 "total exceeds 2^32-1 at descriptor " + std::to_string(count));
-  }
-  if (!mem.span(d.addr, d.len)) {
+  if (!mem.span(addr, len)) {
     // Appended piecewise: g++ 12 at -O3 flags the chained operator+ with a false -Wrestrict.
     std::string detail = "[";
-    detail += hex(d.addr);
+    detail += hex(addr);
     detail += ", +";
-    detail += hex(d.len);
+    detail += hex(len);
     detail += ") at descriptor ";
-    detail += std::to_string(count);
-    return fault(QueueFault::BufferOutsideMemory, detail);
+    detail += std::to_string(count_);
+    return Violation{QueueFault::BufferOutsideMemory, std::move(detail)};
   }
-  // Both walks are bounded so count < size + kMaxIndirectEntries; checked anyway.
-  if (count >= segs_.size()) return fault(QueueFault::ChainLoop, "segment buffer full");
+  if (count_ >= segs_.size()) return Violation{full, "segment buffer full"};
   if (write) {
-    walk_seen_write_ = true;
+    seen_write_ = true;
   } else {
-    walk_readable_ += d.len;
+    readable_ += len;
   }
-  segs_[count] = Segment{d.addr, d.len, write};
-  ++count;
+  segs_[count_] = Segment{addr, len, write};
+  ++count_;
+  return std::nullopt;
+}
+
+Status SplitQueue::append(const GuestMemory& mem, const VirtqDesc& d) {
+  // Both walks are bounded so a chain has fewer than size + kMaxIndirectEntries segments; the
+  // buffer bound is checked anyway.
+  auto v =
+      segs_.append(mem, d.addr, d.len, (d.flags & VIRTQ_DESC_F_WRITE) != 0, QueueFault::ChainLoop);
+  if (v) return fault(v->fault, v->detail);
   return {};
 }
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "iovirt/core/hex.hpp"
 #include "iovirt/virtio/vhost_user/protocol.hpp"
 
 namespace iovirt::virtio::vhost_user {
@@ -68,12 +69,6 @@ constexpr const char* kNames[] = {
     "SET_STATUS",
     "GET_STATUS",
 };
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
 
 // "vhost-user SET_MEM_TABLE: <what>"
 std::unexpected<Error> bad(uint32_t request, const std::string& what) {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <string>
 
+#include "iovirt/core/hex.hpp"
 #include "iovirt/core/log.hpp"
 
 namespace iovirt {
@@ -34,12 +35,6 @@ constexpr uint64_t kIoSpaceEnd = 0x10000;
 constexpr uint64_t k4GiB = uint64_t{1} << 32;
 // Memory BARs are placed at least page aligned so a passthrough BAR can become a memory slot.
 constexpr uint64_t kMemBarMinAlign = 4096;
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-  return buf;
-}
 
 std::string bdf_name(uint8_t slot) {
   char buf[16];

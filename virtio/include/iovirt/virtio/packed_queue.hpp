@@ -112,8 +112,8 @@ class PackedQueue final {
   std::unexpected<Error> fault(QueueFault f, const std::string& detail);
   Status check_usable() const;
   Result<uint16_t> load_desc_flags(const GuestMemory& mem, uint32_t slot);
-  Status walk_indirect(const GuestMemory& mem, const PvirtqDesc& table, uint32_t& count);
-  Status append(const GuestMemory& mem, const PvirtqDesc& d, bool write, uint32_t& count);
+  Status walk_indirect(const GuestMemory& mem, const PvirtqDesc& table);
+  Status append(const GuestMemory& mem, const PvirtqDesc& d, bool write);
   Status write_device_event(const GuestMemory& mem, uint16_t off_wrap, uint16_t flags);
 
   uint32_t max_size_;
@@ -136,11 +136,8 @@ class PackedQueue final {
   std::vector<uint16_t> inflight_;
   uint32_t inflight_slots_ = 0;
 
-  // Per-pop scratch, never reallocated after create().
-  std::vector<Segment> segs_;
-  uint64_t walk_total_ = 0;
-  uint64_t walk_readable_ = 0;
-  bool walk_seen_write_ = false;
+  // Per-pop scratch.
+  ChainSegments segs_;
 };
 
 }  // namespace iovirt::virtio

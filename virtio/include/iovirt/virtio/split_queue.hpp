@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "iovirt/core/error.hpp"
@@ -74,6 +75,46 @@ struct DescriptorChain {
   std::span<const Segment> segments;  // never empty
   uint32_t readable_len;              // sum of device-readable segment lengths
   uint32_t writable_len;              // sum of device-writable segment lengths
+};
+
+// The buffers of one chain as the device walks it, shared by both ring formats (the packed
+// queue uses it too): the rules every buffer keeps are the same in both rings, only the way the
+// walk finds the next descriptor differs. Sized once for the worst-case chain and never
+// reallocated, so pop() does not allocate. A broken rule comes back as a Violation, which the
+// queue records as its fault.
+class ChainSegments final {
+ public:
+  struct Violation {
+    QueueFault fault;
+    std::string detail;
+  };
+
+  void resize(size_t capacity) { segs_.resize(capacity); }
+  // Starts a new chain.
+  void start() {
+    count_ = 0;
+    total_ = 0;
+    readable_ = 0;
+    seen_write_ = false;
+  }
+  // Adds one buffer: device-readable buffers come before device-writable ones (sections 2.7.4.2,
+  // 2.8.4), the chain's total length stays below 2^32, and [addr, addr + len) lies inside guest
+  // memory. `full` is the fault for a full buffer, a bound the walks already keep.
+  std::optional<Violation> append(const GuestMemory& mem, uint64_t addr, uint32_t len, bool write,
+                                  QueueFault full);
+
+  [[nodiscard]] std::span<const Segment> segments() const {
+    return std::span<const Segment>(segs_.data(), count_);
+  }
+  [[nodiscard]] uint32_t readable_len() const { return static_cast<uint32_t>(readable_); }
+  [[nodiscard]] uint32_t writable_len() const { return static_cast<uint32_t>(total_ - readable_); }
+
+ private:
+  std::vector<Segment> segs_;
+  uint32_t count_ = 0;
+  uint64_t total_ = 0;
+  uint64_t readable_ = 0;
+  bool seen_write_ = false;
 };
 
 class SplitQueue final {
@@ -138,9 +179,9 @@ class SplitQueue final {
 
   std::unexpected<Error> fault(QueueFault f, const std::string& detail);
   Result<uint16_t> load_avail_idx(const GuestMemory& mem);
-  Status walk_chain(const GuestMemory& mem, uint16_t head, uint32_t& count);
-  Status walk_indirect(const GuestMemory& mem, const VirtqDesc& table, uint32_t& count);
-  Status append(const GuestMemory& mem, const VirtqDesc& d, uint32_t& count);
+  Status walk_chain(const GuestMemory& mem, uint16_t head);
+  Status walk_indirect(const GuestMemory& mem, const VirtqDesc& table);
+  Status append(const GuestMemory& mem, const VirtqDesc& d);
 
   uint32_t max_size_;
   uint32_t size_;
@@ -157,11 +198,8 @@ class SplitQueue final {
   bool signalled_valid_ = false;
   QueueFault fault_ = QueueFault::None;
 
-  // Per-pop scratch: filled by walk_chain, never reallocated after create().
-  std::vector<Segment> segs_;
-  uint64_t walk_total_ = 0;
-  uint64_t walk_readable_ = 0;
-  bool walk_seen_write_ = false;
+  // Per-pop scratch: filled by walk_chain.
+  ChainSegments segs_;
 };
 
 }  // namespace iovirt::virtio
