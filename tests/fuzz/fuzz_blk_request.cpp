@@ -32,6 +32,7 @@
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/virtio/blk_request.hpp"
 #include "iovirt/virtio/split_queue.hpp"
+#include "fuzz_input.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
@@ -50,42 +51,14 @@ constexpr size_t kMaxBlob = 64 * 1024;
 constexpr uint32_t kSegMax = 126;
 constexpr uint32_t kMaxRanges = 8;
 
-void check(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
 // FUZZ_BLK_REQUEST_VERBOSE=1 prints each parse result (for checking what a seed reaches).
 bool verbose() {
   static const bool v = std::getenv("FUZZ_BLK_REQUEST_VERBOSE") != nullptr;
   return v;
 }
 
-class Reader {
- public:
-  Reader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  uint8_t u8() { return pos_ < size_ ? data_[pos_++] : 0; }
-  uint16_t u16() {
-    const uint16_t lo = u8();
-    return static_cast<uint16_t>(lo | (u8() << 8));
-  }
-  uint32_t u32() {
-    const uint32_t lo = u16();
-    return lo | (static_cast<uint32_t>(u16()) << 16);
-  }
-  uint64_t u64() {
-    const uint64_t lo = u32();
-    return lo | (static_cast<uint64_t>(u32()) << 32);
-  }
-  std::span<const uint8_t> rest() const {
-    return pos_ < size_ ? std::span<const uint8_t>(data_ + pos_, size_ - pos_)
-                        : std::span<const uint8_t>();
-  }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
+using iovirt::fuzz::check;
+using iovirt::fuzz::Reader;
 
 GuestMemory& memory() {
   static std::optional<GuestMemory> mem = [] {

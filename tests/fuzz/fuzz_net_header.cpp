@@ -26,6 +26,7 @@
 #include "iovirt/virtio/net.hpp"
 #include "iovirt/virtio/ring.hpp"
 #include "iovirt/virtio/split_queue.hpp"
+#include "fuzz_input.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
@@ -42,36 +43,8 @@ constexpr uint64_t kAvailGpa = 0x9000;
 constexpr uint64_t kUsedGpa = 0xa000;
 constexpr uint16_t kQueueSize = 16;
 
-void check(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
-class Reader {
- public:
-  Reader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  uint8_t u8() { return pos_ < size_ ? data_[pos_++] : 0; }
-  uint16_t u16() {
-    const uint16_t lo = u8();
-    return static_cast<uint16_t>(lo | (u8() << 8));
-  }
-  uint32_t u32() {
-    const uint32_t lo = u16();
-    return lo | (static_cast<uint32_t>(u16()) << 16);
-  }
-  uint64_t u64() {
-    const uint64_t lo = u32();
-    return lo | (static_cast<uint64_t>(u32()) << 32);
-  }
-  const uint8_t* rest(size_t& n) const {
-    n = pos_ < size_ ? size_ - pos_ : 0;
-    return data_ + (pos_ < size_ ? pos_ : size_);
-  }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
+using iovirt::fuzz::check;
+using iovirt::fuzz::Reader;
 
 GuestMemory& memory() {
   static GuestMemory* mem = [] {
@@ -159,12 +132,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       descs.push_back(d);
     }
   }
-  size_t rest_len = 0;
-  const uint8_t* rest = in.rest(rest_len);
-  if (rest_len > kMemSize - kDataGpa - 0x8000) rest_len = kMemSize - kDataGpa - 0x8000;
-  if (rest_len > 0) {
-    check(mem.write(kDataGpa, std::span<const uint8_t>(rest, rest_len)).has_value());
-  }
+  auto rest = in.rest();
+  if (rest.size() > kMemSize - kDataGpa - 0x8000) rest = rest.first(kMemSize - kDataGpa - 0x8000);
+  if (!rest.empty()) check(mem.write(kDataGpa, rest).has_value());
 
   if ((mode & 1) == 0) {
     check_tx(mem, raw, features);

@@ -30,6 +30,7 @@
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/virtio/packed_queue.hpp"
 #include "iovirt/virtio/packed_ring.hpp"
+#include "fuzz_input.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
@@ -50,47 +51,23 @@ constexpr uint64_t kRegion1Size = 128 * 1024;
 constexpr uint64_t kIndirectGpa = 0x20000;  // in region 0
 constexpr uint16_t kMaxSize = 256;
 
-void check(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
 // FUZZ_PACKED_QUEUE_VERBOSE=1 prints what each pop did (for checking what a seed reaches).
 bool verbose() {
   static const bool v = std::getenv("FUZZ_PACKED_QUEUE_VERBOSE") != nullptr;
   return v;
 }
 
-class Reader {
- public:
-  Reader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  [[nodiscard]] bool empty() const { return pos_ >= size_; }
-  uint8_t u8() { return pos_ < size_ ? data_[pos_++] : 0; }
-  uint16_t u16() {
-    const uint16_t lo = u8();
-    return static_cast<uint16_t>(lo | (u8() << 8));
-  }
-  uint32_t u32() {
-    const uint32_t lo = u16();
-    return lo | (static_cast<uint32_t>(u16()) << 16);
-  }
-  uint64_t u64() {
-    const uint64_t lo = u32();
-    return lo | (static_cast<uint64_t>(u32()) << 32);
-  }
-  PvirtqDesc desc() {
-    PvirtqDesc d{};
-    d.addr = u64();
-    d.len = u32();
-    d.id = u16();
-    d.flags = u16();
-    return d;
-  }
+using iovirt::fuzz::check;
+using iovirt::fuzz::Reader;
 
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
+PvirtqDesc read_desc(Reader& in) {
+  PvirtqDesc d{};
+  d.addr = in.u64();
+  d.len = in.u32();
+  d.id = in.u16();
+  d.flags = in.u16();
+  return d;
+}
 
 GuestMemory& memory(bool two_regions) {
   static std::unique_ptr<GuestMemory> mems[2];
@@ -279,12 +256,12 @@ void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l
         break;
       case 7: {  // guest: rewrite one descriptor, raw
         const uint16_t i = static_cast<uint16_t>(in.u8() % l.size);
-        poke(mem, l.desc + 16ull * i, in.desc());
+        poke(mem, l.desc + 16ull * i, read_desc(in));
         break;
       }
       case 8: {  // guest: one descriptor made available for a given lap (AVAIL/USED forced)
         const uint16_t i = static_cast<uint16_t>(in.u8() % l.size);
-        PvirtqDesc d = in.desc();
+        PvirtqDesc d = read_desc(in);
         const bool wrap = (in.u8() & 1) != 0;
         d.flags = static_cast<uint16_t>((d.flags & ~(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) |
                                         packed_avail_bits(wrap));
@@ -300,7 +277,7 @@ void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l
       }
       case 10: {  // guest: one indirect table entry
         const uint64_t i = in.u8() % 64;
-        poke(mem, kIndirectGpa + 16 * i, in.desc());
+        poke(mem, kIndirectGpa + 16 * i, read_desc(in));
         break;
       }
       case 11:  // device reset and re-setup (the only way out of broken)
@@ -333,11 +310,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const GuestMemory& mem = memory(two_regions);
 
   const unsigned ndesc = in.u8() % (l.size + 1u);
-  for (unsigned i = 0; i < ndesc; ++i) poke(mem, l.desc + 16ull * i, in.desc());
+  for (unsigned i = 0; i < ndesc; ++i) poke(mem, l.desc + 16ull * i, read_desc(in));
   poke(mem, l.driver + event_off_wrap_offset(), in.u16());
   poke(mem, l.driver + event_flags_offset(), in.u16());
   const unsigned nind = in.u8() % 65u;
-  for (unsigned i = 0; i < nind; ++i) poke(mem, kIndirectGpa + 16ull * i, in.desc());
+  for (unsigned i = 0; i < nind; ++i) poke(mem, kIndirectGpa + 16ull * i, read_desc(in));
 
   static auto queue = PackedQueue::create(kMaxSize);
   check(queue.has_value());

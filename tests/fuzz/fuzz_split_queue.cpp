@@ -26,6 +26,7 @@
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/virtio/ring.hpp"
 #include "iovirt/virtio/split_queue.hpp"
+#include "fuzz_input.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
@@ -46,10 +47,6 @@ constexpr uint64_t kRegion1Size = 128 * 1024;
 constexpr uint64_t kIndirectGpa = 0x20000;  // in region 0
 constexpr uint16_t kMaxSize = 256;
 
-void check(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
 // FUZZ_SPLIT_QUEUE_VERBOSE=1 prints what each pop did (for checking what a seed reaches).
 bool verbose() {
   static const bool v = std::getenv("FUZZ_SPLIT_QUEUE_VERBOSE") != nullptr;
@@ -57,37 +54,17 @@ bool verbose() {
 }
 
 // Reads operands; past the end of the input every byte is zero.
-class Reader {
- public:
-  Reader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  [[nodiscard]] bool empty() const { return pos_ >= size_; }
-  uint8_t u8() { return pos_ < size_ ? data_[pos_++] : 0; }
-  uint16_t u16() {
-    const uint16_t lo = u8();
-    return static_cast<uint16_t>(lo | (u8() << 8));
-  }
-  uint32_t u32() {
-    const uint32_t lo = u16();
-    return lo | (static_cast<uint32_t>(u16()) << 16);
-  }
-  uint64_t u64() {
-    const uint64_t lo = u32();
-    return lo | (static_cast<uint64_t>(u32()) << 32);
-  }
-  VirtqDesc desc() {
-    VirtqDesc d{};
-    d.addr = u64();
-    d.len = u32();
-    d.flags = u16();
-    d.next = u16();
-    return d;
-  }
+using iovirt::fuzz::check;
+using iovirt::fuzz::Reader;
 
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
+VirtqDesc read_desc(Reader& in) {
+  VirtqDesc d{};
+  d.addr = in.u64();
+  d.len = in.u32();
+  d.flags = in.u16();
+  d.next = in.u16();
+  return d;
+}
 
 // Guest memory is created once per layout (memfd + mmap is too slow per input) and zeroed
 // before each input.
@@ -238,7 +215,7 @@ void run_ops(Reader& in, SplitQueue& q, const GuestMemory& mem, const Layout& l)
         break;
       case 8: {  // guest: rewrite one descriptor
         const uint16_t i = static_cast<uint16_t>(in.u8() % l.size);
-        poke(mem, l.desc + 16ull * i, in.desc());
+        poke(mem, l.desc + 16ull * i, read_desc(in));
         break;
       }
       case 9: {  // guest: avail ring entry, then publish it
@@ -255,7 +232,7 @@ void run_ops(Reader& in, SplitQueue& q, const GuestMemory& mem, const Layout& l)
         break;
       case 11: {  // guest: one indirect table entry
         const uint64_t i = in.u8() % 64;
-        poke(mem, kIndirectGpa + 16 * i, in.desc());
+        poke(mem, kIndirectGpa + 16 * i, read_desc(in));
         break;
       }
       case 12:  // device reset and re-setup (the only way out of broken)
@@ -282,7 +259,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // The hostile guest's initial ring contents.
   const unsigned ndesc = in.u8() % (l.size + 1u);
-  for (unsigned i = 0; i < ndesc; ++i) poke(mem, l.desc + 16ull * i, in.desc());
+  for (unsigned i = 0; i < ndesc; ++i) poke(mem, l.desc + 16ull * i, read_desc(in));
   const unsigned navail = in.u8() % (l.size + 1u);
   for (unsigned i = 0; i < navail; ++i) {
     poke(mem, l.avail + avail_ring_offset(i), in.u16());
@@ -291,7 +268,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   poke(mem, l.avail + avail_idx_offset(), in.u16());
   poke(mem, l.avail + avail_used_event_offset(l.size), in.u16());
   const unsigned nind = in.u8() % 65u;
-  for (unsigned i = 0; i < nind; ++i) poke(mem, kIndirectGpa + 16ull * i, in.desc());
+  for (unsigned i = 0; i < nind; ++i) poke(mem, kIndirectGpa + 16ull * i, read_desc(in));
 
   static auto queue = SplitQueue::create(kMaxSize);
   check(queue.has_value());
