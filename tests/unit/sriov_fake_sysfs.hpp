@@ -44,7 +44,7 @@
 #include <vector>
 
 #include "iovirt/core/fd.hpp"
-#include "iovirt/sriov/sysfs.hpp"
+#include "iovirt/core/sysfs.hpp"
 
 namespace iovirt::sriov::testing {
 

@@ -16,7 +16,7 @@
 
 #include "iovirt/sriov/pool.hpp"
 #include "iovirt/sriov/sriov.hpp"
-#include "iovirt/sriov/sysfs.hpp"
+#include "iovirt/core/sysfs.hpp"
 #include "sriov_fake_sysfs.hpp"
 
 namespace iovirt::sriov {

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "iovirt/core/error.hpp"
-#include "iovirt/sriov/sysfs.hpp"
+#include "iovirt/core/sysfs.hpp"
 
 namespace iovirt::sriov {
 

@@ -1,9 +1,10 @@
 // A view of sysfs rooted at an injectable directory ("/sys" in production, a temporary tree in
-// unit tests), plus the PCI address type every sriov/ API speaks.
+// unit tests), plus the PCI address type the sriov/ and vfio/ APIs speak.
 //
-// Only what SR-IOV management needs: bounded attribute reads (sysfs attributes are at most one
-// page), whole-value writes (one write(2) per value, as the kernel's store callbacks expect),
-// symlink targets (driver, iommu_group, virtfnN, physfn) and directory listings.
+// What SR-IOV management and VFIO group checks need: bounded attribute reads (sysfs attributes
+// are at most one page), whole-value writes (one write(2) per value, as the kernel's store
+// callbacks expect), symlink targets (driver, iommu_group, virtfnN, physfn) and directory
+// listings.
 #pragma once
 
 #include <compare>
@@ -17,7 +18,7 @@
 
 #include "iovirt/core/error.hpp"
 
-namespace iovirt::sriov {
+namespace iovirt {
 
 // A PCI function address in sysfs form DDDD:BB:DD.F (domain, bus, device, function), lower-case
 // hex. parse() is strict: exactly 4:2:2.1 hex digits, device <= 0x1f, function <= 7.
@@ -63,4 +64,4 @@ class Sysfs {
   std::filesystem::path root_;
 };
 
-}  // namespace iovirt::sriov
+}  // namespace iovirt

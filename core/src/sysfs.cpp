@@ -1,4 +1,4 @@
-#include "iovirt/sriov/sysfs.hpp"
+#include "iovirt/core/sysfs.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -12,7 +12,7 @@
 
 #include "iovirt/core/fd.hpp"
 
-namespace iovirt::sriov {
+namespace iovirt {
 
 namespace {
 
@@ -179,4 +179,4 @@ bool Sysfs::exists(const std::filesystem::path& p) const {
   return ::stat(p.c_str(), &st) == 0;
 }
 
-}  // namespace iovirt::sriov
+}  // namespace iovirt
