@@ -27,8 +27,9 @@ L1_CPUS=${IOVIRT_LAB_L1_CPUS:-1}
 L1_APPEND=${IOVIRT_LAB_L1_APPEND:-}
 # The 9p/virtio chain the L1 initramfs insmods to mount the host root; all else loads later.
 L1_INITRD_MODULES=(9p 9pnet_virtio virtio_pci)
-# The L2 guest's virtio drivers (modern virtio-pci, virtio-blk, virtio-net), for the device tests.
-L2_MODULES=(virtio_pci virtio_blk virtio_net)
+# The L2 guest's drivers for the device tests: virtio (modern virtio-pci, blk, net) and the stock
+# drivers of the devices passed through from L1 (the NVMe VF, the e1000e).
+L2_MODULES=(virtio_pci virtio_blk virtio_net nvme e1000e)
 # Paths that L1 covers with its own mounts (tmpfs, proc ...): host files there are invisible to it.
 HIDDEN_IN_L1=(/tmp /var/tmp /run /dev /proc /sys)
 EX_SKIP=77
@@ -191,10 +192,37 @@ module_paths() {
     done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }'
 }
 
+# build_guest_modules — the lab's own guest drivers (deploy/lab/guest: iovirt_edu, the edu test
+# driver) built against the lab kernel's headers, which need Debian's linux-headers-$KVER
+# installed on this host (kbuild's Makefiles use absolute /usr/src and /usr/lib paths).
+build_guest_modules() {
+    local out=$CACHE/guest-modules key stamp=$CACHE/stamps/guest-modules work
+    key=$(cat "$LAB_DIR"/guest/* | cat - <(echo "$KVER") | sha256sum)
+    if [[ -f $out/iovirt_edu.ko && -f $stamp && $(<"$stamp") == "$key" ]]; then
+        return
+    fi
+    if [[ ! -f /usr/src/linux-headers-$KVER/Makefile ]]; then
+        log "installing linux-headers-$KVER (to build the lab's guest test driver)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            "linux-headers-$KVER" >/dev/null || die "apt-get install linux-headers-$KVER failed"
+    fi
+    log "building the guest test driver (iovirt_edu.ko for $KVER)"
+    work=$(mktemp -d "$CACHE/guest-modules.XXXXXX")
+    cp "$LAB_DIR"/guest/* "$work/"
+    make -s -C "/usr/src/linux-headers-$KVER" M="$work" modules >"$work/build.log" 2>&1 ||
+        die "building deploy/lab/guest against linux-headers-$KVER failed: $(tail -n 3 "$work/build.log")"
+    rm -rf "$out"
+    mkdir -p "$out"
+    cp "$work/iovirt_edu.ko" "$out/"
+    rm -rf "$work"
+    echo "$key" >"$stamp"
+}
+
 build_l2_initramfs() {
     local out=$CACHE/l2-initramfs.cpio.gz key stamp=$CACHE/stamps/l2-initramfs work mods p
     mods=$(module_paths "${L2_MODULES[@]}")
-    key=$(printf '%s\n' "$KVER" "$BUSYBOX_DEB" "$mods" | cat - "$LAB_DIR/initramfs/l2-init" | sha256sum)
+    key=$(printf '%s\n' "$KVER" "$BUSYBOX_DEB" "$mods" | cat - "$LAB_DIR/initramfs/l2-init" \
+        "$CACHE/guest-modules/iovirt_edu.ko" | sha256sum)
     if [[ -f $out && -f $stamp && $(<"$stamp") == "$key" ]]; then
         return
     fi
@@ -209,6 +237,9 @@ build_l2_initramfs() {
         cp "$p" "$work/modules/"
         echo "${p##*/}" >>"$work/modules.list"
     done
+    # The lab's own test drivers, insmodded by the tests that use them.
+    mkdir -p "$work/guest"
+    cp "$CACHE/guest-modules/iovirt_edu.ko" "$work/guest/"
     install -m 755 "$LAB_DIR/initramfs/l2-init" "$work/init"
     build_cpio "$work" "$out" gz
     rm -rf "$work"
@@ -217,7 +248,7 @@ build_l2_initramfs() {
 
 cmd_setup() {
     need_root
-    need_tools apt-get apt-cache dpkg depmod modprobe cpio gzip sha256sum flock
+    need_tools apt-get apt-cache dpkg depmod modprobe cpio gzip sha256sum flock make
     mkdir -p "$CACHE/debs" "$CACHE/kernel" "$CACHE/busybox" "$CACHE/stamps"
     local lockfd
     exec {lockfd}>"$CACHE/.setup.lock"
@@ -276,6 +307,7 @@ cmd_setup() {
     fi
 
     build_l1_initramfs
+    build_guest_modules
     build_l2_initramfs
     exec {lockfd}>&-
 }

@@ -288,3 +288,42 @@ TEST(ParseDevices, MistakesAreOneLineNamingTheKey) {
 
 }  // namespace
 }  // namespace iovirt
+
+namespace iovirt {
+namespace {
+
+TEST(ParseDevice, SysfsPathGivesTheAddress) {
+  auto d = parse_device("path=/sys/bus/pci/devices/0000:02:00.0");
+  ASSERT_TRUE(d) << d.error().what();
+  EXPECT_EQ(d->address.to_string(), "0000:02:00.0");
+  EXPECT_EQ(d->path, "/sys/bus/pci/devices/0000:02:00.0");
+  auto real = parse_device("path=/sys/devices/pci0000:00/0000:00:02.0/0000:01:00.1/");
+  ASSERT_TRUE(real) << real.error().what();
+  EXPECT_EQ(real->address.to_string(), "0000:01:00.1");
+}
+
+TEST(ParseDevice, BadValuesAreOneLineErrors) {
+  for (const char* v : {"", "path=", "path=/sys/bus/pci/devices/", "path=/dev/vfio/11",
+                        "path=/sys/bus/pci/devices/02:00.0", "path=/sys/bus/pci/devices/0000:02:20.0",
+                        "host=0000:02:00.0", "path=/sys/bus/pci/devices/0000:02:00.0,rombar=0"}) {
+    auto d = parse_device(v);
+    ASSERT_FALSE(d) << v;
+    EXPECT_NE(d.error().what().find("--device"), std::string::npos) << d.error().what();
+    EXPECT_EQ(d.error().what().find('\n'), std::string::npos);
+  }
+}
+
+TEST(ParseDevice, RepeatableButNotTheSameFunctionTwice) {
+  auto a = parse_args({"run", "--kernel", "k", "--device", "path=/sys/bus/pci/devices/0000:02:00.0",
+                       "--device=path=/sys/bus/pci/devices/0000:01:00.1"});
+  ASSERT_TRUE(a) << a.error().what();
+  ASSERT_EQ(a->vm.devices.size(), 2u);
+  EXPECT_EQ(a->vm.devices[1].address.to_string(), "0000:01:00.1");
+  auto twice = parse_args({"run", "--kernel", "k", "--device", "path=/sys/bus/pci/devices/0000:02:00.0",
+                           "--device", "path=/sys/devices/pci0000:00/0000:00:03.0/0000:02:00.0"});
+  ASSERT_FALSE(twice);
+  EXPECT_NE(twice.error().what().find("given twice"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace iovirt

@@ -37,6 +37,7 @@ std::string usage() {
   return "usage: iovirt run --kernel PATH [--initrd PATH] [--cmdline STR] [--cpus N]\n"
          "                  [--memory SIZE] [--hugepages] [--metrics HOST:PORT]\n"
          "                  [--disk path=FILE[,...]]... [--net tap=NAME[,...]]...\n"
+         "                  [--device path=/sys/bus/pci/devices/DDDD:BB:DD.F]...\n"
          "       iovirt --help | --version\n"
          "\n"
          "  --kernel PATH        bzImage to boot (x86-64 Linux boot protocol >= 2.12)\n"
@@ -51,6 +52,9 @@ std::string usage() {
          "  --net tap=NAME[,mac=52:54:00:xx:xx:xx][,queues=N][,vhost=on]\n"
          "                       virtio-net on tap NAME (queues = queue pairs, multiqueue tap);\n"
          "                       vhost=on hands the rings to the kernel's vhost-net\n"
+         "  --device path=/sys/bus/pci/devices/DDDD:BB:DD.F\n"
+         "                       pass a host PCI function through with VFIO (bind it to vfio-pci\n"
+         "                       first; every device of its IOMMU group must be on vfio-pci)\n"
          "  ring options for --disk and --net: packed=on (packed virtqueue), event_idx=off,\n"
          "                       indirect=off, queue_size=N (power of 2, 2..32768, default 256)\n"
          "\n"
@@ -92,7 +96,7 @@ Result<std::vector<std::pair<std::string, std::string>>> split_kv(const std::str
     auto eq = item.find('=');
     if (item.empty() || eq == std::string::npos || eq == 0)
       return fail(opt + ": '" + item + "' is not KEY=VALUE (e.g. " +
-                  (opt == "--disk" ? "path=disk.img" : "tap=tap0") + ")");
+                  (opt == "--net" ? "tap=tap0" : "path=disk.img") + ")");
     std::string key = item.substr(0, eq);
     for (const auto& kv : out)
       if (kv.first == key) return fail(opt + ": '" + key + "' given twice");
@@ -225,6 +229,29 @@ Result<NetOption> parse_net(const std::string& value) {
   return n;
 }
 
+Result<DeviceOption> parse_device(const std::string& value) {
+  const std::string opt = "--device";
+  auto kvs = split_kv(opt, value);
+  if (!kvs) return std::unexpected(kvs.error());
+  DeviceOption d;
+  for (const auto& [k, v] : *kvs) {
+    if (k != "path") return fail("--device: unknown key '" + k + "' (path)");
+    // The address is the path's last component, as in /sys/bus/pci/devices/0000:02:00.0 or the
+    // /sys/devices/pci0000:00/... path that link points to.
+    std::string p = v;
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    std::string last = p.substr(p.rfind('/') + 1);
+    auto addr = PciAddress::parse(last);
+    if (!addr)
+      return fail("--device: path='" + v +
+                  "' does not end in a PCI address (e.g. path=/sys/bus/pci/devices/0000:02:00.0)");
+    d.path = p;
+    d.address = *addr;
+  }
+  if (d.path.empty()) return fail("--device: path=/sys/bus/pci/devices/DDDD:BB:DD.F is required");
+  return d;
+}
+
 Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
   ParsedArgs out;
   if (args.empty()) return fail("no command given (try: iovirt run --kernel PATH, or iovirt --help)");
@@ -259,7 +286,8 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
       continue;
     }
     static const char* kWithValue[] = {"--kernel", "--initrd", "--cmdline", "--cpus",
-                                       "--memory", "--metrics", "--disk",   "--net"};
+                                       "--memory", "--metrics", "--disk",   "--net",
+                                       "--device"};
     bool known = false;
     for (const char* k : kWithValue) known |= (opt == k);
     if (!known) return fail("unknown option '" + opt + "' (see iovirt --help)");
@@ -301,6 +329,13 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
       auto n = parse_net(val);
       if (!n) return std::unexpected(n.error());
       out.vm.nets.push_back(std::move(*n));
+    } else if (opt == "--device") {
+      auto d = parse_device(val);
+      if (!d) return std::unexpected(d.error());
+      for (const auto& o : out.vm.devices)
+        if (o.address == d->address)
+          return fail("--device: " + d->address.to_string() + " given twice");
+      out.vm.devices.push_back(std::move(*d));
     }
   }
   if (!have_kernel) return fail("run: --kernel PATH is required");

@@ -171,13 +171,13 @@ lab_l2_cmd() {
     L2_NNETS=0
     case $vmm in
         qemu)
-            L2_CMD=(qemu-system-x86_64 -accel kvm -cpu "${LAB_L2_CPU:-host}" -smp "$ncpus" -m 512
+            L2_CMD=(qemu-system-x86_64 -accel kvm -cpu "${LAB_L2_CPU:-host}" -smp "$ncpus" -m "${LAB_L2_MIB:-512}"
                 -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$(lab_l2_cmdline "$ncpus" "$extra")"
                 -nographic -no-reboot -nic none -vga none)
             ;;
         iovirt)
             [[ -n ${IOVIRT:-} ]] || { lab_log "LAB_VMM=iovirt needs --iovirt PATH"; return 1; }
-            L2_CMD=("$IOVIRT" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --cpus "$ncpus" --memory 512M
+            L2_CMD=("$IOVIRT" run --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --cpus "$ncpus" --memory "${LAB_L2_MIB:-512}M"
                 --cmdline "$(lab_l2_cmdline "$ncpus" "$extra")")
             ;;
         *) lab_log "unknown VMM '$vmm'"; return 1 ;;
@@ -240,6 +240,51 @@ lab_l2_add_net() {
             L2_CMD+=(--net "$o$(_lab_iovirt_ring_opts)")
             ;;
     esac
+}
+
+# lab_l2_add_passthrough VMM BDF — pass L1's PCI function BDF (bound to vfio-pci) to the guest.
+lab_l2_add_passthrough() {
+    case $1 in
+        qemu) L2_CMD+=(-device "vfio-pci,host=$2") ;;
+        iovirt) L2_CMD+=(--device "path=/sys/bus/pci/devices/$2") ;;
+    esac
+}
+
+# lab_pci_find VENDOR DEVICE — the address of L1's first PCI function with that ID (hex, no 0x).
+lab_pci_find() {
+    local d
+    for d in /sys/bus/pci/devices/*; do
+        [[ $(<"$d/vendor") == "0x$1" && $(<"$d/device") == "0x$2" ]] && { echo "${d##*/}"; return 0; }
+    done
+    lab_log "no PCI device $1:$2 in L1"
+    return 1
+}
+
+# lab_pci_driver BDF — the driver BDF is bound to (empty when none).
+lab_pci_driver() {
+    local l
+    l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) || return 0
+    echo "${l##*/}"
+}
+
+# lab_vfio_bind BDF — bind BDF to vfio-pci (driver_override + drivers_probe) and check it took.
+lab_vfio_bind() {
+    local dev=/sys/bus/pci/devices/$1 cur
+    lab_modprobe vfio-pci || return 1
+    cur=$(lab_pci_driver "$1")
+    [[ $cur == vfio-pci ]] && return 0
+    [[ -z $cur ]] || echo "$1" >"$dev/driver/unbind" || { lab_log "cannot unbind $1 from $cur"; return 1; }
+    echo vfio-pci >"$dev/driver_override" || return 1
+    echo "$1" >/sys/bus/pci/drivers_probe 2>/dev/null
+    cur=$(lab_pci_driver "$1")
+    [[ $cur == vfio-pci ]] || { lab_log "$1 did not bind to vfio-pci (driver: ${cur:-none})"; return 1; }
+    lab_log "$1 bound to vfio-pci (IOMMU group $(basename "$(readlink "$dev/iommu_group")"))"
+}
+
+# lab_host_irqs BDF — L1's interrupt count for BDF's VFIO vectors, "name=count ..." from
+# /proc/interrupts (vfio-msi[0](BDF) etc.; the lines exist while a VMM has the vectors enabled).
+lab_host_irqs() {
+    awk -v bdf="($1)" 'index($0, bdf) && /vfio/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; printf "%s=%d ", $NF, n }' /proc/interrupts
 }
 
 # lab_tap_create NAME CIDR — a tap device in L1 with an address (multi-queue when LAB_QUEUES > 1).

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "iovirt/core/error.hpp"
+#include "iovirt/core/sysfs.hpp"
 
 namespace iovirt {
 
@@ -38,6 +39,13 @@ struct NetOption {
   RingOptions ring;
 };
 
+// --device path=/sys/bus/pci/devices/DDDD:BB:DD.F: a host PCI function passed through with VFIO
+// (Cloud Hypervisor's syntax). The path's last component is the function's address.
+struct DeviceOption {
+  std::string path;
+  PciAddress address;
+};
+
 struct VmConfig {
   std::string kernel;
   std::string initrd;
@@ -48,6 +56,7 @@ struct VmConfig {
   bool hugepages = false;
   std::vector<DiskOption> disks;
   std::vector<NetOption> nets;
+  std::vector<DeviceOption> devices;
 };
 
 enum class Command { Run, Help, Version };
@@ -68,6 +77,7 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args);
 // The value of one --disk / --net option (without the option name).
 Result<DiskOption> parse_disk(const std::string& value);
 Result<NetOption> parse_net(const std::string& value);
+Result<DeviceOption> parse_device(const std::string& value);
 
 std::string usage();
 
