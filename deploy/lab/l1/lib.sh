@@ -256,7 +256,7 @@ lab_pci_find() {
     for d in /sys/bus/pci/devices/*; do
         [[ $(<"$d/vendor") == "0x$1" && $(<"$d/device") == "0x$2" ]] && { echo "${d##*/}"; return 0; }
     done
-    lab_log "no PCI device $1:$2 in L1"
+    lab_log "no PCI device $1:$2 in L1" >&2
     return 1
 }
 
@@ -285,6 +285,57 @@ lab_vfio_bind() {
 # /proc/interrupts (vfio-msi[0](BDF) etc.; the lines exist while a VMM has the vectors enabled).
 lab_host_irqs() {
     awk -v bdf="($1)" 'index($0, bdf) && /vfio/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; printf "%s=%d ", $NF, n }' /proc/interrupts
+}
+
+# lab_nvme_vfs NUM — bring up NUM VFs on the lab's SR-IOV NVMe PF (QEMU's nvme with sriov_max_vfs)
+# and print the PF's address (logs go to stderr: callers capture stdout). QEMU 7.2 needs the virtualization-management sequence before a VF
+# works: the PF gives up its flexible queue/interrupt resources, is reset, VFs are created with
+# driver autoprobe off (they stay unbound, ready for vfio-pci), and each secondary controller
+# gets 4 VQ + 2 VI resources and is set online. The PF's own namespace node stays in L1.
+lab_nvme_vfs() {
+    local num=$1 pf dev c n
+    pf=$(lab_pci_find 1b36 0010) || return 1
+    dev=/sys/bus/pci/devices/$pf
+    if [[ $(<"$dev/sriov_numvfs") -ge $num ]]; then echo "$pf"; return 0; fi
+    modprobe -d "$KDIR" -S "$KVER" nvme_core multipath=N || { lab_log "modprobe nvme_core failed" >&2; return 1; }
+    lab_modprobe nvme >&2 || return 1
+    for n in $(seq 50); do [[ -c /dev/nvme0 ]] && break; sleep 0.1; done
+    [[ -c /dev/nvme0 ]] || { lab_log "no /dev/nvme0 for the PF $pf" >&2; return 1; }
+    {
+        nvme virt-mgmt /dev/nvme0 -c 0 -r 1 -a 1 -n 0 &&
+            nvme virt-mgmt /dev/nvme0 -c 0 -r 0 -a 1 -n 0 &&
+            echo 1 >"$dev/reset" && echo 0 >"$dev/sriov_drivers_autoprobe" &&
+            echo "$num" >"$dev/sriov_numvfs"
+    } >/dev/null || { lab_log "NVMe PF $pf: releasing flexible resources / enabling $num VFs failed" >&2; return 1; }
+    for ((c = 1; c <= num; c++)); do
+        {
+            nvme virt-mgmt /dev/nvme0 -c "$c" -r 0 -a 8 -n 4 &&
+                nvme virt-mgmt /dev/nvme0 -c "$c" -r 1 -a 8 -n 2 &&
+                nvme virt-mgmt /dev/nvme0 -c "$c" -r 0 -a 9 -n 0
+        } >/dev/null || { lab_log "NVMe PF $pf: bringing secondary controller $c online failed" >&2; return 1; }
+    done
+    for n in $(seq 50); do [[ -b /dev/nvme0n1 ]] && break; sleep 0.1; done
+    lab_log "NVMe PF $pf: $num VFs online: $(cd "$dev" && for v in virtfn*; do basename "$(readlink "$v")"; done | tr '\n' ' ')" >&2
+    echo "$pf"
+}
+
+# lab_nvme_vf PF INDEX — the address of the PF's VF number INDEX (0-based).
+lab_nvme_vf() {
+    basename "$(readlink "/sys/bus/pci/devices/$1/virtfn$2")"
+}
+
+# lab_hub_nic CIDR — configure L1's virtio-net NIC (on QEMU's hub with the e1000e) with CIDR and
+# print its name: the peer a guest pings over the passed-through e1000e.
+lab_hub_nic() {
+    local d n
+    lab_modprobe virtio_net >&2 || return 1
+    d=$(lab_pci_find 1af4 1000) || return 1
+    for n in $(seq 50); do ls /sys/bus/pci/devices/"$d"/virtio*/net/ >/dev/null 2>&1 && break; sleep 0.1; done
+    n=$(ls /sys/bus/pci/devices/"$d"/virtio*/net/ 2>/dev/null | head -n 1)
+    [[ -n $n ]] || { lab_log "no netdev for L1's virtio-net $d" >&2; return 1; }
+    ip addr flush dev "$n" && ip addr add "$1" dev "$n" && ip link set "$n" up ||
+        { lab_log "configuring $n failed" >&2; return 1; }
+    echo "$n"
 }
 
 # lab_tap_create NAME CIDR — a tap device in L1 with an address (multi-queue when LAB_QUEUES > 1).
