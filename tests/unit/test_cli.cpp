@@ -255,7 +255,7 @@ TEST(ParseDevices, MistakesAreOneLineNamingTheKey) {
   };
   const std::vector<Case> cases = {
       {"--disk", "", "--disk"},
-      {"--disk", "readonly=on", "path=FILE is required"},
+      {"--disk", "readonly=on", "path=FILE or vhost-user=SOCKET is required"},
       {"--disk", "path=", "empty path"},
       {"--disk", "path=a,path=b", "given twice"},
       {"--disk", "path=a,,readonly=on", "not KEY=VALUE"},
@@ -323,6 +323,40 @@ TEST(ParseDevice, RepeatableButNotTheSameFunctionTwice) {
                            "--device", "path=/sys/devices/pci0000:00/0000:00:03.0/0000:02:00.0"});
   ASSERT_FALSE(twice);
   EXPECT_NE(twice.error().what().find("given twice"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace iovirt
+
+namespace iovirt {
+namespace {
+
+TEST(ParseVhostUser, DiskAndNetTakeASocket) {
+  auto d = parse_disk("vhost-user=/run/blk.sock,queues=2");
+  ASSERT_TRUE(d) << d.error().what();
+  EXPECT_EQ(d->vhost_user, "/run/blk.sock");
+  EXPECT_EQ(d->queues, 2);
+  EXPECT_TRUE(d->path.empty());
+  auto n = parse_net("vhost-user=/run/net.sock,mac=52:54:00:12:34:56");
+  ASSERT_TRUE(n) << n.error().what();
+  EXPECT_EQ(n->vhost_user, "/run/net.sock");
+  ASSERT_TRUE(n->mac);
+  EXPECT_EQ((*n->mac)[5], 0x56);
+}
+
+TEST(ParseVhostUser, OptionsThatBelongToTheBackendAreRefused) {
+  for (const char* v : {"vhost-user=/s,path=/img", "vhost-user=/s,readonly=on", "vhost-user=/s,direct=on",
+                        "vhost-user=/s,serial=x", "vhost-user=/s,packed=on", "vhost-user="}) {
+    auto d = parse_disk(v);
+    ASSERT_FALSE(d) << v;
+    EXPECT_NE(d.error().what().find("--disk"), std::string::npos);
+  }
+  for (const char* v : {"vhost-user=/s,tap=tap0", "vhost-user=/s,vhost=on", "vhost-user=/s,queues=2",
+                        "vhost-user=/s,packed=on"}) {
+    auto n = parse_net(v);
+    ASSERT_FALSE(n) << v;
+    EXPECT_NE(n.error().what().find("--net"), std::string::npos);
+  }
 }
 
 }  // namespace

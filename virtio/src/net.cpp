@@ -20,10 +20,6 @@ namespace {
 
 constexpr uint16_t kMaxQueuePairs = 256;
 
-bool has(uint64_t f, unsigned bit) {
-  return (f & feature_bit(bit)) != 0;
-}
-
 }  // namespace
 
 NetMetrics NetMetrics::create(MetricsRegistry& m, std::string_view device) {
@@ -68,10 +64,9 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg, Metri
     if ((d->mac_[0] & 1) != 0)
       return fail(where + ": the MAC address is a multicast address", EINVAL);
   } else {
-    if (::getrandom(d->mac_.data(), d->mac_.size(), 0) != static_cast<ssize_t>(d->mac_.size())) {
-      return fail_errno(where + ": getrandom for a MAC address");
-    }
-    d->mac_[0] = static_cast<uint8_t>((d->mac_[0] & 0xfe) | 0x02);  // unicast, locally administered
+    auto mac = random_mac();
+    if (!mac) return std::unexpected(std::move(mac.error()).context(where));
+    d->mac_ = *mac;
   }
 
   using namespace net_feature;
@@ -109,6 +104,14 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg, Metri
     d->queue_metrics_.push_back(QueueMetrics::create(metrics, d->name_, q));
   }
   return d;
+}
+
+Result<std::array<uint8_t, 6>> random_mac() {
+  std::array<uint8_t, 6> mac{};
+  if (::getrandom(mac.data(), mac.size(), 0) != static_cast<ssize_t>(mac.size()))
+    return fail_errno("getrandom for a MAC address");
+  mac[0] = static_cast<uint8_t>((mac[0] & 0xfe) | 0x02);  // unicast, locally administered
+  return mac;
 }
 
 void VirtioNet::read_config(uint32_t offset, std::span<uint8_t> data) {

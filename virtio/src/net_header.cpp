@@ -12,10 +12,6 @@ namespace iovirt::virtio {
 
 namespace {
 
-bool has(uint64_t features, unsigned bit) {
-  return (features & feature_bit(bit)) != 0;
-}
-
 // Walks the chosen kind of segments, calling fn(gpa, len) for the bytes [offset, offset + size).
 template <class Fn>
 bool walk(std::span<const Segment> segs, bool writable, uint64_t offset, uint64_t size, Fn&& fn) {

@@ -49,9 +49,15 @@ std::string usage() {
          "  --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
          "  --disk path=FILE[,readonly=on][,direct=on][,queues=N][,serial=S]\n"
          "                       virtio-blk on an io_uring backend; direct=on opens FILE O_DIRECT\n"
+         "  --disk vhost-user=SOCKET[,queues=N]\n"
+         "                       virtio-blk served by a vhost-user back-end (iovirt-vhost blk,\n"
+         "                       qemu-storage-daemon, SPDK); reconnects if it restarts\n"
          "  --net tap=NAME[,mac=52:54:00:xx:xx:xx][,queues=N][,vhost=on]\n"
          "                       virtio-net on tap NAME (queues = queue pairs, multiqueue tap);\n"
          "                       vhost=on hands the rings to the kernel's vhost-net\n"
+         "  --net vhost-user=SOCKET[,mac=..]\n"
+         "                       virtio-net served by a vhost-user back-end (DPDK net_vhost,\n"
+         "                       OVS-DPDK, iovirt-vhost net); reconnects if it restarts\n"
          "  --device path=/sys/bus/pci/devices/DDDD:BB:DD.F\n"
          "                       pass a host PCI function through with VFIO (bind it to vfio-pci\n"
          "                       first; every device of its IOMMU group must be on vfio-pci)\n"
@@ -171,6 +177,9 @@ Result<DiskOption> parse_disk(const std::string& value) {
       if (v.empty()) return fail("--disk: empty path");
       d.path = v;
       have_path = true;
+    } else if (k == "vhost-user") {
+      if (v.empty()) return fail("--disk: empty vhost-user socket path");
+      d.vhost_user = v;
     } else if (k == "readonly" || k == "direct") {
       auto b = parse_onoff(opt, k, v);
       if (!b) return std::unexpected(b.error());
@@ -184,11 +193,20 @@ Result<DiskOption> parse_disk(const std::string& value) {
       d.serial = v;
     } else {
       return fail("--disk: unknown key '" + k +
-                  "' (path, readonly, direct, queues, serial, packed, event_idx, indirect, "
-                  "queue_size)");
+                  "' (path, vhost-user, readonly, direct, queues, serial, packed, event_idx, "
+                  "indirect, queue_size)");
     }
   }
-  if (!have_path) return fail("--disk: path=FILE is required");
+  if (!d.vhost_user.empty()) {
+    if (have_path || d.readonly || d.direct || !d.serial.empty())
+      return fail("--disk: vhost-user= takes only queues= and ring options (the back-end owns the "
+                  "image: give path/readonly/direct/serial to it)");
+    if (d.ring.packed)
+      return fail("--disk: packed=on is not available with vhost-user (reconnect restores split "
+                  "rings only)");
+    return d;
+  }
+  if (!have_path) return fail("--disk: path=FILE or vhost-user=SOCKET is required");
   return d;
 }
 
@@ -202,7 +220,10 @@ Result<NetOption> parse_net(const std::string& value) {
     auto ring = parse_ring_option(opt, k, v, n.ring);
     if (!ring) return std::unexpected(ring.error());
     if (*ring) continue;
-    if (k == "tap") {
+    if (k == "vhost-user") {
+      if (v.empty()) return fail("--net: empty vhost-user socket path");
+      n.vhost_user = v;
+    } else if (k == "tap") {
       // IFNAMSIZ is 16 including the terminating NUL.
       if (v.empty() || v.size() > 15 || v.find('/') != std::string::npos)
         return fail("--net: tap='" + v + "' is not an interface name (1..15 characters, no '/')");
@@ -222,8 +243,18 @@ Result<NetOption> parse_net(const std::string& value) {
       n.vhost = *b;
     } else {
       return fail("--net: unknown key '" + k +
-                  "' (tap, mac, queues, vhost, packed, event_idx, indirect, queue_size)");
+                  "' (tap, vhost-user, mac, queues, vhost, packed, event_idx, indirect, "
+                  "queue_size)");
     }
+  }
+  if (!n.vhost_user.empty()) {
+    if (have_tap || n.vhost)
+      return fail("--net: vhost-user= and tap=/vhost= are two different back-ends: give one");
+    if (n.queues != 1) return fail("--net: vhost-user supports one queue pair (queues=1)");
+    if (n.ring.packed)
+      return fail("--net: packed=on is not available with vhost-user (reconnect restores split "
+                  "rings only)");
+    return n;
   }
   if (!have_tap) return fail("--net: tap=NAME is required (create one with: ip tuntap add NAME mode tap)");
   return n;

@@ -3,12 +3,24 @@
 #include "iovirt/virtio/blk.hpp"
 #include "iovirt/virtio/net.hpp"
 #include "iovirt/virtio/ring.hpp"
+#include "iovirt/virtio/vhost_user/frontend.hpp"
 
 namespace iovirt {
 
 Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_disk(const DiskOption& opt,
                                                                MetricsRegistry& metrics,
                                                                const std::string& name) {
+  if (!opt.vhost_user.empty()) {
+    virtio::vhost_user::FrontendOptions f;
+    f.socket = opt.vhost_user;
+    f.name = name;
+    f.device_id = virtio::kDeviceIdBlock;
+    f.queues = opt.queues;
+    f.queue_size = opt.ring.queue_size;
+    auto dev = virtio::vhost_user::Frontend::connect(std::move(f), metrics);
+    if (!dev) return std::unexpected(std::move(dev.error()));
+    return std::unique_ptr<virtio::VirtioDevice>(std::move(*dev));
+  }
   virtio::BlkConfig c;
   c.path = opt.path;
   c.readonly = opt.readonly;
@@ -24,6 +36,23 @@ Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_disk(const DiskOption&
 Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_net(const NetOption& opt,
                                                               MetricsRegistry& metrics,
                                                               const std::string& name) {
+  if (!opt.vhost_user.empty()) {
+    virtio::vhost_user::FrontendOptions f;
+    f.socket = opt.vhost_user;
+    f.name = name;
+    f.device_id = virtio::kDeviceIdNet;
+    f.queue_size = opt.ring.queue_size;
+    if (opt.mac) {
+      f.mac = *opt.mac;
+    } else {
+      auto mac = virtio::random_mac();
+      if (!mac) return std::unexpected(std::move(mac.error()).context(name));
+      f.mac = *mac;
+    }
+    auto dev = virtio::vhost_user::Frontend::connect(std::move(f), metrics);
+    if (!dev) return std::unexpected(std::move(dev.error()));
+    return std::unique_ptr<virtio::VirtioDevice>(std::move(*dev));
+  }
   virtio::NetConfig c;
   c.tap = opt.tap;
   c.mac = opt.mac;

@@ -22,7 +22,6 @@
 #include "iovirt/vmm/acpi.hpp"
 #include "iovirt/vmm/layout.hpp"
 #include "iovirt/vmm/legacy.hpp"
-#include "iovirt/vmm/passthrough_devices.hpp"
 #include "iovirt/vmm/pci_root.hpp"
 #include "iovirt/vmm/virtio_devices.hpp"
 #include "iovirt/vmm/x86_boot.hpp"
@@ -225,14 +224,6 @@ Status Vm::build() {
   if (auto s = pio_.insert(PciRoot::kConfigAddressPort, PciRoot::kConfigPortsLen, &pci_->config_ports()); !s)
     return s;
   if (auto s = add_virtio_devices(); !s) return s;
-  if (!cfg_.devices.empty()) {
-    PassthroughDevices::Env env{vm_, mem_, *pci_, *router_, *irqchip_, metrics_,
-                                static_cast<uint32_t>(mem_.regions().size())};
-    auto pt = PassthroughDevices::create(cfg_.devices, env);
-    if (!pt) return std::unexpected(std::move(pt.error()));
-    passthrough_ = std::move(*pt);
-    log_debug("passthrough devices attached: " + since(t0));
-  }
 
   // ACPI tables in the BIOS area, where Linux also finds the RSDP by scanning.
   AcpiConfig acfg;

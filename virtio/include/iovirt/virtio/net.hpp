@@ -146,6 +146,9 @@ struct CtrlResult {
 
 // ---- The device ----
 
+// A random unicast, locally administered MAC (when the user gives none).
+Result<std::array<uint8_t, 6>> random_mac();
+
 struct NetConfig {
   std::string tap;
   std::optional<std::array<uint8_t, 6>> mac;

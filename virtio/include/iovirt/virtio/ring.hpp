@@ -21,6 +21,7 @@ inline constexpr unsigned VIRTIO_F_RING_PACKED = 34;
 inline constexpr unsigned VIRTIO_F_IN_ORDER = 35;
 
 inline constexpr uint64_t feature_bit(unsigned bit) { return uint64_t{1} << bit; }
+inline constexpr bool has(uint64_t features, unsigned bit) { return (features & feature_bit(bit)) != 0; }
 
 // Descriptor flags (section 2.7.5).
 inline constexpr uint16_t VIRTQ_DESC_F_NEXT = 1;

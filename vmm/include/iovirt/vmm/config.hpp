@@ -21,8 +21,10 @@ struct RingOptions {
 };
 
 // --disk path=FILE[,readonly=on][,direct=on][,queues=N][,serial=S][,packed=on][,event_idx=off]...
+// --disk vhost-user=SOCKET[,queues=N]: the rings served by a vhost-user back-end process.
 struct DiskOption {
   std::string path;
+  std::string vhost_user;  // back-end socket; path/readonly/direct/serial then do not apply
   bool readonly = false;
   bool direct = false;
   uint16_t queues = 1;
@@ -31,8 +33,10 @@ struct DiskOption {
 };
 
 // --net tap=NAME[,mac=52:54:00:..][,queues=N][,vhost=on][,packed=on][,event_idx=off]...
+// --net vhost-user=SOCKET[,mac=..]: the rings served by a vhost-user back-end (DPDK, iovirt-vhost).
 struct NetOption {
   std::string tap;
+  std::string vhost_user;
   std::optional<std::array<uint8_t, 6>> mac;
   uint16_t queues = 1;  // queue pairs
   bool vhost = false;
