@@ -3,6 +3,7 @@
 # iovirt (warnings as errors) and an ASan+UBSan build, then runs
 #   unit tests   (both builds)                      ctest -L unit
 #   KVM tests    (tiny guests on this host's KVM)   ctest -L kvm
+#   interop      (real peers: qemu-storage-daemon)  ctest -L interop
 #   lab tests    (real Linux guests, nested lab)    ctest -L lab
 #   fuzzing      (libFuzzer, every target of FUZZ_TARGETS for its bounded time; needs clang++ >= 17
 #                 for std::expected)
@@ -24,12 +25,12 @@ step "setting up the nested lab"
 "$ROOT/deploy/lab/lab.sh" setup
 
 fail=0
-step "unit + KVM + lab tests (release build)"
-ctest --test-dir "$ROOT/build" --output-on-failure -j2 -L 'unit|kvm' || fail=1
+step "unit + KVM + interop + lab tests (release build)"
+ctest --test-dir "$ROOT/build" --output-on-failure -j2 -L 'unit|kvm|interop' || fail=1
 ctest --test-dir "$ROOT/build" --output-on-failure -L lab || fail=1
 step "unit tests (ASan+UBSan build)"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --test-dir "$ROOT/build-asan" --output-on-failure -j2 -L unit || fail=1
+  ctest --test-dir "$ROOT/build-asan" --output-on-failure -j2 -L 'unit|interop' || fail=1
 
 # Fuzzing: a clang build (libFuzzer + ASan + UBSan; no -Werror, clang warns differently) runs
 # each target for a bounded time on a scratch copy of its seed corpus (tests/fuzz/corpus/NAME for
