@@ -494,8 +494,7 @@ TEST_F(PassthroughTest, MsixTableAndPbaAreEmulatedAndOutOfRangeWritesCreateNothi
   msix_entry(*d, 2, 0xfee00000, 0x4050, true);
   EXPECT_EQ(bar32r(*d, 3, 2 * 16 + 8), 0x4050u);
   EXPECT_EQ(bar32r(*d, 3, 2 * 16 + 12), 1u);
-  auto dev_bar = t_->bar_bytes(3);
-  EXPECT_EQ(dev_bar[2 * 16 + 8], 0) << "table writes never reach the device's table";
+  EXPECT_EQ(t_->bar_value(3, 2 * 16 + 8, 4), 0u) << "table writes never reach the device's table";
   EXPECT_EQ(bar32r(*d, 3, 0x2000), 0u) << "PBA: nothing pending";
   wcfg16(*d, 0xa2, msix::kEnable);
   const size_t routes = router_.msi_routes();
@@ -527,14 +526,12 @@ TEST_F(PassthroughTest, TrappedAccessesOutsideTheTableReachTheDeviceRegion) {
   ASSERT_TRUE(d);
   // BAR3 0x1800 is in the table's neighbour page; BAR2 is I/O (never mmap'ed).
   bar32w(*d, 3, 0x0800, 0xcafef00d);  // past the 5-entry table, same page
-  uint32_t v = 0;
-  std::memcpy(&v, t_->bar_bytes(3).data() + 0x800, 4);
-  EXPECT_EQ(v, 0xcafef00du);
-  const uint32_t io = 0x11223344;
-  std::memcpy(t_->bar_bytes(2).data() + 8, &io, 4);
-  EXPECT_EQ(bar32r(*d, 2, 8), io);
+  EXPECT_EQ(t_->bar_value(3, 0x800, 4), 0xcafef00du);
+  const std::array<uint8_t, 4> io{0x44, 0x33, 0x22, 0x11};
+  ASSERT_TRUE(t_->region_write(2, 8, io));
+  EXPECT_EQ(bar32r(*d, 2, 8), 0x11223344u);
   bar32w(*d, 2, 0, 0x55);
-  EXPECT_EQ(t_->bar_bytes(2)[0], 0x55);
+  EXPECT_EQ(t_->bar_value(2, 0, 4), 0x55u);
   EXPECT_EQ(bar32r(*d, 2, 30), 0xffffffffu) << "an access past a 32-byte I/O BAR";
   EXPECT_EQ(bar32r(*d, 1, 0), 0xffffffffu) << "no BAR1";
 }
@@ -651,7 +648,7 @@ TEST_F(PassthroughTest, BarMemoryIsMappedAroundTheMsixPagesAndFollowsMoves) {
   EXPECT_EQ(m[1].size, 0x1000u);
   // The slot's host memory is the device's BAR: a guest store through it lands in the BAR.
   static_cast<uint8_t*>(m[1].host)[0x10] = 0x5a;
-  EXPECT_EQ(t_->bar_bytes(3)[0x3010], 0x5a);
+  EXPECT_EQ(t_->bar_value(3, 0x3010), 0x5au);
 
   d->bar_decode_changed(3, 0xe0100000);
   EXPECT_EQ(mapper_.unmaps(), 2u);
@@ -787,7 +784,7 @@ TEST_F(PassthroughTest, RootComplexPlacesTheBarsAndEnablingMemoryMapsThem) {
   std::array<uint8_t, 4> back{};
   ASSERT_TRUE(mmio.read(bar3 + 8, back));
   EXPECT_EQ(back, data);
-  EXPECT_EQ(t_->bar_bytes(3)[8], 0);
+  EXPECT_EQ(t_->bar_value(3, 8, 4), 0u);
 }
 
 }  // namespace

@@ -503,7 +503,7 @@ void PassthroughDevice::config_write(uint16_t offset, std::span<const uint8_t> d
   if (overlaps(offset, len, pci_offset(PciReg16::Command), 2) &&
       ((config_.command() ^ command_before) & kForwardedCommand) != 0)
     forward_command();
-  if (msix_table_ && msix_table_->enabled() != msix_was) msix_enable_changed(msix_was);
+  if (msix_table_ && msix_table_->enabled() != msix_was) msix_enable_changed();
   if (msi_cap_) {
     const uint16_t ctl = config_.peek16(static_cast<uint16_t>(msi_cap_->offset + 2));
     if (overlaps(offset, len, msi_cap_->offset, msi_cap_len(ctl))) msi_config_changed();
@@ -525,8 +525,7 @@ void PassthroughDevice::forward_command() {
     region_failed("command write", -1, s.error());
 }
 
-void PassthroughDevice::msix_enable_changed(bool was_enabled) {
-  (void)was_enabled;
+void PassthroughDevice::msix_enable_changed() {
   if (msix_table_->enabled()) {
     // A driver moving from MSI to MSI-X; VFIO allows one of them at a time.
     if (!msi_vectors_.empty()) msi_disable();
@@ -703,8 +702,7 @@ std::vector<PciCapabilityRef> PassthroughDevice::guest_capabilities() const {
 
 void PassthroughDevice::region_failed(const char* op, int bar, const Error& e) {
   region_errors_->inc();
-  if (region_error_logged_) return;  // a guest can repeat the access at will: log once
-  region_error_logged_ = true;
+  if (region_error_logged_.exchange(true)) return;  // a guest can repeat the access: log once
   std::string where = bar < 0 ? name_ + " config" : bar_name(bar);
   log_error(cat({where, ": ", op, ": ", e.message(), " (further errors only counted)"}));
 }

@@ -142,7 +142,7 @@ class PassthroughDevice final : public PciDevice {
   void map_bar_memory();
 
   void forward_command();
-  void msix_enable_changed(bool was_enabled);
+  void msix_enable_changed();
   void msi_config_changed();
   Status msi_enable(unsigned n, uint64_t addr, uint32_t data, uint32_t mask);
   void msi_disable();
@@ -182,7 +182,7 @@ class PassthroughDevice final : public PciDevice {
   Counter* irq_errors_ = nullptr;
   Gauge* mapped_bytes_ = nullptr;
   Gauge* msi_vectors_gauge_ = nullptr;
-  bool region_error_logged_ = false;
+  std::atomic<bool> region_error_logged_{false};  // BAR accesses race on it
 };
 
 }  // namespace iovirt::vfio

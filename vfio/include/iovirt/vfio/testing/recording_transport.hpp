@@ -95,6 +95,14 @@ class RecordingTransport final : public DeviceTransport {
     return {it->second.view, it->second.size};
   }
   std::span<const uint8_t> config_bytes() const { return config_; }
+  // A little-endian value of `size` bytes at `offset` of a BAR region (0 when out of range).
+  uint64_t bar_value(uint32_t index, uint64_t offset, size_t size = 1) {
+    std::array<uint8_t, 8> b{};
+    if (size > b.size() || !region_read(index, offset, std::span(b).first(size))) return 0;
+    uint64_t v = 0;
+    for (size_t i = size; i-- > 0;) v = v << 8 | b[i];
+    return v;
+  }
   // Every map_region call: (index, offset, size).
   const std::vector<std::array<uint64_t, 3>>& map_calls() const { return map_calls_; }
 
