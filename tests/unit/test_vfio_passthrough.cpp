@@ -722,9 +722,12 @@ TEST_F(PassthroughTest, DetachDisablesInterruptsUnmapsAndResets) {
   wcfg16(*d, 0xa2, msix::kEnable);
   d->bar_decode_changed(0, 0xe0000000);
   ASSERT_EQ(mapper_.mappings().size(), 1u);
+  ASSERT_EQ(chip_.irqfd_count(), 1u);
   d->detach();
   EXPECT_TRUE(mapper_.mappings().empty());
   EXPECT_EQ(irq_calls(IrqKind::Disable, VFIO_PCI_MSIX_IRQ_INDEX).size(), 1u);
+  EXPECT_EQ(chip_.irqfd_count(), 0u) << "MSI-X irqfds go at detach, not at destruction";
+  EXPECT_EQ(router_.msi_routes(), 0u);
   EXPECT_EQ(t_->resets(), 2u);
   EXPECT_EQ(bar32r(*d, 0, 0), 0xffffffffu);
   d->detach();  // idempotent

@@ -751,6 +751,12 @@ void PassthroughDevice::detach() {
   if (msix_table_ && msix_table_->enabled()) {
     if (auto s = transport_.disable_irq(kMsixIrq); !s)
       log_error(cat({name_, ": detach: disabling MSI-X: ", s.error().message()}));
+    // Turn MSI-X off in the emulated capability too: the table's change hook makes
+    // MsixInterrupts deassign the irqfds and free the GSIs now rather than at destruction.
+    auto msix_lock = msix_->lock();
+    const auto ctl_off = static_cast<uint16_t>(msix_table_->cap_offset() + 2);
+    config_.poke16(ctl_off, static_cast<uint16_t>(config_.peek16(ctl_off) & ~msix::kEnable));
+    msix_table_->config_written(config_, ctl_off, 2);
   }
   if (!msi_vectors_.empty()) msi_disable();
   for (Bar& b : bars_) {
