@@ -3,12 +3,15 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <optional>
 #include <random>
 #include <span>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "iovirt/core/bus.hpp"
@@ -506,7 +509,10 @@ TEST_F(PassthroughTest, MsixTableAndPbaAreEmulatedAndOutOfRangeWritesCreateNothi
   bar32w(*d, 3, 16 * 1024, 0x1);
   EXPECT_EQ(bar32r(*d, 3, 16 * 1024), 0xffffffffu);
   EXPECT_EQ(bar32r(*d, 3, 16 * 1024 - 2), 0xffffffffu);
-  EXPECT_NE(metrics_.expose().find("iovirt_vfio_msix_table_writes_total"), std::string::npos);
+  const std::string expo = metrics_.expose();
+  EXPECT_NE(expo.find("iovirt_vfio_msix_table_writes_total{device=\"0000:02:00.0\",vector=\"2\"} 4"),
+            std::string::npos)
+      << expo;
 }
 
 TEST_F(PassthroughTest, MsixFunctionMaskHoldsEveryVector) {
@@ -626,6 +632,48 @@ TEST_F(PassthroughTest, SwitchingFromMsiToMsixDisablesMsiFirst) {
   EXPECT_EQ(calls[calls.size() - 2].index, VFIO_PCI_MSI_IRQ_INDEX);
   EXPECT_EQ(calls.back().kind, IrqKind::Eventfds);
   EXPECT_EQ(calls.back().index, VFIO_PCI_MSIX_IRQ_INDEX);
+}
+
+TEST_F(PassthroughTest, InterruptCapabilitiesWithoutTransportVectorsAreHidden) {
+  t_ = std::make_unique<RecordingTransport>(e1000e_config().b);
+  e1000e_regions(*t_);
+  t_->set_irq_count(VFIO_PCI_MSI_IRQ_INDEX, 0);
+  t_->set_irq_count(VFIO_PCI_MSIX_IRQ_INDEX, 3);  // fewer than the table's 5
+  auto d = make(*t_);
+  ASSERT_TRUE(d) << d.error().message();
+  std::vector<uint8_t> ids;
+  for (const auto& c : (*d)->guest_capabilities()) ids.push_back(c.id);
+  EXPECT_EQ(ids, (std::vector<uint8_t>{0x01, 0x10, 0x11}));
+  EXPECT_EQ(cfg32(**d, 0xd0), 0u) << "MSI hidden";
+  ASSERT_NE((*d)->msix(), nullptr);
+  EXPECT_EQ((*d)->msix()->num_vectors(), 3) << "table size capped at the transport's count";
+  EXPECT_EQ(cfg16(**d, 0xa2) & msix::kTableSizeMask, 2);
+}
+
+TEST_F(PassthroughTest, ConcurrentTableWritesAndEnableTogglesStayConsistent) {
+  auto d = make_e1000e();
+  ASSERT_TRUE(d);
+  std::atomic<bool> stop{false};
+  std::thread vcpu([&] {
+    uint32_t i = 0;
+    while (!stop.load()) {
+      const auto v = static_cast<uint16_t>(i % 5);
+      msix_entry(*d, v, 0xfee00000 + (i % 7) * 0x1000, 0x4000 + i % 256, (i & 8) != 0);
+      (void)bar32r(*d, 3, 0x2000);
+      ++i;
+    }
+  });
+  for (int i = 0; i < 200; ++i) {
+    wcfg16(*d, 0xa2, msix::kEnable);
+    wcfg16(*d, 0xa2, msix::kEnable | msix::kFunctionMask);
+    wcfg16(*d, 0xa2, 0);
+  }
+  stop = true;
+  vcpu.join();
+  EXPECT_EQ(chip_.irqfd_count(), 0u);
+  EXPECT_EQ(router_.msi_routes(), 0u);
+  EXPECT_EQ(irq_calls(IrqKind::Eventfds, VFIO_PCI_MSIX_IRQ_INDEX).size(), 200u);
+  EXPECT_EQ(irq_calls(IrqKind::Disable, VFIO_PCI_MSIX_IRQ_INDEX).size(), 200u);
 }
 
 // ---- BAR memory ----
