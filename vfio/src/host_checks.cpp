@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <cstdio>
 #include <limits>
 
 namespace iovirt::vfio {
@@ -44,10 +45,11 @@ Result<GroupCheck> check_device(const Sysfs& sysfs, const PciAddress& addr,
   if (!*drv || !is_vfio_driver(**drv)) {
     std::string m = "PCI device " + bdf + " is ";
     m += *drv ? "bound to " + **drv : std::string("not bound to any driver");
-    m += ", not vfio-pci: `echo vfio-pci > " + (dev / "driver_override").string() + "; echo " +
-         bdf + " > " + sysfs.pci_drivers_probe().string() + "`";
-    if (*drv) m += " after `echo " + bdf + " > " + (dev / "driver/unbind").string() + "`";
-    m += " (or `iovirt sriov bind`)";
+    m += ", not vfio-pci: ";
+    if (*drv) m += "`echo " + bdf + " > " + (dev / "driver/unbind").string() + "; ";
+    else m += "`";
+    m += "echo vfio-pci > " + (dev / "driver_override").string() + "; echo " + bdf + " > " +
+         sysfs.pci_drivers_probe().string() + "` (after `modprobe vfio-pci`)";
     return fail(std::move(m), EBUSY);
   }
   out.driver = **drv;

@@ -202,6 +202,7 @@ Result<RegionMapping> VfioDeviceTransport::map_region(uint32_t index, uint64_t o
   int prot = 0;
   if (r.readable()) prot |= PROT_READ;
   if (r.writable()) prot |= PROT_WRITE;
+  if (prot == 0) return fail(what + ": region is neither readable nor writable", EACCES);
   void* p = ops_->mmap(size, prot, static_cast<off_t>(r.offset + offset));
   if (p == MAP_FAILED) return fail_errno(what);
   return RegionMapping(p, size);

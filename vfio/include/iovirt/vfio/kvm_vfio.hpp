@@ -2,7 +2,8 @@
 // can honour non-coherent DMA (WBINVD emulation, memory types) for devices behind an IOMMU that
 // does not snoop, and so the irq-bypass producer/consumer pairing (posted interrupts) can find the
 // VFIO side. One per VM; groups are added when their first device is opened and removed on
-// destruction.
+// destruction. The group fds belong to the Container: destroy this device before the container
+// (the DEL on destruction passes those fds to KVM).
 #pragma once
 
 #include <vector>
