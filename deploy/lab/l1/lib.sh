@@ -131,12 +131,21 @@ lab_us_to_s() { printf '%d.%03d' $(($1 / 1000000)) $((($1 % 1000000) / 1000)); }
 #   LAB_NET_VHOST=on|off  the net data path in the host kernel (vhost-net), default off
 #   LAB_BLK_DIRECT=on|off the disk opened O_DIRECT (QEMU: cache=none,aio=io_uring); the image then
 #                         sits behind a loop device, because L1's tmpfs (Linux 6.1) refuses O_DIRECT
+#   LAB_BLK_BACKEND=file|qsd|iovirt-vhost
+#                         who serves the virtio-blk rings: the VMM itself (file), or a vhost-user
+#                         back-end process in L1 — qemu-storage-daemon's vhost-user-blk export or
+#                         iovirt-vhost blk (next to the iovirt binary) — that the VMM connects to
+#                         (iovirt --disk vhost-user=SOCK; QEMU vhost-user-blk-pci on memfd RAM)
+#   LAB_BLK_KILL=on|off   with a vhost-user back-end: kill it (SIGKILL) while the guest writes
+#                         and start it again; the guest's write must still complete and verify
 
 LAB_RING=${LAB_RING:-split}
 LAB_EVENT_IDX=${LAB_EVENT_IDX:-on}
 LAB_QUEUES=${LAB_QUEUES:-1}
 LAB_NET_VHOST=${LAB_NET_VHOST:-off}
 LAB_BLK_DIRECT=${LAB_BLK_DIRECT:-off}
+LAB_BLK_BACKEND=${LAB_BLK_BACKEND:-file}
+LAB_BLK_KILL=${LAB_BLK_KILL:-off}
 
 # lab_check_knobs — 0 if the knobs above hold valid values, else says which and returns 1.
 lab_check_knobs() {
@@ -146,6 +155,8 @@ lab_check_knobs() {
     [[ $LAB_NET_VHOST == on || $LAB_NET_VHOST == off ]] || bad+=" LAB_NET_VHOST=$LAB_NET_VHOST (on|off)"
     [[ $LAB_BLK_DIRECT == on || $LAB_BLK_DIRECT == off ]] || bad+=" LAB_BLK_DIRECT=$LAB_BLK_DIRECT (on|off)"
     [[ $LAB_QUEUES =~ ^[1-8]$ ]] || bad+=" LAB_QUEUES=$LAB_QUEUES (1..8)"
+    [[ $LAB_BLK_BACKEND =~ ^(file|qsd|iovirt-vhost)$ ]] || bad+=" LAB_BLK_BACKEND=$LAB_BLK_BACKEND (file|qsd|iovirt-vhost)"
+    [[ $LAB_BLK_KILL == on || $LAB_BLK_KILL == off ]] || bad+=" LAB_BLK_KILL=$LAB_BLK_KILL (on|off)"
     [[ -z ${LAB_VMM:-} || $LAB_VMM == qemu || $LAB_VMM == iovirt ]] || bad+=" LAB_VMM=$LAB_VMM (qemu|iovirt)"
     [[ -z $bad ]] && return 0
     lab_log "bad knob value:$bad"
@@ -198,11 +209,75 @@ _lab_iovirt_ring_opts() {
     printf '%s' "$o"
 }
 
+# lab_vu_start PATH [ro] — start the LAB_BLK_BACKEND vhost-user back-end serving PATH on
+# /tmp/vu/blk.sock (its pid in /tmp/vu/pid, its log in /tmp/vu/log); waits for the socket.
+VU_DIR=/tmp/vu
+VU_SOCK=$VU_DIR/blk.sock
+lab_vu_start() {
+    local path=$1 ro=${2:-} pid
+    mkdir -p "$VU_DIR"
+    rm -f "$VU_SOCK"
+    case $LAB_BLK_BACKEND in
+        qsd)
+            local w=on
+            [[ $ro != ro ]] || w=off
+            qemu-storage-daemon --blockdev "driver=file,node-name=disk0,filename=$path" \
+                --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$VU_SOCK,writable=$w,num-queues=$LAB_QUEUES" \
+                >>"$VU_DIR/log" 2>&1 &
+            ;;
+        iovirt-vhost)
+            local args=(blk --socket "$VU_SOCK" --file "$path" --queues "$LAB_QUEUES")
+            [[ $ro != ro ]] || args+=(--readonly)
+            [[ $LAB_BLK_DIRECT != on ]] || args+=(--direct)
+            "$(dirname "$IOVIRT")/iovirt-vhost" "${args[@]}" >>"$VU_DIR/log" 2>&1 &
+            ;;
+    esac
+    pid=$!
+    echo "$pid" >"$VU_DIR/pid"
+    for _ in $(seq 100); do [[ -S $VU_SOCK ]] && return 0; sleep 0.1; done
+    lab_log "vhost-user back-end $LAB_BLK_BACKEND did not create $VU_SOCK: $(tail -n 3 "$VU_DIR/log" 2>/dev/null)"
+    return 1
+}
+
+# lab_vu_stop — stop the vhost-user back-end (whichever pid is current).
+lab_vu_stop() {
+    [[ -f $VU_DIR/pid ]] || return 0
+    local pid
+    pid=$(<"$VU_DIR/pid")
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+    rm -f "$VU_DIR/pid"
+}
+
+# lab_vu_crash PATH [ro] — SIGKILL the back-end, wait a second, start it again (LAB_BLK_KILL).
+lab_vu_crash() {
+    local pid
+    pid=$(<"$VU_DIR/pid")
+    kill -9 "$pid" 2>/dev/null
+    lab_log "vhost-user: killed the $LAB_BLK_BACKEND back-end (pid $pid) with SIGKILL while the guest writes"
+    sleep 1
+    lab_vu_start "$@" && lab_log "vhost-user: $LAB_BLK_BACKEND back-end started again (pid $(<"$VU_DIR/pid"))"
+}
+
 # lab_l2_add_disk VMM PATH [ro] — a virtio-blk disk on PATH (a file, or a block device for
 # LAB_BLK_DIRECT=on). iovirt: --disk path=PATH[,readonly=on][,direct=on][,queues=N][,packed=on][,event_idx=off]
 lab_l2_add_disk() {
     local vmm=$1 path=$2 ro=${3:-} id=d$L2_NDISKS
     L2_NDISKS=$((L2_NDISKS + 1))
+    if [[ $LAB_BLK_BACKEND != file ]]; then
+        lab_vu_start "$path" "$ro" || return 1
+        case $vmm in
+            qemu)
+                # vhost-user needs guest RAM the back-end can map: a shared memfd.
+                L2_CMD+=(-object "memory-backend-memfd,id=mem0,size=${LAB_L2_MIB:-512}M,share=on"
+                    -machine memory-backend=mem0 -chardev "socket,id=vu$id,path=$VU_SOCK"
+                    -device "vhost-user-blk-pci,chardev=vu$id,num-queues=$LAB_QUEUES")
+                ;;
+            iovirt) L2_CMD+=(--disk "vhost-user=$VU_SOCK$( ((LAB_QUEUES == 1)) || echo ",queues=$LAB_QUEUES")") ;;
+        esac
+        return 0
+    fi
     case $vmm in
         qemu)
             local drive="file=$path,if=none,id=$id,format=raw"
