@@ -22,6 +22,7 @@
 #include "iovirt/vmm/acpi.hpp"
 #include "iovirt/vmm/layout.hpp"
 #include "iovirt/vmm/legacy.hpp"
+#include "iovirt/vmm/passthrough_devices.hpp"
 #include "iovirt/vmm/pci_root.hpp"
 #include "iovirt/vmm/virtio_devices.hpp"
 #include "iovirt/vmm/x86_boot.hpp"
@@ -133,12 +134,14 @@ Status Vm::add_virtio_devices() {
   for (size_t i = 0; i < cfg_.disks.size(); ++i) {
     const std::string name = "blk" + std::to_string(i);
     const auto& d = cfg_.disks[i];
-    IOVIRT_CHECK_CTX(add(make_virtio_disk(d, metrics_, name), d.ring, name + " (" + d.path + ")"), "--disk");
+    const std::string what = d.vhost_user.empty() ? d.path : "vhost-user " + d.vhost_user;
+    IOVIRT_CHECK_CTX(add(make_virtio_disk(d, metrics_, name), d.ring, name + " (" + what + ")"), "--disk");
   }
   for (size_t i = 0; i < cfg_.nets.size(); ++i) {
     const std::string name = "net" + std::to_string(i);
     const auto& n = cfg_.nets[i];
-    IOVIRT_CHECK_CTX(add(make_virtio_net(n, metrics_, name), n.ring, name + " (tap " + n.tap + ")"), "--net");
+    const std::string what = n.vhost_user.empty() ? "tap " + n.tap : "vhost-user " + n.vhost_user;
+    IOVIRT_CHECK_CTX(add(make_virtio_net(n, metrics_, name), n.ring, name + " (" + what + ")"), "--net");
   }
   return {};
 }
@@ -224,6 +227,14 @@ Status Vm::build() {
   if (auto s = pio_.insert(PciRoot::kConfigAddressPort, PciRoot::kConfigPortsLen, &pci_->config_ports()); !s)
     return s;
   if (auto s = add_virtio_devices(); !s) return s;
+  if (!cfg_.devices.empty()) {
+    PassthroughDevices::Env env{vm_, mem_, *pci_, *router_, *irqchip_, metrics_,
+                                static_cast<uint32_t>(mem_.regions().size())};
+    auto pt = PassthroughDevices::create(cfg_.devices, env);
+    if (!pt) return std::unexpected(std::move(pt.error()));
+    passthrough_ = std::move(*pt);
+    log_debug("passthrough devices attached: " + since(t0));
+  }
 
   // ACPI tables in the BIOS area, where Linux also finds the RSDP by scanning.
   AcpiConfig acfg;

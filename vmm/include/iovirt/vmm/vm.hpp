@@ -32,6 +32,7 @@ class MetricsServer;
 class PciRoot;
 class KvmIrqChip;
 class GsiRouter;
+class PassthroughDevices;
 
 enum class VmExit { None, Poweroff, Reset, Signal, Error };
 
@@ -87,6 +88,8 @@ class Vm final {
     ~VirtioSlot();
   };
   std::vector<VirtioSlot> virtio_;
+  // VFIO passthrough devices (--device), with their container, DMA map and BAR memory slots.
+  std::unique_ptr<PassthroughDevices> passthrough_;
   // Declared after the devices: destroyed first, it takes their BARs off the buses.
   std::unique_ptr<PciRoot> pci_;
   std::vector<VcpuFd> vcpus_;
