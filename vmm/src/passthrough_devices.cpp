@@ -1,6 +1,10 @@
 #include "iovirt/vmm/passthrough_devices.hpp"
 
+#include <poll.h>
+
 #include <fstream>
+#include <mutex>
+#include <thread>
 #include <map>
 #include <set>
 #include <sstream>
@@ -32,16 +36,26 @@ struct PassthroughDevices::State {
   std::optional<vfio::KvmVfioDevice> kvm_vfio;
   vfio::DmaMappings dma;
   std::unique_ptr<DeviceMemorySlots> slots;
+  std::mutex mu;  // the sampler thread vs teardown
   struct Dev {
     PciAddress address;
     std::unique_ptr<vfio::VfioDeviceTransport> transport;
     std::unique_ptr<vfio::PassthroughDevice> device;
     std::map<std::string, Gauge*> host_irqs;
+    // Last counts seen per vector: the lines vanish from /proc/interrupts when the guest's driver
+    // (or its shutdown) turns MSI/MSI-X off, so the teardown report uses what was sampled last.
+    std::map<std::string, uint64_t> last;
   };
   std::vector<Dev> devs;
   MetricsRegistry* metrics = nullptr;
+  std::optional<EventFd> stop;
+  std::thread sampler;
 
   ~State() {
+    if (sampler.joinable()) {
+      (void)stop->write();
+      sampler.join();
+    }
     for (auto& d : devs)
       if (d.device) d.device->detach();
     devs.clear();
@@ -52,7 +66,14 @@ struct PassthroughDevices::State {
 PassthroughDevices::PassthroughDevices(std::unique_ptr<State> s) : s_(std::move(s)) {}
 
 PassthroughDevices::~PassthroughDevices() {
-  if (s_) report_interrupts();
+  if (!s_) return;
+  sample_interrupts();
+  for (const auto& d : s_->devs) {
+    if (d.last.empty()) continue;
+    std::string line = "vfio: " + d.address.to_string() + ": host interrupts per vector:";
+    for (const auto& [vec, n] : d.last) line += " " + vec + "=" + std::to_string(n);
+    log_info(line);
+  }
 }
 
 Result<std::unique_ptr<PassthroughDevices>> PassthroughDevices::create(
@@ -71,7 +92,7 @@ Result<std::unique_ptr<PassthroughDevices>> PassthroughDevices::create(
   st->metrics = &env.metrics;
   IOVIRT_TRY_CTX(container, vfio::open_container(env.dev_root), "--device");
   st->container = std::move(container);
-  log_info("vfio: " + std::string(st->container->kind()) + " container; posted interrupts: " +
+  log_info("vfio: " + std::string(st->container->kind()) + " container; " +
            vfio::detect_posted_interrupts(sysfs).summary);
 
   // 2. Groups and device fds; every group to the KVM-VFIO device.
@@ -115,10 +136,19 @@ Result<std::unique_ptr<PassthroughDevices>> PassthroughDevices::create(
              ") passed through at PCI 00:" + (slot < 10 ? "0" : "") + std::to_string(slot) + ".0");
     st->devs.push_back(std::move(d));
   }
-  return std::unique_ptr<PassthroughDevices>(new PassthroughDevices(std::move(st)));
+  IOVIRT_TRY_CTX(stop, EventFd::create(), "--device");
+  st->stop.emplace(std::move(stop));
+  std::unique_ptr<PassthroughDevices> out(new PassthroughDevices(std::move(st)));
+  // The host's per-vector counts, every 2 s, into the metrics gauges.
+  out->s_->sampler = std::thread([raw = out.get()] {
+    pollfd p{raw->s_->stop->fd(), POLLIN, 0};
+    while (::poll(&p, 1, 2000) == 0) raw->sample_interrupts();
+  });
+  return out;
 }
 
-void PassthroughDevices::report_interrupts() {
+void PassthroughDevices::sample_interrupts() {
+  std::lock_guard lock(s_->mu);
   std::ifstream in("/proc/interrupts");
   std::stringstream text;
   text << in.rdbuf();
@@ -129,19 +159,16 @@ void PassthroughDevices::report_interrupts() {
       log_warn("vfio: " + bdf + ": reading /proc/interrupts: " + counts.error().what());
       continue;
     }
-    if (counts->empty()) continue;
-    std::string line = "vfio: " + bdf + ": host interrupts per vector:";
     for (const auto& [vec, n] : *counts) {
-      line += " " + vec + "=" + std::to_string(n);
+      d.last[vec] = n;
       auto [it, added] = d.host_irqs.try_emplace(vec, nullptr);
       if (added)
         it->second = &s_->metrics->gauge("iovirt_vfio_host_interrupts",
                                          "Interrupts the host took on a passthrough vector "
                                          "(/proc/interrupts; posted interrupts bypass it)",
                                          {{"device", bdf}, {"vector", vec}});
-      it->second->set(static_cast<double>(n));
+      it->second->set(static_cast<int64_t>(n));
     }
-    log_info(line);
   }
 }
 

@@ -49,10 +49,10 @@ class PassthroughDevices {
   PassthroughDevices(const PassthroughDevices&) = delete;
   PassthroughDevices& operator=(const PassthroughDevices&) = delete;
 
-  // Logs, per device vector, the host's interrupt count (/proc/interrupts) and updates the
-  // iovirt_vfio_host_interrupts gauge; called at teardown (the vectors vanish with the VM) and
-  // may be called any time before.
-  void report_interrupts();
+  // Reads the host's interrupt count per device vector (/proc/interrupts: the host takes the
+  // device's MSI before KVM injects it, unless it is posted) into the iovirt_vfio_host_interrupts
+  // gauges. A thread samples every 2 s; teardown logs the last counts per vector.
+  void sample_interrupts();
 
   struct State;
 
