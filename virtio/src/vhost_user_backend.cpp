@@ -163,7 +163,8 @@ Status VhostUserBackend::serve(Connection conn) {
   {
     std::lock_guard lock(conn_mu_);
     conn_fd_ = -1;
-    if (failed_.load() && result) result = fail(fail_reason_, EIO);
+    // A device failure shut the socket down: that is the reason, not the EOF or EPIPE it caused.
+    if (failed_.load()) result = fail(fail_reason_, EIO);
   }
   if (!result) {
     errors_->inc();
