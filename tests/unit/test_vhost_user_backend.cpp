@@ -359,6 +359,9 @@ TEST_F(VhostUserBackendTest, StoppedRingResumesFromItsBaseWithANewKickFd) {
   ASSERT_TRUE(f.mem->write(kHighGpa, pattern(512, 1)).has_value());
   EXPECT_EQ(request(f, r0, blk::VIRTIO_BLK_T_OUT, 0, kHighGpa, 512).first, blk::VIRTIO_BLK_S_OK);
 
+  // QEMU's vhost_dev_stop order: disable, then GET_VRING_BASE. (Without the disable, the ring
+  // would start again at SET_VRING_KICK, before the new call fd arrives.)
+  ASSERT_EQ(f.acked(Request::SetVringEnable, VringState{0, 0}), 0u);
   f.send(make_request(Request::GetVringBase, VringState{0, 0}));
   const uint32_t base = std::get<VringState>(f.reply(Request::GetVringBase).body).num;
   ASSERT_EQ(base, 1u);
