@@ -36,6 +36,7 @@
 #include "iovirt/virtio/blk.hpp"
 #include "iovirt/virtio/blk_request.hpp"
 #include "iovirt/virtio/ring.hpp"
+#include "iovirt/virtio/testing/driver_packed_queue.hpp"
 #include "iovirt/virtio/testing/driver_queue.hpp"
 #include "iovirt/virtio/vhost_user/backend.hpp"
 #include "iovirt/virtio/vhost_user/protocol.hpp"
@@ -48,6 +49,8 @@ namespace {
 using blk::BlkReqHeader;
 using testing::Buf;
 using testing::DriverQueue;
+using testing::DriverPackedLayout;
+using testing::DriverPackedQueue;
 using testing::DriverQueueLayout;
 
 constexpr uint64_t kMiB = 1ull << 20;
@@ -228,19 +231,19 @@ class VhostUserBackendTest : public ::testing::Test {
   }
 
   // The negotiation part of QEMU's sequence; returns the acked features.
-  uint64_t negotiate(Frontend& f) {
+  uint64_t negotiate(Frontend& f, uint64_t extra = 0, bool event_idx = true) {
     const uint64_t offered = f.get_u64(Request::GetFeatures);
     EXPECT_NE(offered & (1ull << kFeatureProtocolFeatures), 0u);
     EXPECT_NE(offered & feature_bit(VIRTIO_F_VERSION_1), 0u);
-    EXPECT_EQ(offered & feature_bit(VIRTIO_F_RING_PACKED), 0u) << "packed is not served yet";
+    EXPECT_NE(offered & feature_bit(VIRTIO_F_RING_PACKED), 0u);
     const uint64_t proto = f.get_u64(Request::GetProtocolFeatures);
     EXPECT_NE(proto & (1ull << protocol_feature::kReplyAck), 0u);
     EXPECT_NE(proto & (1ull << protocol_feature::kMq), 0u);
     f.send(make_request(Request::SetProtocolFeatures, U64{proto}));
     EXPECT_EQ(f.get_u64(Request::GetQueueNum), 2u);
     f.send(make_request(Request::SetOwner));
-    const uint64_t want = offered & (feature_bit(VIRTIO_F_VERSION_1) |
-                                     feature_bit(VIRTIO_F_EVENT_IDX) |
+    const uint64_t want = offered & (feature_bit(VIRTIO_F_VERSION_1) | extra |
+                                     (event_idx ? feature_bit(VIRTIO_F_EVENT_IDX) : 0) |
                                      feature_bit(VIRTIO_F_INDIRECT_DESC) |
                                      feature_bit(blk::VIRTIO_BLK_F_FLUSH) |
                                      (1ull << kFeatureProtocolFeatures));
@@ -394,6 +397,58 @@ TEST_F(VhostUserBackendTest, StoppedRingResumesFromItsBaseWithANewKickFd) {
   ASSERT_TRUE(none.has_value());
   EXPECT_FALSE(none->has_value()) << "a request was served twice";
   EXPECT_EQ(image.read(512, 512), pattern(512, 9));
+  EXPECT_TRUE(f.finish().has_value());
+}
+
+TEST_F(VhostUserBackendTest, PackedRingIsServedAndResumesFromItsWrapState) {
+  Frontend f(*backend);
+  negotiate(f, feature_bit(VIRTIO_F_RING_PACKED), /*event_idx=*/false);
+  const DriverPackedLayout lay{kRingSize, 0x10000, 0x14000, 0x18000};
+  auto drv = DriverPackedQueue::create(*f.mem, lay);
+  ASSERT_TRUE(drv.has_value()) << drv.error().message();
+  // vhost-user names the packed areas after the split ones: avail = driver event suppression,
+  // used = device event suppression.
+  auto start = [&](uint16_t base, Ring& r) {
+    f.send(make_request(Request::SetVringNum, VringState{0, kRingSize}));
+    f.send(make_request(Request::SetVringBase, VringState{0, base}));
+    f.send(make_request(Request::SetVringAddr,
+                        VringAddr{0, 0, f.uaddr(lay.desc_gpa), f.uaddr(lay.device_gpa),
+                                  f.uaddr(lay.driver_gpa), 0}));
+    f.send(make_request(Request::SetVringKick, VringFd{0, Fd(::dup(r.kick.get()))}));
+    f.send(make_request(Request::SetVringCall, VringFd{0, Fd(::dup(r.call.get()))}));
+    ASSERT_EQ(f.acked(Request::SetVringEnable, VringState{0, 1}), 0u);
+  };
+  auto stop = [&] {
+    EXPECT_EQ(f.acked(Request::SetVringEnable, VringState{0, 0}), 0u);
+    f.send(make_request(Request::GetVringBase, VringState{0, 0}));
+    return std::get<VringState>(f.reply(Request::GetVringBase).body).num;
+  };
+  auto write_req = [&](Ring& r, uint64_t sector, uint8_t seed) {
+    const uint64_t hdr = kHighGpa + 3 * kMiB + sector * 64;
+    const uint64_t data = kHighGpa + sector * 4096;
+    ASSERT_TRUE(f.mem->write_obj(hdr, BlkReqHeader{blk::VIRTIO_BLK_T_OUT, 0, sector}).has_value());
+    ASSERT_TRUE(f.mem->write_obj<uint8_t>(hdr + 32, 0xee).has_value());
+    ASSERT_TRUE(f.mem->write(data, pattern(512, seed)).has_value());
+    const Buf bufs[] = {{hdr, 16, false}, {data, 512, false}, {hdr + 32, 1, true}};
+    auto id = drv->add_chain(bufs);
+    ASSERT_TRUE(id.has_value());
+    const uint64_t one = 1;
+    ASSERT_EQ(::write(r.kick.get(), &one, sizeof one), 8);
+    ASSERT_TRUE(wait_readable(r.call.get())) << "no call for the packed request";
+    auto used = drv->take_used();
+    ASSERT_TRUE(used.has_value() && used->has_value());
+    EXPECT_EQ((*used)->id, *id);
+    EXPECT_EQ(*f.mem->read_obj<uint8_t>(hdr + 32), blk::VIRTIO_BLK_S_OK);
+    EXPECT_EQ(image.read(sector * 512, 512), pattern(512, seed));
+  };
+  Ring r0;
+  start(0x8000, r0);  // position 0, wrap counter 1: a fresh packed ring
+  write_req(r0, 1, 11);
+  EXPECT_EQ(stop(), 0x8003u) << "three descriptors consumed, wrap counter still 1";
+  Ring r1;
+  start(0x8003, r1);
+  write_req(r1, 2, 22);
+  EXPECT_EQ(stop(), 0x8006u);
   EXPECT_TRUE(f.finish().has_value());
 }
 
@@ -620,7 +675,7 @@ TEST_F(HostileTest, KickFdThatIsNotAnEventfd) {
 
 TEST_F(HostileTest, FeaturesThatWereNotOffered) {
   Frontend f(*backend);
-  f.send(make_request(Request::SetFeatures, U64{feature_bit(VIRTIO_F_RING_PACKED) |
+  f.send(make_request(Request::SetFeatures, U64{feature_bit(VIRTIO_F_ACCESS_PLATFORM) |
                                                 feature_bit(VIRTIO_F_VERSION_1)}));
   expect_closed(f, "were not offered");
 }

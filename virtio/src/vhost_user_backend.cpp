@@ -93,9 +93,7 @@ Result<std::unique_ptr<VhostUserBackend>> VhostUserBackend::create(VirtioDevice&
 VhostUserBackend::VhostUserBackend(VirtioDevice& dev, MetricsRegistry& metrics,
                                    BackendOptions opt, std::vector<Virtqueue> queues)
     : dev_(dev), opt_(opt), queues_(std::move(queues)) {
-  // Packed rings are not offered yet: their SET/GET_VRING_BASE carry two indices and wrap bits.
-  offered_ = (dev.features() & ~opt.features_off & ~feature_bit(VIRTIO_F_RING_PACKED)) |
-             kProtocolFeaturesBit;
+  offered_ = (dev.features() & ~opt.features_off) | kProtocolFeaturesBit;
   limits_.max_queues = dev.num_queues();
   limits_.max_mem_slots = opt.max_mem_slots;
   const Labels l{{"device", std::string(dev.name())}};
@@ -319,6 +317,7 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
         return bad(req, "vring " + std::to_string(s.index) + " is started (stop it with "
                                                              "GET_VRING_BASE first)");
       r.base = static_cast<uint16_t>(s.num);  // the parser refused values above 0xffff
+      r.used.reset();
       return R();
     }
     case Request::GetVringBase: {
@@ -329,7 +328,7 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
       if (std::find(serving_.begin(), serving_.end(), s.index) != serving_.end()) stop_device();
       r.started = false;
       r.kick.reset();
-      return R(make_reply(req, VringState{s.index, r.base}));
+      return R(make_reply(req, VringState{s.index, r.base.value_or(fresh_base())}));
     }
     case Request::SetVringKick: {
       auto& v = std::get<VringFd>(msg.body);
@@ -409,10 +408,18 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
 // ---------------------------------------------------------------------------------------------
 // activation
 
+uint16_t VhostUserBackend::fresh_base() const {
+  // A packed ring starts at position 0 with both wrap counters 1 (virtio 1.2 2.8.1).
+  return (features_ & feature_bit(VIRTIO_F_RING_PACKED)) != 0 ? uint16_t{0x8000} : uint16_t{0};
+}
+
 void VhostUserBackend::stop_device() {
   if (serving_.empty()) return;
   dev_.reset();  // no device thread touches a queue when it returns
-  for (const uint16_t i : serving_) rings_[i].base = queues_[i].next_avail();
+  for (const uint16_t i : serving_) {
+    rings_[i].base = queues_[i].next_avail();
+    rings_[i].used = queues_[i].next_used();
+  }
   serving_.clear();
 }
 
@@ -443,7 +450,8 @@ Status VhostUserBackend::apply() {
     IOVIRT_TRY_CTX(avail, translate(r.addr->avail_user_addr, "avail_user_addr"), where);
     IOVIRT_TRY_CTX(used, translate(r.addr->used_user_addr, "used_user_addr"), where);
     Virtqueue& q = queues_[i];
-    IOVIRT_CHECK_CTX(q.set_format(RingFormat::Split), where);
+    const bool packed = (features_ & feature_bit(VIRTIO_F_RING_PACKED)) != 0;
+    IOVIRT_CHECK_CTX(q.set_format(packed ? RingFormat::Packed : RingFormat::Split), where);
     IOVIRT_CHECK_CTX(q.set_size(r.num), where);
     q.set_desc_area(desc);
     q.set_driver_area(avail);
@@ -453,11 +461,17 @@ Status VhostUserBackend::apply() {
     q.set_ready(true);
     // The whole ring inside one region of the shared memory (virtio 1.2 2.7 sizes).
     IOVIRT_CHECK_CTX(q.validate(*mem_), where);
-    // Resume where the front-end says (SET_VRING_BASE, or where this ring stopped); the used
-    // index is the one in the ring itself, as the driver last saw it.
-    IOVIRT_TRY_CTX(used_idx, mem_->read_obj<uint16_t>(used + 2), where + " used idx");
-    IOVIRT_CHECK_CTX(q.set_next_avail(r.base), where);
-    IOVIRT_CHECK_CTX(q.set_next_used(used_idx), where);
+    // Resume where the front-end says (SET_VRING_BASE, or where this ring stopped). Split: the
+    // used index is the one in the ring itself, as the driver last saw it. Packed: the saved
+    // used position, else the avail one (see Ring).
+    const uint16_t avail_state = r.base.value_or(fresh_base());
+    uint16_t used_state = r.used.value_or(avail_state);
+    if (!packed) {
+      IOVIRT_TRY_CTX(used_idx, mem_->read_obj<uint16_t>(used + 2), where + " used idx");
+      used_state = used_idx;
+    }
+    IOVIRT_CHECK_CTX(q.set_next_avail(avail_state), where + " base");
+    IOVIRT_CHECK_CTX(q.set_next_used(used_state), where + " base");
     ctx.queues.push_back(QueueBinding{i, &q, r.kick.get()});
   }
   IOVIRT_CHECK_CTX(dev_.activate(std::move(ctx)), "vhost-user " + std::string(dev_.name()));

@@ -5,7 +5,7 @@
 // vhost-user messages (QEMU docs/interop/vhost-user.rst), and shares guest RAM by fd.
 //
 // Mapping onto the VirtioDevice contract (device.hpp):
-//   GET_FEATURES  -> device.features() (minus the bits this transport cannot serve yet) plus
+//   GET_FEATURES  -> device.features() (minus BackendOptions::features_off) plus
 //                    VHOST_USER_F_PROTOCOL_FEATURES (bit 30);
 //   SET_FEATURES  -> device.negotiate();
 //   SET_MEM_TABLE -> GuestMemory::adopt() of the front-end's fds; ring addresses arrive as
@@ -41,8 +41,12 @@
 // eventfd is signalled, and the connection is shut down, so the front-end sees the back-end go
 // away and can reconnect (a vhost-user front-end has no other way to learn DEVICE_NEEDS_RESET).
 //
-// Not implemented yet: packed rings over vhost-user (RING_PACKED is not offered: SET_VRING_BASE
-// would need both indices), INFLIGHT_SHMFD, the back-end request channel (config change
+// Packed rings: SET/GET_VRING_BASE carry the 16-bit "position | wrap counter << 15" form QEMU
+// and DPDK use; a restored packed ring's used position equals its avail position (nothing in
+// flight), as those front-ends assume. Without SET_VRING_BASE a packed ring starts at position
+// 0 with wrap counter 1.
+//
+// Not implemented yet: INFLIGHT_SHMFD, the back-end request channel (config change
 // notifications), ADD/REM_MEM_REG, dirty logging (LOG_ALL), polling-mode kicks (NOFD kick).
 #pragma once
 
@@ -66,7 +70,7 @@
 namespace iovirt::virtio::vhost_user {
 
 struct BackendOptions {
-  // Feature bits never offered to the front-end (on top of what this transport cannot serve).
+  // Feature bits never offered to the front-end.
   uint64_t features_off = 0;
   // Memory table regions accepted (<= 8, the SET_MEM_TABLE wire limit).
   uint32_t max_mem_slots = kMaxMemTableRegions;
@@ -102,7 +106,12 @@ class VhostUserBackend final : private VirtioInterrupt {
   struct Ring {
     uint32_t num = 0;  // 0: SET_VRING_NUM not received
     std::optional<VringAddr> addr;
-    uint16_t base = 0;  // next avail index to start from
+    // Where to resume, in Virtqueue::next_avail()/next_used() encoding (packed: position | wrap
+    // << 15). base: SET_VRING_BASE, or saved when the device stopped; unset: a fresh ring.
+    // used: packed only, saved when the device stopped; unset: equal to base, which is how
+    // QEMU and DPDK restore a packed ring (no buffers in flight). Split rings re-read used->idx.
+    std::optional<uint16_t> base;
+    std::optional<uint16_t> used;
     Fd kick;
     Fd err;
     bool started = false;
@@ -118,6 +127,7 @@ class VhostUserBackend final : private VirtioInterrupt {
   void stop_device();  // device reset; the serving rings' next avail indexes saved
   void reset_state();  // back to "nothing negotiated" (connection end, RESET_OWNER)
   Result<uint64_t> translate(uint64_t uaddr, const char* what) const;
+  [[nodiscard]] uint16_t fresh_base() const;  // next_avail() of a ring never started
   [[nodiscard]] bool live(const Ring& r) const {
     return r.started && (r.enabled || !protocol_acked_);
   }
