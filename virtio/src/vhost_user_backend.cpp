@@ -502,8 +502,7 @@ int VhostUserBackend::queue_irqfd(uint16_t q) {
 
 void VhostUserBackend::device_failed(const std::string& reason) {
   if (failed_.exchange(true)) return;
-  log_error("vhost-user " + std::string(dev_.name()) + ": " + reason +
-            "; closing the connection");
+  // Logged once, by serve(), when the connection it shuts down ends.
   {
     std::lock_guard lock(call_mu_);
     for (const int fd : err_fds_) signal_fd(fd);
