@@ -807,7 +807,7 @@ int wait_exit(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-TEST(VhostDaemon, ServesBlkOnItsSocketAndExitsCleanlyOnSigterm) {
+TEST(VhostDaemon, ServesBlkSurvivesAHostilePeerAndExitsCleanlyOnSigterm) {
   TempImage image;
   TempDir dir;
   const std::string sock = dir.file("d.sock");
@@ -825,6 +825,30 @@ TEST(VhostDaemon, ServesBlkOnItsSocketAndExitsCleanlyOnSigterm) {
     auto q = c->receive(Role::Frontend, Limits{});
     ASSERT_TRUE(q.has_value() && q->has_value());
     EXPECT_EQ(std::get<U64>((*q)->body).value, 2u);
+  }
+  {
+    // A hostile peer (a too-many-fds SET_MEM_TABLE) loses its connection...
+    auto bad = connect_to(sock);
+    ASSERT_TRUE(bad.has_value());
+    std::vector<Fd> fds;
+    std::vector<int> raw_fds;
+    for (int i = 0; i < 3; ++i) {
+      fds.push_back(new_eventfd());
+      raw_fds.push_back(fds.back().get());
+    }
+    std::vector<uint8_t> p(sizeof(Header) + 8 + 32, 0);
+    const Header h{static_cast<uint32_t>(Request::SetMemTable), kVersion, 8 + 32};
+    std::memcpy(p.data(), &h, sizeof h);
+    p[sizeof h] = 1;  // one region, three fds
+    ASSERT_TRUE(bad->send_raw(p, raw_fds).has_value());
+    auto r = bad->recv();
+    EXPECT_TRUE(!r || !r->has_value()) << "the hostile peer got an answer";
+  }
+  {
+    // ...and the daemon serves the next front-end.
+    auto c = connect_to(sock);
+    ASSERT_TRUE(c.has_value());
+    EXPECT_NE(get_features(*c) & feature_bit(VIRTIO_F_VERSION_1), 0u);
   }
   ASSERT_EQ(::kill(pid, SIGTERM), 0);
   EXPECT_EQ(wait_exit(pid), 0);
