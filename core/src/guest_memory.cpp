@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/memfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "iovirt/core/fd.hpp"
 #include "iovirt/core/hex.hpp"
+#include "iovirt/core/log.hpp"
 
 namespace iovirt {
 
@@ -136,6 +138,51 @@ Result<GuestMemory> GuestMemory::create(std::span<const RegionSpec> specs, Memor
     regions.push_back(*r);
   }
   return GuestMemory(std::move(regions), backing);
+}
+
+Result<GuestMemory> GuestMemory::adopt(std::vector<ExternalRegion> regions) {
+  if (regions.empty()) return fail("guest memory: no regions given");
+  std::sort(regions.begin(), regions.end(),
+            [](const ExternalRegion& a, const ExternalRegion& b) { return a.gpa < b.gpa; });
+  for (size_t i = 0; i < regions.size(); ++i) {
+    const ExternalRegion& r = regions[i];
+    const std::string what = "guest memory: shared region at " + hex(r.gpa) + " size " + hex(r.size);
+    if (r.size == 0) return fail(what + ": zero size");
+    if (r.gpa + r.size <= r.gpa) return fail(what + ": wraps past the end of the address space");
+    if (r.mmap_offset + r.size <= r.mmap_offset)
+      return fail(what + ": mmap_offset " + hex(r.mmap_offset) + " + size wraps");
+    if (r.mmap_offset % kPageSize != 0)
+      return fail(what + ": mmap_offset " + hex(r.mmap_offset) + " is not page-aligned");
+    if (!r.fd) return fail(what + ": no file descriptor");
+    if (i > 0 && regions[i - 1].gpa + regions[i - 1].size > r.gpa)
+      return fail("guest memory: " + region_name(regions[i - 1].gpa, regions[i - 1].size) +
+                  " overlaps " + region_name(r.gpa, r.size));
+    struct stat st {};
+    if (::fstat(r.fd.get(), &st) != 0) return fail_errno(what + ": fstat");
+    if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < r.mmap_offset + r.size)
+      return fail(what + ": the file is " + hex(static_cast<uint64_t>(st.st_size)) +
+                  " bytes, shorter than mmap_offset " + hex(r.mmap_offset) + " + size");
+    if (S_ISREG(st.st_mode)) {
+      const int seals = ::fcntl(r.fd.get(), F_GET_SEALS);
+      if (seals < 0 || (seals & F_SEAL_SHRINK) == 0)
+        log_warn(what + ": the peer can shrink the file under the mapping (no F_SEAL_SHRINK)");
+    }
+  }
+  std::vector<GuestRegion> mapped;
+  mapped.reserve(regions.size());
+  for (ExternalRegion& r : regions) {
+    void* p = ::mmap(nullptr, r.size, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd.get(),
+                     static_cast<off_t>(r.mmap_offset));
+    if (p == MAP_FAILED) {
+      auto err = fail_errno("guest memory: mmap shared " + region_name(r.gpa, r.size) +
+                            " at offset " + hex(r.mmap_offset));
+      for (const GuestRegion& done : mapped) unmap_region(done);
+      return err;
+    }
+    mapped.push_back(GuestRegion{r.gpa, r.size, static_cast<uint8_t*>(p), r.fd.release(),
+                                 r.mmap_offset});
+  }
+  return GuestMemory(std::move(mapped), MemoryBacking::Memfd);
 }
 
 GuestMemory::GuestMemory(std::vector<GuestRegion> regions, MemoryBacking backing)

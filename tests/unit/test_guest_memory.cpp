@@ -1,8 +1,11 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -381,6 +384,98 @@ TEST(GuestMemoryThp, MemfdRegionsAreMappedTwoMegabyteAligned) {
   ASSERT_TRUE(mem.has_value()) << mem.error().message();
   for (const auto& r : mem->regions())
     EXPECT_EQ(reinterpret_cast<uintptr_t>(r.host) % GuestMemory::kHugePageSize, 0u) << "region at " << r.gpa;
+}
+
+}  // namespace
+}  // namespace iovirt
+
+// GuestMemory::adopt: regions a peer (a vhost-user front-end) shares by fd.
+namespace iovirt {
+namespace {
+
+size_t count_open_fds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+Fd peer_memfd(uint64_t size) {
+  Fd f(::memfd_create("peer-ram", MFD_CLOEXEC));
+  EXPECT_TRUE(f.valid());
+  EXPECT_EQ(::ftruncate(f.get(), static_cast<off_t>(size)), 0);
+  return f;
+}
+
+std::vector<ExternalRegion> one_region(uint64_t gpa, uint64_t size, Fd fd, uint64_t offset) {
+  std::vector<ExternalRegion> v;
+  v.push_back(ExternalRegion{gpa, size, std::move(fd), offset});
+  return v;
+}
+
+TEST(GuestMemoryAdopt, MapsThePeersBytesAtItsOffset) {
+  Fd f = peer_memfd(2 * kMiB);
+  const char hello[] = "from the peer";
+  ASSERT_EQ(::pwrite(f.get(), hello, sizeof hello, 4096 + 16), static_cast<ssize_t>(sizeof hello));
+  const int peer = ::dup(f.get());
+
+  auto m = GuestMemory::adopt(one_region(kMiB, kMiB, std::move(f), 4096));
+
+  ASSERT_TRUE(m.has_value()) << m.error().message();
+  ASSERT_EQ(m->regions().size(), 1u);
+  EXPECT_EQ(m->regions()[0].fd_offset, 4096u);
+  char got[sizeof hello] = {};
+  ASSERT_TRUE(m->read(kMiB + 16, std::span(reinterpret_cast<uint8_t*>(got), sizeof got)).has_value());
+  EXPECT_STREQ(got, hello);
+  ASSERT_TRUE(m->write_obj<uint32_t>(kMiB + 64, 0xfeedbeef).has_value());
+  uint32_t back = 0;
+  ASSERT_EQ(::pread(peer, &back, sizeof back, 4096 + 64), 4);
+  EXPECT_EQ(back, 0xfeedbeefu);
+  EXPECT_FALSE(m->span(2 * kMiB - 8, 16).has_value()) << "access past the adopted size";
+  ::close(peer);
+}
+
+TEST(GuestMemoryAdopt, RefusesWhatAPeerMustNotGetAwayWith) {
+  const size_t before = count_open_fds();
+  auto refused = [](std::vector<ExternalRegion> v, const std::string& why) {
+    auto m = GuestMemory::adopt(std::move(v));
+    ASSERT_FALSE(m.has_value()) << why;
+    EXPECT_NE(m.error().message().find(why), std::string::npos) << m.error().message();
+  };
+  refused({}, "no regions");
+  refused(one_region(0, 0, peer_memfd(kMiB), 0), "zero size");
+  refused(one_region(~0ull - 4095, 8192, peer_memfd(kMiB), 0), "wraps");
+  refused(one_region(0, 4096, peer_memfd(kMiB), ~0ull - 100), "wraps");
+  refused(one_region(0, 4096, peer_memfd(kMiB), 100), "not page-aligned");
+  refused(one_region(0, 2 * kMiB, peer_memfd(kMiB), 0), "shorter than");
+  refused(one_region(0, kMiB, peer_memfd(kMiB), 4096), "shorter than");
+  refused(one_region(0, kMiB, Fd(), 0), "no file descriptor");
+  {
+    std::vector<ExternalRegion> v;
+    v.push_back(ExternalRegion{0, kMiB, peer_memfd(kMiB), 0});
+    v.push_back(ExternalRegion{kMiB - 4096, kMiB, peer_memfd(kMiB), 0});
+    refused(std::move(v), "overlaps");
+  }
+  {
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    ::close(p[1]);
+    refused(one_region(0, 4096, Fd(p[0]), 0), "mmap");  // not mappable
+  }
+  EXPECT_EQ(count_open_fds(), before) << "a refused region's fd stayed open";
+}
+
+TEST(GuestMemoryAdopt, ClosesTheFdsWhenDestroyed) {
+  const size_t before = count_open_fds();
+  {
+    std::vector<ExternalRegion> v;
+    v.push_back(ExternalRegion{0, kMiB, peer_memfd(kMiB), 0});
+    v.push_back(ExternalRegion{1ull << 32, kMiB, peer_memfd(2 * kMiB), kMiB});
+    auto m = GuestMemory::adopt(std::move(v));
+    ASSERT_TRUE(m.has_value()) << m.error().message();
+    EXPECT_EQ(m->regions()[1].gpa, 1ull << 32);
+    EXPECT_EQ(count_open_fds(), before + 2);
+  }
+  EXPECT_EQ(count_open_fds(), before);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "iovirt/core/error.hpp"
+#include "iovirt/core/fd.hpp"
 
 namespace iovirt {
 
@@ -22,7 +23,7 @@ struct GuestRegion {
   uint64_t size;
   uint8_t* host;       // start of the mapping in this process
   int fd;              // memfd backing the region, owned by GuestMemory
-  uint64_t fd_offset;  // offset of `gpa` within fd (0 today; kept for consumers' mmap calls)
+  uint64_t fd_offset;  // offset of `gpa` within fd (0 for create(), the peer's for adopt())
 };
 
 enum class MemoryBacking {
@@ -35,6 +36,15 @@ struct RegionSpec {
   uint64_t size;
 };
 
+// A region another process shares by fd (a vhost-user front-end's SET_MEM_TABLE): `size` bytes of
+// `fd` from `mmap_offset` on are the guest's [gpa, gpa + size).
+struct ExternalRegion {
+  uint64_t gpa;
+  uint64_t size;
+  Fd fd;
+  uint64_t mmap_offset;
+};
+
 class GuestMemory final {
  public:
   static constexpr uint64_t kPageSize = 4096;
@@ -44,6 +54,14 @@ class GuestMemory final {
   // zero-size, overlapping or wrapping regions, and gpa/size not multiples of the page size.
   [[nodiscard]] static Result<GuestMemory> create(std::span<const RegionSpec> regions,
                                                   MemoryBacking backing = MemoryBacking::Memfd);
+
+  // Maps fds a peer handed over (MAP_SHARED, read-write) and takes ownership of them. Everything
+  // is peer-controlled, so it refuses an empty list, zero-size, wrapping or gpa-overlapping
+  // regions, an mmap_offset that is not page-aligned (mmap needs it), a regular file (memfd,
+  // hugetlbfs, /dev/shm) shorter than mmap_offset + size (touching past its end would be SIGBUS
+  // in this process) and any fd mmap refuses. A peer that can still shrink its file after this
+  // check (no F_SEAL_SHRINK) could SIGBUS us; that is logged as a warning per region.
+  [[nodiscard]] static Result<GuestMemory> adopt(std::vector<ExternalRegion> regions);
 
   GuestMemory(GuestMemory&& o) noexcept;
   GuestMemory& operator=(GuestMemory&& o) noexcept;

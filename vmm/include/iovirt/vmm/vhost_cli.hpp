@@ -1,0 +1,35 @@
+// Command line of the iovirt-vhost daemon (vmm/vhost_main.cpp): the vhost-user back-end for the
+// same devices iovirt runs in process. Kept apart from main() so the parser is unit-tested.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "iovirt/core/error.hpp"
+
+namespace iovirt {
+
+enum class VhostCommand { Help, Version, Blk };
+
+struct VhostBlkOptions {
+  std::string socket;
+  std::string file;
+  bool direct = false;
+  bool readonly = false;
+  uint16_t queues = 1;
+  uint16_t queue_size = 1024;  // the largest ring a front-end may choose (SET_VRING_NUM)
+  std::string serial;
+  std::string metrics;  // HOST:PORT, empty: no metrics endpoint
+};
+
+struct VhostArgs {
+  VhostCommand command = VhostCommand::Help;
+  VhostBlkOptions blk;
+};
+
+// args without argv[0]. Errors are one line naming the option (exit status 2 in main()).
+Result<VhostArgs> parse_vhost_args(const std::vector<std::string>& args);
+std::string vhost_usage();
+
+}  // namespace iovirt
