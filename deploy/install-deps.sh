@@ -11,6 +11,7 @@ PKGS=(
   liburing-dev libcivetweb-dev civetweb libcli11-dev libfmt-dev
   # the nested lab: L1 runs under QEMU TCG, its images come from Debian packages
   qemu-system-x86 qemu-utils busybox-static cpio kmod pciutils nvme-cli iproute2 xz-utils zstd
+  fio # deploy/bench/vhost-blk-bench.sh: the io_uring limit on the same file
   python3 # lab.sh reads the vCPU state of a hung L1 from QEMU's monitor socket
 )
 
