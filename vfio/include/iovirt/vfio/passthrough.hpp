@@ -103,7 +103,7 @@ class PassthroughDevice final : public PciDevice {
   PassthroughDevice(const PassthroughDevice&) = delete;
   PassthroughDevice& operator=(const PassthroughDevice&) = delete;
 
-  // Stops the device: MSI/MSI-X off on the device, interrupt routes freed, BAR memory slots
+  // Stops the device: INTx/MSI/MSI-X off on the device, irqfds and interrupt routes freed, BAR memory slots
   // removed and BAR mappings dropped, function reset. Idempotent; the device only answers
   // all-ones afterwards. The VMM calls it before tearing down the VM's memory (the destructor
   // does it too).
