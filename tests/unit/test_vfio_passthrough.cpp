@@ -1027,6 +1027,26 @@ TEST_F(PassthroughTest, IntxFailureInVfioLeavesNothingRegisteredAndPinZero) {
   EXPECT_EQ(chip_.irqfd_count(), 1u);
 }
 
+TEST_F(PassthroughTest, IntxThatCannotComeBackAfterMsiIsNotRetriedOnEveryConfigWrite) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  wcfg32(*d, 0x44, 0xfee00000);
+  wcfg16(*d, 0x42, msi::kEnable);
+  t_->fail_irq(kIntx, true);
+  wcfg16(*d, 0x42, 0);  // MSI off: re-enabling INTx fails
+  EXPECT_FALSE(d->intx_enabled());
+  EXPECT_EQ(chip_.irqfd_count(), 0u) << "rolled back";
+  const size_t calls = calls_for(*t_, kIntx).size();
+  for (int i = 0; i < 5; ++i) wcfg16(*d, 0x04, pci_command::kMemorySpace);
+  EXPECT_EQ(calls_for(*t_, kIntx).size(), calls) << "a guest's config writes do not retry it";
+  // The next MSI on/off cycle tries again.
+  t_->fail_irq(kIntx, false);
+  wcfg16(*d, 0x42, msi::kEnable);
+  wcfg16(*d, 0x42, 0);
+  EXPECT_TRUE(d->intx_enabled());
+}
+
 TEST_F(PassthroughTest, StatusInterruptBitIsReadLiveOnceIntxIsWired) {
   auto d = make_edu();
   ASSERT_TRUE(d);

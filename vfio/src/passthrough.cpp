@@ -770,12 +770,14 @@ void PassthroughDevice::intx_update() {
                       (msi_cap_ && (config_.peek16(static_cast<uint16_t>(msi_cap_->offset + 2)) &
                                     msi::kEnable) != 0);
   const bool want = !msi_on && !(msix_table_ && msix_table_->enabled());
-  if (want == intx_->enabled) return;
+  if (!want) intx_->failed = false;
+  if (want == intx_->enabled || (want && intx_->failed)) return;
   if (!want) {
     intx_disable();
     return;
   }
   if (auto s = intx_enable(); !s) {
+    intx_->failed = true;
     irq_errors_->inc();
     log_error(cat({name_, ": re-enabling INTx: ", s.error().message(),
                    "; the guest will see no INTx interrupts"}));

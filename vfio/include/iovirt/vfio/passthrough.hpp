@@ -158,6 +158,9 @@ class PassthroughDevice final : public PciDevice {
     EventFd trigger;   // KVM irqfd on gsi; VFIO's INTx trigger
     EventFd resample;  // KVM's resamplefd; VFIO's unmask eventfd
     bool enabled = false;
+    // Re-enabling failed: not retried on every config write (the guest drives those) but at
+    // the next MSI/MSI-X off transition.
+    bool failed = false;
   };
   struct MsiCap {
     uint8_t offset = 0;
