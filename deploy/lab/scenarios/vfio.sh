@@ -9,8 +9,9 @@
 #           least the guest's 4 interrupts on the device's vfio-msi vector while the VM ran.
 #           LAB_VFIO_INTX=on: the guest driver takes edu's INTx line instead of MSI (guest command
 #           line iovirt.edu_intx=1), so the interrupts travel the VMM's _PRT routing and KVM's
-#           level-triggered irqfd + resamplefd; L1 must have counted at least the guest's
-#           interrupts on the device's vfio-intx line.
+#           level-triggered irqfd + resamplefd; the guest's line must be a level-triggered
+#           IOAPIC pin (fasteoi) and L1 must have counted at least the guest's interrupts on the
+#           device's vfio-intx line.
 #   nvme    VF 0 of the SR-IOV NVMe (brought up with the virtualization-management sequence). The
 #           stock guest nvme driver binds, the guest writes a seeded 8 MiB pattern with O_DIRECT,
 #           flushes, reads it back and compares; its MSI-X vectors must have fired; afterwards L1
@@ -103,9 +104,15 @@ for d in "${!bdfs[@]}"; do
             if [[ $LAB_VFIO_INTX == on ]]; then
                 line=vfio-intx
                 mode=$(lab_guest_result "$log" edu_irq_mode)
-                lab_log "vfio: edu: guest interrupt mode ${mode:-unknown}; $(lab_guest_result "$log" edu_irq_line)"
+                gline=$(lab_guest_result "$log" edu_irq_line)
+                lab_log "vfio: edu: guest interrupt mode ${mode:-unknown}; guest /proc/interrupts: ${gline:-none}"
                 if [[ $mode != intx ]]; then
                     lab_log "FAIL: edu: LAB_VFIO_INTX=on but the guest driver reports mode '${mode:-none}', not intx"
+                    fail=1
+                fi
+                # The _PRT made Linux program the IOAPIC pin level-triggered: "IO-APIC  N-fasteoi".
+                if [[ $gline != *IO-APIC*-fasteoi* ]]; then
+                    lab_log "FAIL: edu: the guest's INTx line is not a level-triggered IOAPIC pin (${gline:-none})"
                     fail=1
                 fi
             fi
