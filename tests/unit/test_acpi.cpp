@@ -3,12 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "iovirt/vmm/acpi.hpp"
+#include "iovirt/vmm/pci_root.hpp"
 
 namespace iovirt {
 namespace {
@@ -250,6 +252,140 @@ TEST(AcpiTables, DsdtDescribesS5AndThePciRoot) {
   EXPECT_TRUE(contains(dsdt, {'_', 'S', 'B', '_'}));
   EXPECT_TRUE(contains(dsdt, {0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03}))
       << "PNP0A03";
+}
+
+// A minimal AML reader for what build_dsdt emits: PkgLength, integer constants, packages.
+struct AmlReader {
+  const Bytes& b;
+  size_t at;
+  bool ok = true;
+
+  // PkgLength (ACPI 6.4 §20.2.4): returns where the package ends (the length counts itself).
+  size_t pkg_end() {
+    if (at >= b.size()) return fail();
+    const size_t start = at;
+    const uint8_t lead = b[at++];
+    const unsigned follow = lead >> 6;
+    size_t len = follow == 0 ? (lead & 0x3fu) : (lead & 0x0fu);
+    for (unsigned i = 0; i < follow; ++i) {
+      if (at >= b.size()) return fail();
+      len |= size_t{b[at++]} << (4 + 8 * i);
+    }
+    return start + len;
+  }
+  uint64_t integer() {
+    if (at >= b.size()) return fail();
+    const uint8_t op = b[at++];
+    size_t n = 0;
+    switch (op) {
+      case 0x00: return 0;
+      case 0x01: return 1;
+      case 0xff: return ~uint64_t{0};
+      case 0x0a: n = 1; break;
+      case 0x0b: n = 2; break;
+      case 0x0c: n = 4; break;
+      case 0x0e: n = 8; break;
+      default: return fail();
+    }
+    if (at + n > b.size()) return fail();
+    uint64_t v = 0;
+    for (size_t i = n; i-- > 0;) v = v << 8 | b[at + i];
+    at += n;
+    return v;
+  }
+  // PackageOp PkgLength NumElements; returns the element count and leaves `at` at the first.
+  size_t package(size_t* end) {
+    if (at >= b.size() || b[at] != 0x12) return fail();
+    ++at;
+    *end = pkg_end();
+    if (at >= b.size() || *end > b.size()) return fail();
+    return b[at++];
+  }
+  size_t fail() {
+    ok = false;
+    at = b.size();
+    return 0;
+  }
+};
+
+size_t find(const Bytes& hay, const Bytes& needle) {
+  auto it = std::search(hay.begin(), hay.end(), needle.begin(), needle.end());
+  return it == hay.end() ? SIZE_MAX : static_cast<size_t>(it - hay.begin());
+}
+
+TEST(AcpiTables, DsdtRoutesEveryPciSlotAndPinToTheIoapicThroughPrt) {
+  const Tables t = locate(config());
+  ASSERT_NE(t.dsdt, SIZE_MAX);
+  const Bytes dsdt(t.blob.begin() + static_cast<std::ptrdiff_t>(t.dsdt), t.blob.end());
+
+  // Name(_PRT, Package(124) {...}) inside Device(PCI0).
+  const size_t prt = find(dsdt, {0x08, '_', 'P', 'R', 'T'});
+  ASSERT_NE(prt, SIZE_MAX) << "no _PRT";
+  const size_t pci0 = find(dsdt, {'P', 'C', 'I', '0'});
+  ASSERT_NE(pci0, SIZE_MAX);
+  size_t dev_start = SIZE_MAX;  // the PkgLength after DeviceOp (0x5b 0x82)
+  for (size_t i = 2; i < pci0; ++i)
+    if (dsdt[i - 2] == 0x5b && dsdt[i - 1] == 0x82) dev_start = i;
+  ASSERT_NE(dev_start, SIZE_MAX);
+  AmlReader dev{dsdt, dev_start};
+  const size_t dev_end = dev.pkg_end();
+  ASSERT_TRUE(dev.ok);
+  EXPECT_EQ(dev.at, pci0) << "the last DeviceOp before the name is PCI0's";
+  EXPECT_GT(prt, pci0);
+  EXPECT_LT(prt, dev_end) << "_PRT belongs to PCI0";
+
+  AmlReader r{dsdt, prt + 5};
+  size_t table_end = 0;
+  const size_t n = r.package(&table_end);
+  ASSERT_TRUE(r.ok);
+  ASSERT_EQ(n, 31u * 4) << "slots 1..31, INTA..INTD";
+  EXPECT_LE(table_end, dev_end);
+
+  std::vector<std::array<uint64_t, 4>> entries;
+  for (size_t i = 0; i < n && r.ok; ++i) {
+    size_t end = 0;
+    ASSERT_EQ(r.package(&end), 4u) << "entry " << i;
+    std::array<uint64_t, 4> e{};
+    for (auto& v : e) v = r.integer();
+    ASSERT_TRUE(r.ok) << "entry " << i;
+    EXPECT_EQ(r.at, end) << "entry " << i << " has exactly four integers";
+    entries.push_back(e);
+  }
+  ASSERT_EQ(entries.size(), n);
+  EXPECT_EQ(r.at, table_end);
+
+  // Slot 1 INTA -> GSI 17; slot 7 INTB -> (7 + 1) % 8 = 0 -> 16; slot 31 INTD -> (31 + 3) % 8 = 2.
+  EXPECT_EQ(entries[0], (std::array<uint64_t, 4>{0x1ffff, 0, 0, 17}));
+  EXPECT_EQ(entries[(7 - 1) * 4 + 1], (std::array<uint64_t, 4>{0x7ffff, 1, 0, 16}));
+  EXPECT_EQ(entries.back(), (std::array<uint64_t, 4>{0x1fffff, 3, 0, 18}));
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const uint64_t slot = i / 4 + 1;
+    const auto pin = static_cast<uint8_t>(i % 4);
+    SCOPED_TRACE("slot " + std::to_string(slot) + " pin " + std::to_string(pin));
+    EXPECT_EQ(entries[i][0], slot << 16 | 0xffff) << "any function of the slot";
+    EXPECT_EQ(entries[i][1], pin);
+    EXPECT_EQ(entries[i][2], 0u) << "Source 0: SourceIndex is a GSI";
+    EXPECT_EQ(entries[i][3], pci_intx_gsi(static_cast<uint8_t>(slot), static_cast<uint8_t>(pin + 1)));
+    EXPECT_GE(entries[i][3], 16u) << "never an ISA pin";
+    EXPECT_LE(entries[i][3], 23u) << "the IOAPIC has 24 pins";
+  }
+  // The DSDT with the table still checksums to zero (covered for all tables above, but the
+  // _PRT is the bulk of it).
+  EXPECT_EQ(sum(t.blob, t.dsdt, get<uint32_t>(t.blob, t.dsdt + 4)), 0);
+}
+
+TEST(PciIntxRouting, SwizzleSpreadsNeighbouringSlotsOverPins16To23) {
+  EXPECT_EQ(pci_intx_gsi(0, 1), 16u);
+  EXPECT_EQ(pci_intx_gsi(1, 1), 17u);
+  EXPECT_EQ(pci_intx_gsi(1, 4), 20u);
+  EXPECT_EQ(pci_intx_gsi(7, 2), 16u);
+  EXPECT_EQ(pci_intx_gsi(8, 1), 16u);
+  EXPECT_EQ(pci_intx_gsi(31, 4), 18u);
+  // INTA of eight consecutive slots uses all eight pins.
+  std::vector<uint32_t> gsis;
+  for (uint8_t s = 3; s < 11; ++s) gsis.push_back(pci_intx_gsi(s, 1));
+  std::sort(gsis.begin(), gsis.end());
+  EXPECT_EQ(std::unique(gsis.begin(), gsis.end()), gsis.end());
 }
 
 // ---- AML encoder ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 #include <linux/vfio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -187,7 +188,7 @@ TEST_F(PassthroughTest, IdentityIsCopiedAndReadOnly) {
   EXPECT_EQ(cfg32(*d, 0x08), 0x02000000u);
   EXPECT_EQ(cfg32(*d, 0x2c), 0xa01f8086u);
   EXPECT_TRUE(t_->config_writes().empty()) << "identity writes never reach the device";
-  // INTx not offered this round.
+  // INTx is offered only once the VMM wires it (set_intx_gsi).
   EXPECT_EQ(cfg16(*d, 0x3c) >> 8, 0u);
 }
 
@@ -803,6 +804,261 @@ TEST_F(PassthroughTest, DestructionDetachesAndANonResettableDeviceIsNotReset) {
   EXPECT_TRUE(mapper_.mappings().empty());
   EXPECT_EQ(irq_calls(IrqKind::Disable, VFIO_PCI_MSI_IRQ_INDEX).size(), 1u);
   EXPECT_EQ(chip_.irqfd_count(), 0u);
+}
+
+// ---- INTx ----
+
+// Calls to IRQ index `index` of any kind, in order.
+std::vector<RecordingTransport::IrqCall> calls_for(const RecordingTransport& t, uint32_t index) {
+  std::vector<RecordingTransport::IrqCall> out;
+  for (const auto& c : t.irq_calls())
+    if (c.index == index) out.push_back(c);
+  return out;
+}
+
+constexpr uint32_t kIntx = VFIO_PCI_INTX_IRQ_INDEX;
+constexpr uint32_t kIntxGsi = 19;
+
+TEST_F(PassthroughTest, IntxIsHiddenUntilTheVmmWiresIt) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->intx_pin(), 1u) << "the device's own pin";
+  EXPECT_EQ(cfg16(*d, 0x3c), 0u) << "pin 0 until set_intx_gsi";
+  EXPECT_TRUE(calls_for(*t_, kIntx).empty());
+  EXPECT_EQ(d->intx_trigger_fd(), -1);
+  EXPECT_FALSE(d->intx_gsi());
+}
+
+TEST_F(PassthroughTest, IntxWiresOneEventfdAsKvmIrqfdWithResamplefdAndVfioTriggerPlusUnmask) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  // Guest view: Interrupt Pin is the device's (INTA#), Interrupt Line the GSI.
+  EXPECT_EQ(cfg16(*d, 0x3c), 0x0100u | kIntxGsi);
+  EXPECT_EQ(d->intx_gsi(), kIntxGsi);
+  ASSERT_TRUE(d->intx_enabled());
+  const int trigger = d->intx_trigger_fd();
+  const int resample = d->intx_resample_fd();
+  ASSERT_GE(trigger, 0);
+  ASSERT_GE(resample, 0);
+  EXPECT_NE(trigger, resample);
+  // KVM: a level irqfd on the GSI, with the resamplefd.
+  EXPECT_EQ(chip_.irqfd_gsi(trigger), kIntxGsi);
+  EXPECT_EQ(chip_.irqfd_resamplefd(trigger), resample);
+  EXPECT_EQ(chip_.irqfd_count(), 1u);
+  EXPECT_EQ(router_.msi_routes(), 0u) << "INTx uses the irqchip route, no MSI GSI";
+  // VFIO: the same trigger, then the same resamplefd as the unmask eventfd (trigger first: VFIO
+  // refuses an unmask eventfd while INTx is off).
+  auto calls = calls_for(*t_, kIntx);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0].kind, IrqKind::Eventfds);
+  EXPECT_EQ(calls[0].start, 0u);
+  EXPECT_EQ(calls[0].fds, std::vector<int>{trigger});
+  EXPECT_EQ(calls[1].kind, IrqKind::Unmask);
+  EXPECT_EQ(calls[1].fds, std::vector<int>{resample});
+  // Wiring twice is refused and changes nothing.
+  EXPECT_FALSE(d->set_intx_gsi(kIntxGsi + 1));
+  EXPECT_EQ(d->intx_gsi(), kIntxGsi);
+  EXPECT_EQ(calls_for(*t_, kIntx).size(), 2u);
+  // The guest may rewrite Interrupt Line (firmware does); Pin stays read-only.
+  wcfg16(*d, 0x3c, 0x040a);
+  EXPECT_EQ(cfg16(*d, 0x3c), 0x010au);
+}
+
+TEST_F(PassthroughTest, MsiEnableTearsIntxDownAndMsiDisableRestoresIt) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  const int trigger = d->intx_trigger_fd();
+  const int resample = d->intx_resample_fd();
+  wcfg32(*d, 0x44, 0xfee00000);
+  wcfg16(*d, 0x48, 0x4050);
+  wcfg16(*d, 0x42, msi::kEnable);
+  ASSERT_TRUE(d->msi_enabled());
+  EXPECT_FALSE(d->intx_enabled());
+  EXPECT_FALSE(chip_.irqfd_gsi(trigger)) << "the INTx irqfd is gone";
+  EXPECT_EQ(chip_.irqfd_count(), 1u) << "only the MSI vector's";
+  // VFIO saw INTx disabled before MSI was enabled (one index at a time).
+  const auto& all = t_->irq_calls();
+  ASSERT_GE(all.size(), 4u);
+  EXPECT_EQ(all[2].kind, IrqKind::Disable);
+  EXPECT_EQ(all[2].index, kIntx);
+  EXPECT_EQ(all[3].kind, IrqKind::Eventfds);
+  EXPECT_EQ(all[3].index, VFIO_PCI_MSI_IRQ_INDEX);
+  // A data rewrite while MSI is on leaves INTx off.
+  wcfg16(*d, 0x48, 0x4051);
+  EXPECT_FALSE(d->intx_enabled());
+  EXPECT_EQ(calls_for(*t_, kIntx).size(), 3u);
+  // MSI off: INTx comes back with the same eventfds, MSI disabled on the device first.
+  wcfg16(*d, 0x42, 0);
+  EXPECT_FALSE(d->msi_enabled());
+  ASSERT_TRUE(d->intx_enabled());
+  EXPECT_EQ(chip_.irqfd_gsi(trigger), kIntxGsi);
+  EXPECT_EQ(chip_.irqfd_resamplefd(trigger), resample);
+  EXPECT_EQ(chip_.irqfd_count(), 1u);
+  auto intx = calls_for(*t_, kIntx);
+  ASSERT_EQ(intx.size(), 5u);
+  EXPECT_EQ(intx[3].kind, IrqKind::Eventfds);
+  EXPECT_EQ(intx[3].fds, std::vector<int>{trigger});
+  EXPECT_EQ(intx[4].kind, IrqKind::Unmask);
+  EXPECT_EQ(intx[4].fds, std::vector<int>{resample});
+  const auto& after = t_->irq_calls();
+  const auto msi_off = std::find_if(after.begin(), after.end(), [](const auto& c) {
+    return c.kind == IrqKind::Disable && c.index == VFIO_PCI_MSI_IRQ_INDEX;
+  });
+  ASSERT_NE(msi_off, after.end());
+  EXPECT_EQ(after.end() - msi_off, 3) << "MSI off, then INTx trigger and unmask";
+}
+
+TEST_F(PassthroughTest, MsixEnableTearsIntxDownAndMsixDisableRestoresIt) {
+  auto d = make_e1000e();
+  ASSERT_TRUE(d);
+  ASSERT_EQ(d->intx_pin(), 1u);
+  ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  const int trigger = d->intx_trigger_fd();
+  msix_entry(*d, 0, 0xfee00000, 0x4041, false);
+  wcfg16(*d, 0xa2, msix::kEnable);
+  EXPECT_FALSE(d->intx_enabled());
+  EXPECT_FALSE(chip_.irqfd_gsi(trigger));
+  const auto& calls = t_->irq_calls();
+  ASSERT_GE(calls.size(), 2u);
+  EXPECT_EQ(calls[calls.size() - 2].kind, IrqKind::Disable);
+  EXPECT_EQ(calls[calls.size() - 2].index, kIntx);
+  EXPECT_EQ(calls.back().index, VFIO_PCI_MSIX_IRQ_INDEX);
+  wcfg16(*d, 0xa2, 0);
+  EXPECT_TRUE(d->intx_enabled());
+  EXPECT_EQ(chip_.irqfd_gsi(trigger), kIntxGsi);
+  EXPECT_EQ(chip_.irqfd_count(), 1u) << "the MSI-X vector's irqfd went with MSI-X";
+}
+
+TEST_F(PassthroughTest, WiringIntxWhileMsiIsOnWaitsForMsiToGoOff) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  wcfg32(*d, 0x44, 0xfee00000);
+  wcfg16(*d, 0x42, msi::kEnable);
+  ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  EXPECT_EQ(cfg16(*d, 0x3c) >> 8, 1u);
+  EXPECT_FALSE(d->intx_enabled());
+  EXPECT_TRUE(calls_for(*t_, kIntx).empty());
+  wcfg16(*d, 0x42, 0);
+  EXPECT_TRUE(d->intx_enabled());
+}
+
+TEST_F(PassthroughTest, DetachReleasesIntx) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  ASSERT_EQ(chip_.irqfd_count(), 1u);
+  d->detach();
+  EXPECT_FALSE(d->intx_enabled());
+  EXPECT_EQ(chip_.irqfd_count(), 0u);
+  auto intx = calls_for(*t_, kIntx);
+  ASSERT_EQ(intx.size(), 3u);
+  EXPECT_EQ(intx.back().kind, IrqKind::Disable);
+  // Nothing comes back after detach, whatever the guest writes.
+  wcfg16(*d, 0x42, 0);
+  EXPECT_EQ(calls_for(*t_, kIntx).size(), 3u);
+  EXPECT_FALSE(d->set_intx_gsi(kIntxGsi));
+  d.reset();
+  EXPECT_EQ(calls_for(*t_, kIntx).size(), 3u) << "destruction after detach does nothing more";
+  EXPECT_EQ(chip_.irqfd_count(), 0u);
+}
+
+TEST_F(PassthroughTest, DestructionReleasesIntx) {
+  {
+    auto d = make_edu();
+    ASSERT_TRUE(d);
+    ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  }
+  EXPECT_EQ(chip_.irqfd_count(), 0u);
+  EXPECT_EQ(calls_for(*t_, kIntx).back().kind, IrqKind::Disable);
+}
+
+TEST_F(PassthroughTest, DeviceWithoutIntxKeepsPinZero) {
+  // No INTx in VFIO (an SR-IOV VF): the real pin is ignored.
+  t_ = std::make_unique<RecordingTransport>(edu_config().b);
+  t_->add_bar(0, 1 << 20, true);
+  t_->set_irq_count(VFIO_PCI_MSI_IRQ_INDEX, 4);
+  auto d = make(*t_);
+  ASSERT_TRUE(d);
+  EXPECT_EQ((*d)->intx_pin(), 0u);
+  EXPECT_TRUE((*d)->set_intx_gsi(kIntxGsi)) << "a no-op, not an error";
+  EXPECT_EQ(cfg16(**d, 0x3c), 0u);
+  EXPECT_FALSE((*d)->intx_gsi());
+  EXPECT_EQ(chip_.irqfd_count(), 0u);
+  EXPECT_TRUE(calls_for(*t_, kIntx).empty());
+
+  // VFIO offers INTx but the real pin is 0, or garbage: still no INTx.
+  for (uint8_t pin : {uint8_t{0}, uint8_t{5}, uint8_t{0xff}}) {
+    auto cfg = edu_config();
+    cfg.w8(0x3d, pin);
+    RecordingTransport t(cfg.b);
+    t.add_bar(0, 1 << 20, true);
+    t.set_irq_count(kIntx, 1);
+    auto e = make(t);
+    ASSERT_TRUE(e);
+    EXPECT_EQ((*e)->intx_pin(), 0u) << "pin " << int{pin};
+    EXPECT_TRUE((*e)->set_intx_gsi(kIntxGsi));
+    EXPECT_EQ(cfg16(**e, 0x3c), 0u);
+  }
+}
+
+TEST_F(PassthroughTest, IntxFailureInVfioLeavesNothingRegisteredAndPinZero) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  t_->fail_irq(kIntx, true);
+  auto s = d->set_intx_gsi(kIntxGsi);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message().find("GSI 19"), std::string::npos) << s.error().message();
+  EXPECT_EQ(chip_.irqfd_count(), 0u);
+  EXPECT_EQ(cfg16(*d, 0x3c), 0u);
+  EXPECT_FALSE(d->intx_gsi());
+  // A failing unmask eventfd rolls back the trigger and the irqfd too.
+  t_->fail_irq(kIntx, false);
+  t_->fail_unmask(true);
+  ASSERT_FALSE(d->set_intx_gsi(kIntxGsi));
+  EXPECT_EQ(chip_.irqfd_count(), 0u);
+  EXPECT_EQ(calls_for(*t_, kIntx).back().kind, IrqKind::Disable);
+  EXPECT_EQ(cfg16(*d, 0x3c), 0u);
+  // Nothing is left behind: a later attempt (transport healthy again) works.
+  t_->fail_unmask(false);
+  EXPECT_TRUE(d->set_intx_gsi(kIntxGsi));
+  EXPECT_TRUE(d->intx_enabled());
+  EXPECT_EQ(chip_.irqfd_count(), 1u);
+}
+
+TEST_F(PassthroughTest, IntxThatCannotComeBackAfterMsiIsNotRetriedOnEveryConfigWrite) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  wcfg32(*d, 0x44, 0xfee00000);
+  wcfg16(*d, 0x42, msi::kEnable);
+  t_->fail_irq(kIntx, true);
+  wcfg16(*d, 0x42, 0);  // MSI off: re-enabling INTx fails
+  EXPECT_FALSE(d->intx_enabled());
+  EXPECT_EQ(chip_.irqfd_count(), 0u) << "rolled back";
+  const size_t calls = calls_for(*t_, kIntx).size();
+  for (int i = 0; i < 5; ++i) wcfg16(*d, 0x04, pci_command::kMemorySpace);
+  EXPECT_EQ(calls_for(*t_, kIntx).size(), calls) << "a guest's config writes do not retry it";
+  // The next MSI on/off cycle tries again.
+  t_->fail_irq(kIntx, false);
+  wcfg16(*d, 0x42, msi::kEnable);
+  wcfg16(*d, 0x42, 0);
+  EXPECT_TRUE(d->intx_enabled());
+}
+
+TEST_F(PassthroughTest, StatusInterruptBitIsReadLiveOnceIntxIsWired) {
+  auto d = make_edu();
+  ASSERT_TRUE(d);
+  // The device asserts INTx (Status bit 3 in its config space).
+  std::array<uint8_t, 2> st{pci_status::kInterruptStatus | pci_status::kCapabilitiesList, 0};
+  ASSERT_TRUE(t_->region_write(VFIO_PCI_CONFIG_REGION_INDEX, 0x06, st));
+  EXPECT_EQ(cfg16(*d, 0x06) & pci_status::kInterruptStatus, 0u) << "not wired: emulated";
+  ASSERT_TRUE(d->set_intx_gsi(kIntxGsi));
+  EXPECT_EQ(cfg16(*d, 0x06), pci_status::kInterruptStatus | pci_status::kCapabilitiesList);
+  st[0] = pci_status::kCapabilitiesList;
+  ASSERT_TRUE(t_->region_write(VFIO_PCI_CONFIG_REGION_INDEX, 0x06, st));
+  EXPECT_EQ(cfg16(*d, 0x06), pci_status::kCapabilitiesList);
 }
 
 // ---- with the real root complex ----

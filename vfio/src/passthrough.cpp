@@ -15,6 +15,7 @@ namespace iovirt::vfio {
 namespace {
 
 constexpr uint32_t kConfigRegion = VFIO_PCI_CONFIG_REGION_INDEX;
+constexpr uint32_t kIntxIrq = VFIO_PCI_INTX_IRQ_INDEX;
 constexpr uint32_t kMsiIrq = VFIO_PCI_MSI_IRQ_INDEX;
 constexpr uint32_t kMsixIrq = VFIO_PCI_MSIX_IRQ_INDEX;
 
@@ -174,8 +175,16 @@ Status PassthroughDevice::init() {
   config_.set_revision_id(real[pci_offset(PciReg8::RevisionId)]);
   config_.set_subsystem(load16(real, pci_offset(PciReg16::SubsystemVendorId)),
                         load16(real, pci_offset(PciReg16::SubsystemId)));
-  // INTx is not offered yet: with pin 0 the guest driver uses MSI or MSI-X.
+  // INTx is offered only once the VMM wires it to a GSI (set_intx_gsi); until then the guest
+  // sees pin 0 and its driver uses MSI or MSI-X. The real Interrupt Line is the host's.
   config_.set_interrupt_pin(0);
+  if (auto intx = transport_.irq_info(kIntxIrq); intx && intx->count == 1) {
+    const uint8_t pin = real[pci_offset(PciReg8::InterruptPin)];
+    if (pin >= 1 && pin <= 4)
+      intx_pin_ = pin;
+    else if (pin != 0)
+      log_warn(cat({name_, ": Interrupt Pin ", hex(pin), " is not INTA#..INTD#; INTx not offered"}));
+  }
 
   if (auto s = build_bars(real); !s) return s;
   build_capabilities(real);
@@ -484,6 +493,14 @@ void PassthroughDevice::bar_decode_changed(int bar, std::optional<uint64_t> addr
 
 void PassthroughDevice::config_read(uint16_t offset, std::span<uint8_t> data) {
   std::lock_guard lock(mu_);
+  // With INTx wired, Status bit 3 (Interrupt Status) is the device's: a driver sharing the line
+  // may poll it to decide whether the interrupt is its own.
+  const uint16_t status_off = pci_offset(PciReg16::StatusRegister);
+  if (intx_ && !detached_ && overlaps(offset, data.size(), status_off, 2)) {
+    std::array<uint8_t, 2> real{};
+    if (transport_.region_read(kConfigRegion, status_off, real))
+      config_.set_interrupt_status((load16(real, 0) & pci_status::kInterruptStatus) != 0);
+  }
   config_.read(offset, data);
 }
 
@@ -508,6 +525,7 @@ void PassthroughDevice::config_write(uint16_t offset, std::span<const uint8_t> d
     const uint16_t ctl = config_.peek16(static_cast<uint16_t>(msi_cap_->offset + 2));
     if (overlaps(offset, len, msi_cap_->offset, msi_cap_len(ctl))) msi_config_changed();
   }
+  intx_update();
 }
 
 void PassthroughDevice::forward_command() {
@@ -527,7 +545,8 @@ void PassthroughDevice::forward_command() {
 
 void PassthroughDevice::msix_enable_changed() {
   if (msix_table_->enabled()) {
-    // A driver moving from MSI to MSI-X; VFIO allows one of them at a time.
+    // A driver moving from INTx or MSI to MSI-X; VFIO allows one of them at a time.
+    if (intx_) intx_disable();
     if (!msi_vectors_.empty()) msi_disable();
     // The device's vectors signal the very eventfds MsixInterrupts registered as KVM irqfds:
     // device interrupts reach the guest without passing through iovirt.
@@ -566,6 +585,7 @@ void PassthroughDevice::msi_config_changed() {
   const unsigned n = std::min(1u << mme, c.max_vectors);
   if (!msi_vectors_.empty() && msi_vectors_.size() != n) msi_disable();
   if (msi_vectors_.empty()) {
+    if (intx_) intx_disable();  // VFIO allows one of INTx, MSI, MSI-X at a time
     if (auto s = msi_enable(n, addr, data, mask); !s) {
       irq_errors_->inc();
       log_error(cat({name_, ": enabling MSI: ", s.error().message(),
@@ -673,6 +693,118 @@ void PassthroughDevice::msi_disable() {
   msi_vectors_gauge_->set(0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// INTx (see the header): trigger eventfd = KVM irqfd with a resamplefd = VFIO's unmask eventfd.
+
+Status PassthroughDevice::set_intx_gsi(uint32_t gsi) {
+  std::lock_guard lock(mu_);
+  if (intx_pin_ == 0) return {};
+  if (detached_) return fail("INTx: the device is detached", ENODEV);
+  if (intx_) return fail("INTx is already wired to GSI " + std::to_string(intx_->gsi), EBUSY);
+  // Interrupt Line is 8 bits and 0xff means "not connected" on x86 (PCI 3.0 §6.2.4).
+  if (gsi >= 0xff) return fail("INTx: GSI " + std::to_string(gsi) + " does not fit Interrupt Line", EINVAL);
+  auto trigger = EventFd::create();
+  if (!trigger) return std::unexpected(std::move(trigger.error()).context("INTx trigger eventfd"));
+  auto resample = EventFd::create();
+  if (!resample) return std::unexpected(std::move(resample.error()).context("INTx resample eventfd"));
+  intx_.emplace(Intx{gsi, std::move(*trigger), std::move(*resample), false});
+  const bool msi_or_msix = !msi_vectors_.empty() || (msix_table_ && msix_table_->enabled());
+  if (!msi_or_msix) {
+    if (auto s = intx_enable(); !s) {
+      intx_.reset();
+      return std::unexpected(std::move(s.error()).context("INTx on GSI " + std::to_string(gsi)));
+    }
+  }
+  config_.set_interrupt_pin(intx_pin_);
+  config_.set(PciReg8::InterruptLine, static_cast<uint8_t>(gsi));
+  const char pin_name[] = {'I', 'N', 'T', static_cast<char>('A' + intx_pin_ - 1), '#', '\0'};
+  log_info(cat({name_, ": INTx (", pin_name, ") on GSI ", std::to_string(gsi),
+                ", level-triggered through a KVM irqfd with resamplefd"}));
+  return {};
+}
+
+Status PassthroughDevice::intx_enable() {
+  Intx& x = *intx_;
+  // Counts left from before the line was last off are stale; drop them (EAGAIN when empty).
+  (void)x.trigger.read();
+  (void)x.resample.read();
+  if (auto s = chip_.register_irqfd(x.trigger.fd(), x.gsi, x.resample.fd()); !s)
+    return std::unexpected(std::move(s.error()).context("KVM irqfd with resamplefd"));
+  // The trigger first: VFIO accepts an unmask eventfd only while INTx is enabled. A resample
+  // signalled in between is not lost: VFIO checks the eventfd when it attaches.
+  const std::array<int, 1> fds{x.trigger.fd()};
+  if (auto s = transport_.set_irq_eventfds(kIntxIrq, 0, fds); !s) {
+    (void)chip_.unregister_irqfd(x.trigger.fd(), x.gsi);
+    return std::unexpected(std::move(s.error()).context("device INTx trigger"));
+  }
+  if (auto s = transport_.set_irq_unmask_eventfd(kIntxIrq, x.resample.fd()); !s) {
+    (void)transport_.disable_irq(kIntxIrq);
+    (void)chip_.unregister_irqfd(x.trigger.fd(), x.gsi);
+    return std::unexpected(std::move(s.error()).context("device INTx unmask eventfd"));
+  }
+  x.enabled = true;
+  return {};
+}
+
+void PassthroughDevice::intx_disable() {
+  Intx& x = *intx_;
+  if (!x.enabled) return;
+  x.enabled = false;
+  // The device side first (VFIO frees the host IRQ and drops the unmask eventfd), then KVM's
+  // irqfd, whose deassign also lowers the GSI if the guest had not EOI'd it yet.
+  if (auto s = transport_.disable_irq(kIntxIrq); !s) {
+    irq_errors_->inc();
+    log_error(cat({name_, ": disabling INTx on the device: ", s.error().message()}));
+  }
+  if (auto s = chip_.unregister_irqfd(x.trigger.fd(), x.gsi); !s) {
+    irq_errors_->inc();
+    log_error(cat({name_, ": removing the INTx irqfd: ", s.error().message()}));
+  }
+}
+
+// INTx is on exactly while the guest has neither MSI nor MSI-X enabled (a function must not
+// use INTx while either is on, PCI 3.0 §6.8.1.3 / §6.8.2.3).
+void PassthroughDevice::intx_update() {
+  if (!intx_ || detached_) return;
+  const bool msi_on = !msi_vectors_.empty() ||
+                      (msi_cap_ && (config_.peek16(static_cast<uint16_t>(msi_cap_->offset + 2)) &
+                                    msi::kEnable) != 0);
+  const bool want = !msi_on && !(msix_table_ && msix_table_->enabled());
+  if (!want) intx_->failed = false;
+  if (want == intx_->enabled || (want && intx_->failed)) return;
+  if (!want) {
+    intx_disable();
+    return;
+  }
+  if (auto s = intx_enable(); !s) {
+    intx_->failed = true;
+    irq_errors_->inc();
+    log_error(cat({name_, ": re-enabling INTx: ", s.error().message(),
+                   "; the guest will see no INTx interrupts"}));
+  }
+}
+
+bool PassthroughDevice::intx_enabled() const {
+  std::lock_guard lock(mu_);
+  return intx_ && intx_->enabled;
+}
+
+std::optional<uint32_t> PassthroughDevice::intx_gsi() const {
+  std::lock_guard lock(mu_);
+  if (!intx_) return std::nullopt;
+  return intx_->gsi;
+}
+
+int PassthroughDevice::intx_trigger_fd() const {
+  std::lock_guard lock(mu_);
+  return intx_ ? intx_->trigger.fd() : -1;
+}
+
+int PassthroughDevice::intx_resample_fd() const {
+  std::lock_guard lock(mu_);
+  return intx_ ? intx_->resample.fd() : -1;
+}
+
 bool PassthroughDevice::msi_enabled() const {
   std::lock_guard lock(mu_);
   return !msi_vectors_.empty();
@@ -748,6 +880,7 @@ void PassthroughDevice::bar_write(int bar, uint64_t offset, std::span<const uint
 void PassthroughDevice::detach() {
   std::lock_guard lock(mu_);
   if (detached_.exchange(true)) return;
+  if (intx_) intx_disable();
   if (msix_table_ && msix_table_->enabled()) {
     if (auto s = transport_.disable_irq(kMsixIrq); !s)
       log_error(cat({name_, ": detach: disabling MSI-X: ", s.error().message()}));

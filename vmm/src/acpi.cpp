@@ -1,5 +1,7 @@
 #include "iovirt/vmm/acpi.hpp"
 
+#include "iovirt/vmm/pci_root.hpp"
+
 #include <cstring>
 
 namespace iovirt {
@@ -222,6 +224,26 @@ Bytes Aml::resource_template(const std::vector<Bytes>& items) {
 
 namespace {
 
+// _PRT (ACPI 6.4 §6.2.13) for the GSI-routed (APIC) model: per slot 1..31 and pin 0..3
+// (INTA#..INTD#), Package {Address 0xSSSSFFFF (any function of slot S), Pin, Source 0 (no link
+// device: SourceIndex is the GSI), SourceIndex}. The GSIs are pci_intx_gsi()'s swizzle over
+// IOAPIC pins 16..23 (pci_root.hpp). Linux programs each pin level-triggered, active low from it.
+Bytes pci_routing_table() {
+  std::vector<Bytes> entries;
+  entries.reserve(size_t{PciRoot::kNumSlots - 1} * 4);
+  for (uint8_t slot = 1; slot < PciRoot::kNumSlots; ++slot) {
+    for (uint8_t pin = 0; pin < 4; ++pin) {
+      entries.push_back(Aml::package({
+          Aml::integer((uint64_t{slot} << 16) | 0xffff),
+          Aml::integer(pin),
+          Aml::integer(0),
+          Aml::integer(pci_intx_gsi(slot, static_cast<uint8_t>(pin + 1))),
+      }));
+    }
+  }
+  return Aml::package(entries);  // 124 entries: fits the one-byte NumElements of DefPackage
+}
+
 Bytes build_dsdt(const AcpiConfig& c) {
   Bytes pci = Aml::name("_HID", Aml::eisa_id("PNP0A03"));
   append(pci, Aml::name("_UID", Aml::integer(0)));
@@ -235,6 +257,7 @@ Bytes build_dsdt(const AcpiConfig& c) {
                          static_cast<uint32_t>(c.mmio32_base + c.mmio32_size - 1)),
       Aml::res_qword_mem(c.mmio64_base, c.mmio64_base + c.mmio64_size - 1),
   })));
+  append(pci, Aml::name("_PRT", pci_routing_table()));
   // COM1: on a hardware-reduced platform there is no legacy PIC, so Linux maps ISA IRQs only for
   // devices the DSDT describes; without this the UART's IRQ 4 never reaches the IOAPIC pin.
   Bytes com1 = Aml::name("_HID", Aml::eisa_id("PNP0501"));

@@ -132,6 +132,13 @@ Result<std::unique_ptr<PassthroughDevices>> PassthroughDevices::create(
                    "--device " + name);
     d.device = std::move(dev);
     IOVIRT_TRY_CTX(slot, env.root.add_device(*d.device), "--device " + name);
+    // INTx: the slot's pin goes to the GSI the DSDT's _PRT names for it (pci_root.hpp). Not
+    // fatal: without it the guest sees pin 0 and its driver uses MSI or MSI-X, as before.
+    if (const uint8_t pin = d.device->intx_pin(); pin != 0) {
+      if (auto s = d.device->set_intx_gsi(pci_intx_gsi(slot, pin)); !s)
+        log_warn("vfio: " + name + ": INTx not offered to the guest (" + s.error().message() +
+                 "); its driver must use MSI or MSI-X");
+    }
     log_info("vfio: " + name + " (IOMMU group " + std::to_string(checks[i].group) +
              ") passed through at PCI 00:" + (slot < 10 ? "0" : "") + std::to_string(slot) + ".0");
     st->devs.push_back(std::move(d));

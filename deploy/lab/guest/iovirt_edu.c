@@ -4,11 +4,14 @@
  * from L1 by the VMM under test (the lab's vfio-edu scenario). It checks, from inside the guest,
  * what a passthrough VMM must get right:
  *   - BAR0 mapped into guest memory: identification and liveness registers, the factorial unit;
- *   - MSI reaching the guest: every step that raises an interrupt waits for it;
+ *   - interrupts reaching the guest: every step that raises an interrupt waits for it. MSI by
+ *     default; with the module parameter intx=1 the legacy INTx line instead (edu raises INTx
+ *     when MSI is off), which exercises the VMM's _PRT routing and the level-triggered
+ *     irqfd + resamplefd path (the handler's acknowledge at 0x64 deasserts the line);
  *   - DMA between the device and guest RAM, both ways, through L1's IOMMU (which the VMM programs
  *     with the guest's memory at iova = guest physical address), with the bytes compared.
  * A kernel module rather than a userspace program: Debian's kernel has no VFIO no-IOMMU mode, and
- * userspace cannot take an MSI or get DMA-able memory without a driver.
+ * userspace cannot take an interrupt or get DMA-able memory without a driver.
  *
  * Results go to the kernel log as "IOVIRT-RESULT key=value" lines, then "IOVIRT-EDU-OK" or
  * "IOVIRT-EDU-FAIL: reason"; probe fails on a failure. l2-init prints them on the console.
@@ -53,6 +56,10 @@
  */
 #define EDU_DMA_BYTES 2048
 #define EDU_DMA_PAGE 4096
+
+static bool intx;
+module_param(intx, bool, 0444);
+MODULE_PARM_DESC(intx, "use the INTx line (level-triggered, possibly shared) instead of MSI");
 
 struct edu {
 	void __iomem *bar;
@@ -126,7 +133,7 @@ static int edu_run(struct pci_dev *pdev, struct edu *e)
 	EDU_CHECK(ioread32(e->bar + EDU_REG_LIVENESS) == ~0x12345678u,
 		  "liveness register did not invert\n");
 
-	/* Factorial, completion signalled by MSI. */
+	/* Factorial, completion signalled by an interrupt. */
 	reinit_completion(&e->done);
 	iowrite32(EDU_STATUS_IRQ_FACTORIAL, e->bar + EDU_REG_STATUS);
 	iowrite32(10, e->bar + EDU_REG_FACTORIAL);
@@ -189,9 +196,12 @@ static int edu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	pci_set_master(pdev);
 	rc = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(28));
 	EDU_CHECK(rc == 0, "28-bit DMA mask refused: %d\n", rc);
-	rc = pci_alloc_irq_vectors(pdev, 1, 1, PCI_IRQ_MSI);
-	EDU_CHECK(rc == 1, "no MSI vector: %d\n", rc);
-	rc = request_irq(pci_irq_vector(pdev, 0), edu_irq, 0, "iovirt_edu", e);
+	rc = pci_alloc_irq_vectors(pdev, 1, 1, intx ? PCI_IRQ_LEGACY : PCI_IRQ_MSI);
+	EDU_CHECK(rc == 1, "no %s vector: %d\n", intx ? "INTx" : "MSI", rc);
+	pr_info("IOVIRT-RESULT edu_irq_mode=%s\n", intx ? "intx" : "msi");
+	pr_info("IOVIRT-RESULT edu_irq=%d\n", pci_irq_vector(pdev, 0));
+	/* An INTx line may be shared: the handler returns IRQ_NONE when edu raised nothing. */
+	rc = request_irq(pci_irq_vector(pdev, 0), edu_irq, intx ? IRQF_SHARED : 0, "iovirt_edu", e);
 	if (rc) {
 		pci_free_irq_vectors(pdev);
 		EDU_CHECK(0, "request_irq: %d\n", rc);

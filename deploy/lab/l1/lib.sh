@@ -357,9 +357,11 @@ lab_vfio_bind() {
 }
 
 # lab_host_irqs BDF — L1's interrupt count for BDF's VFIO vectors, "name=count ..." from
-# /proc/interrupts (vfio-msi[0](BDF) etc.; the lines exist while a VMM has the vectors enabled).
+# /proc/interrupts (vfio-msi[0](BDF), vfio-intx(BDF) etc.; the lines exist while a VMM has the
+# vectors enabled). The name is the action naming BDF: on a shared INTx line the actions are a
+# comma-separated list and the device's need not be the last.
 lab_host_irqs() {
-    awk -v bdf="($1)" 'index($0, bdf) && /vfio/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; printf "%s=%d ", $NF, n }' /proc/interrupts
+    awk -v bdf="($1)" 'index($0, bdf) && /vfio/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; name = $NF; for (i = NF; i > 1; i--) if (index($i, bdf)) { name = $i; break }; sub(/,$/, "", name); printf "%s=%d ", name, n }' /proc/interrupts
 }
 
 # lab_nvme_vfs NUM — bring up NUM VFs on the lab's SR-IOV NVMe PF (QEMU's nvme with sriov_max_vfs)

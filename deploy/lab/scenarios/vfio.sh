@@ -7,6 +7,11 @@
 #           signalled by MSI, raises an interrupt by hand, and DMAs random bytes from guest RAM
 #           into the device and back into another page, comparing them. L1 must have counted at
 #           least the guest's 4 interrupts on the device's vfio-msi vector while the VM ran.
+#           LAB_VFIO_INTX=on: the guest driver takes edu's INTx line instead of MSI (guest command
+#           line iovirt.edu_intx=1), so the interrupts travel the VMM's _PRT routing and KVM's
+#           level-triggered irqfd + resamplefd; the guest's line must be a level-triggered
+#           IOAPIC pin (fasteoi) and L1 must have counted at least the guest's interrupts on the
+#           device's vfio-intx line.
 #   nvme    VF 0 of the SR-IOV NVMe (brought up with the virtualization-management sequence). The
 #           stock guest nvme driver binds, the guest writes a seeded 8 MiB pattern with O_DIRECT,
 #           flushes, reads it back and compares; its MSI-X vectors must have fired; afterwards L1
@@ -20,6 +25,7 @@ set -uo pipefail
 source "$LAB_DIR/l1/lib.sh"
 
 LAB_VFIO=${LAB_VFIO:-edu}
+LAB_VFIO_INTX=${LAB_VFIO_INTX:-off}
 MIB=8
 vmm=$(lab_vmm)
 lab_need_kvm || exit 1
@@ -28,7 +34,10 @@ extra="iovirt.test=$LAB_VFIO"
 declare -A bdfs
 for d in ${LAB_VFIO//+/ }; do
     case $d in
-        edu) bdfs[edu]=$(lab_pci_find 1234 11e8) || exit 1 ;;
+        edu)
+            bdfs[edu]=$(lab_pci_find 1234 11e8) || exit 1
+            [[ $LAB_VFIO_INTX == on ]] && extra+=" iovirt.edu_intx=1"
+            ;;
         nvme)
             pf=$(lab_nvme_vfs 1) || exit 1
             bdfs[nvme]=$(lab_nvme_vf "$pf" 0)
@@ -43,6 +52,11 @@ for d in ${LAB_VFIO//+/ }; do
         *) lab_log "LAB_VFIO: unknown device '$d' (edu, nvme, e1000e, joined by +)"; exit 2 ;;
     esac
 done
+case $LAB_VFIO_INTX in
+    on) [[ -n ${bdfs[edu]:-} ]] || { lab_log "LAB_VFIO_INTX=on needs edu in LAB_VFIO"; exit 2; } ;;
+    off) ;;
+    *) lab_log "LAB_VFIO_INTX: '$LAB_VFIO_INTX' is not on or off"; exit 2 ;;
+esac
 lab_l2_cmd "$vmm" 1 "$extra" || exit 2
 for d in "${!bdfs[@]}"; do
     lab_vfio_bind "${bdfs[$d]}" || exit 1
@@ -76,17 +90,34 @@ if ((rc != 0)); then
     fail=1
 fi
 lab_guest_verdict "$log" "$LAB_VFIO" || fail=1
-host_total() { # DEVICE — L1's last sampled interrupt count over the device's VFIO vectors
+host_total() { # DEVICE [LINE] — L1's last sampled interrupt count over the device's VFIO vectors
+    # (only the vector named LINE, e.g. vfio-intx, when given: lab_host_irqs names are LINE(BDF))
     [[ -f $irqdir/$1 ]] || { echo 0; return; }
-    tr ' ' '\n' <"$irqdir/$1" | awk -F= 'NF == 2 { n += $2 } END { print n + 0 }'
+    tr ' ' '\n' <"$irqdir/$1" | awk -F= -v line="${2:-}" 'NF == 2 && (line == "" || index($1, line "(") == 1) { n += $2 } END { print n + 0 }'
 }
 for d in "${!bdfs[@]}"; do
     lab_log "vfio: $d ${bdfs[$d]}: L1's VFIO vector counts: $(cat "$irqdir/$d" 2>/dev/null || echo none)"
     case $d in
         edu)
             guest=$(lab_guest_result "$log" edu_guest_interrupts)
-            if [[ -z $guest ]] || (($(host_total edu) < guest)); then
-                lab_log "FAIL: edu: L1 counted $(host_total edu) interrupts, the guest took ${guest:-none}"
+            line=
+            if [[ $LAB_VFIO_INTX == on ]]; then
+                line=vfio-intx
+                mode=$(lab_guest_result "$log" edu_irq_mode)
+                gline=$(lab_guest_result "$log" edu_irq_line)
+                lab_log "vfio: edu: guest interrupt mode ${mode:-unknown}; guest /proc/interrupts: ${gline:-none}"
+                if [[ $mode != intx ]]; then
+                    lab_log "FAIL: edu: LAB_VFIO_INTX=on but the guest driver reports mode '${mode:-none}', not intx"
+                    fail=1
+                fi
+                # The _PRT made Linux program the IOAPIC pin level-triggered: "IO-APIC  N-fasteoi".
+                if [[ $gline != *IO-APIC*-fasteoi* ]]; then
+                    lab_log "FAIL: edu: the guest's INTx line is not a level-triggered IOAPIC pin (${gline:-none})"
+                    fail=1
+                fi
+            fi
+            if [[ -z $guest ]] || (($(host_total edu "$line") < guest)); then
+                lab_log "FAIL: edu: L1 counted $(host_total edu "$line") interrupts${line:+ on $line}, the guest took ${guest:-none}"
                 fail=1
             fi
             ;;

@@ -95,6 +95,13 @@ class RecordingIrqChip final : public IrqChip {
     if (it == irqfds_.end()) return std::nullopt;
     return it->second.first;
   }
+  // The resamplefd an assigned irqfd carries (-1: an edge irqfd); nullopt when not assigned.
+  std::optional<int> irqfd_resamplefd(int eventfd) const {
+    std::lock_guard lock(mu_);
+    auto it = irqfds_.find(eventfd);
+    if (it == irqfds_.end()) return std::nullopt;
+    return it->second.second;
+  }
   size_t irqfd_count() const {
     std::lock_guard lock(mu_);
     return irqfds_.size();

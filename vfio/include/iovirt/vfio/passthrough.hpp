@@ -10,7 +10,8 @@
 //  - the expansion ROM BAR reads 0 (hidden): the ROM would need its own trapped region, our guests
 //    boot without running option ROMs, and on many devices the ROM shares its address decoder with
 //    a memory BAR, so enabling it in the guest could silently turn a BAR off;
-//  - Interrupt Pin 0: INTx is not offered yet, drivers use MSI or MSI-X;
+//  - Interrupt Pin: 0 until the VMM wires INTx (set_intx_gsi), then the device's own pin, with
+//    Interrupt Line preset to the GSI (see INTx below);
 //  - the capability list rebuilt at the device's own offsets (drivers hardcode them): MSI-X
 //    (table and PBA emulated, vectors delivered by the device straight into KVM irqfds), MSI
 //    (emulated, likewise), PCI Express (a read-mostly shadow, see below), Power Management
@@ -20,8 +21,18 @@
 // Interrupt Disable bits. The PCI Express capability's Device Control (except Initiate FLR) and
 // Link Control are writable in the shadow only: the host owns the link and the payload/error
 // configuration, and a guest-chosen Max Payload Size larger than the path supports corrupts
-// traffic. Status is emulated (not read live: with INTx hidden its Interrupt Status bit carries
-// no information, and the RW1C error bits stay host-side).
+// traffic. Status is emulated, except that once INTx is wired its Interrupt Status bit (3) is
+// read live from the device; the RW1C error bits stay host-side.
+//
+// INTx (level-triggered, PCI 3.0 §2.2.6): when the function has an INTx (VFIO offers one and the
+// real Interrupt Pin is 1..4), the VMM routes the slot's pin to a GSI (pci_intx_gsi, an IOAPIC
+// pin the DSDT's _PRT describes) and calls set_intx_gsi. Wiring: one eventfd T registered as a
+// KVM irqfd on the GSI with a resamplefd R; VFIO gets T as the INTx trigger and R as the unmask
+// eventfd. The host's vfio-pci masks the line at each interrupt and signals T; KVM asserts the
+// GSI until the guest's EOI, then deasserts it and signals R; VFIO unmasks, and a device still
+// asserting interrupts again. So INTx never passes through iovirt either. VFIO allows one of
+// INTx, MSI and MSI-X at a time: INTx is on while the guest has neither MSI nor MSI-X enabled,
+// torn down (VFIO and KVM) before either is enabled and restored when both are off again.
 //
 // BAR memory: every page-aligned mmap-able area is mapped once at create; when the root places a
 // memory BAR (bar_decode_changed) the areas become KVM memory slots at the BAR's address, except
@@ -77,12 +88,22 @@ class PassthroughDevice final : public PciDevice {
                                                            MemoryMapper& mapper, GsiRouter& router,
                                                            IrqChip& chip, MetricsRegistry& metrics,
                                                            std::string name);
+
+  // The function's INTx pin (1..4 = INTA#..INTD#) when it can be offered: VFIO reports one INTx
+  // and the real Interrupt Pin register is 1..4; 0 otherwise (the guest then sees pin 0).
+  uint8_t intx_pin() const { return intx_pin_; }
+  // Wires INTx to `gsi` (an IOAPIC pin the guest's _PRT routes this slot's pin to; the VMM
+  // computes it from the slot the root gave the device) and makes Interrupt Pin and Line
+  // visible. Call once, after plugging the device in and before the guest runs. On failure
+  // nothing stays registered and the guest keeps seeing pin 0. A no-op for a device without
+  // INTx (intx_pin() == 0).
+  Status set_intx_gsi(uint32_t gsi);
   // detach().
   ~PassthroughDevice() override;
   PassthroughDevice(const PassthroughDevice&) = delete;
   PassthroughDevice& operator=(const PassthroughDevice&) = delete;
 
-  // Stops the device: MSI/MSI-X off on the device, interrupt routes freed, BAR memory slots
+  // Stops the device: INTx/MSI/MSI-X off on the device, irqfds and interrupt routes freed, BAR memory slots
   // removed and BAR mappings dropped, function reset. Idempotent; the device only answers
   // all-ones afterwards. The VMM calls it before tearing down the VM's memory (the destructor
   // does it too).
@@ -102,6 +123,12 @@ class PassthroughDevice final : public PciDevice {
   std::vector<PciCapabilityRef> guest_capabilities() const;
   MsixInterrupts* msix() const { return msix_.get(); }
   bool msi_enabled() const;
+  // INTx: whether the line is enabled on the device and in KVM right now, its GSI, and the
+  // trigger and resample eventfds (-1 when INTx is not wired).
+  bool intx_enabled() const;
+  std::optional<uint32_t> intx_gsi() const;
+  int intx_trigger_fd() const;
+  int intx_resample_fd() const;
   // The eventfds of the enabled MSI vectors (empty when MSI is off).
   std::vector<int> msi_notifiers() const;
   std::vector<std::optional<uint32_t>> msi_gsis() const;
@@ -126,6 +153,15 @@ class PassthroughDevice final : public PciDevice {
     std::optional<uint32_t> gsi;
     bool irqfd = false;
   };
+  struct Intx {
+    uint32_t gsi = 0;
+    EventFd trigger;   // KVM irqfd on gsi; VFIO's INTx trigger
+    EventFd resample;  // KVM's resamplefd; VFIO's unmask eventfd
+    bool enabled = false;
+    // Re-enabling failed: not retried on every config write (the guest drives those) but at
+    // the next MSI/MSI-X off transition.
+    bool failed = false;
+  };
   struct MsiCap {
     uint8_t offset = 0;
     bool is64 = false;
@@ -148,6 +184,9 @@ class PassthroughDevice final : public PciDevice {
   void msi_disable();
   void msi_update(uint64_t addr, uint32_t data, uint32_t mask);
   void release_msi_vectors(std::vector<MsiVectorState>& vs);
+  Status intx_enable();
+  void intx_disable();
+  void intx_update();
   void region_failed(const char* op, int bar, const Error& e);
   void unmap_bar(Bar& b);
   std::string bar_name(int bar) const;
@@ -170,6 +209,9 @@ class PassthroughDevice final : public PciDevice {
   std::optional<MsixTable> msix_table_;
   std::unique_ptr<MsixInterrupts> msix_;
   std::vector<Counter*> msix_table_writes_;  // per vector
+
+  uint8_t intx_pin_ = 0;  // immutable after create
+  std::optional<Intx> intx_;  // set by set_intx_gsi
 
   std::optional<MsiCap> msi_cap_;
   std::vector<MsiVectorState> msi_vectors_;  // non-empty while MSI is enabled

@@ -34,6 +34,22 @@ struct PciWindows {
   uint64_t mmio64_size;
 };
 
+// PCI INTx routing. Every slot's INTA#..INTD# is wired to one of the in-kernel IOAPIC's pins
+// 16..23 by a fixed swizzle, the same rotation a PCI-to-PCI bridge applies (PCI-to-PCI Bridge
+// 1.2 §9.1), so functions in neighbouring slots land on different pins:
+//     GSI = 16 + (slot + pin - 1) % 8        pin 1..4 = INTA#..INTD# (the Interrupt Pin register)
+// Pins 16..23 are the IOAPIC pins no ISA IRQ uses, so no MADT interrupt source override is
+// needed. The guest learns the wiring from the DSDT's _PRT (acpi.cpp: one entry per slot 1..31
+// and pin) and programs those pins level-triggered, active low, as PCI INTx is. A device that
+// raises INTx (a passthrough function; virtio devices are MSI-X only and report pin 0) signals
+// the GSI through a KVM irqfd with a resamplefd.
+inline constexpr uint32_t kPciIntxFirstGsi = 16;
+inline constexpr uint32_t kPciIntxNumGsis = 8;
+// `pin` 1..4 (INTA#..INTD#); slot 0..31.
+constexpr uint32_t pci_intx_gsi(uint8_t slot, uint8_t pin) {
+  return kPciIntxFirstGsi + (uint32_t{slot} + uint32_t{pin} + kPciIntxNumGsis - 1) % kPciIntxNumGsis;
+}
+
 // 00:00.0, the host bridge. Red Hat's "QEMU PCIe host bridge" ID, which guests treat as a plain
 // host bridge with no driver quirks.
 class PciHostBridge final : public PciDevice {

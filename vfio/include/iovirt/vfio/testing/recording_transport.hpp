@@ -84,6 +84,11 @@ class RecordingTransport final : public DeviceTransport {
     irqs_[index] = IrqInfo{index, VFIO_IRQ_INFO_EVENTFD, count};
   }
   void fail_map_region(bool on) { fail_map_region_ = on; }
+  // set_irq_eventfds on `index` fails (still recorded), as VFIO does when the host cannot get
+  // the interrupt (e.g. an INTx line shared without DisINTx masking).
+  void fail_irq(uint32_t index, bool on) { fail_irq_[index] = on; }
+  // set_irq_unmask_eventfd fails (still recorded).
+  void fail_unmask(bool on) { fail_unmask_ = on; }
 
   // --- inspection ---
   const std::vector<IrqCall>& irq_calls() const { return irq_calls_; }
@@ -165,6 +170,7 @@ class RecordingTransport final : public DeviceTransport {
   }
   Status set_irq_eventfds(uint32_t index, uint32_t start, std::span<const int> fds) override {
     irq_calls_.push_back({IrqCall::Kind::Eventfds, index, start, {fds.begin(), fds.end()}});
+    if (fail_irq_[index]) return fail("SET_IRQS trigger (injected failure)", EBUSY);
     auto it = irqs_.find(index);
     if (it == irqs_.end() || start + fds.size() > it->second.count)
       return fail("SET_IRQS: vectors out of range", EINVAL);
@@ -176,6 +182,7 @@ class RecordingTransport final : public DeviceTransport {
   }
   Status set_irq_unmask_eventfd(uint32_t index, int fd) override {
     irq_calls_.push_back({IrqCall::Kind::Unmask, index, 0, {fd}});
+    if (fail_unmask_) return fail("SET_IRQS unmask (injected failure)", EINVAL);
     return {};
   }
   Status reset() override {
@@ -208,6 +215,8 @@ class RecordingTransport final : public DeviceTransport {
   std::vector<std::array<uint64_t, 3>> map_calls_;
   unsigned resets_ = 0;
   bool fail_map_region_ = false;
+  std::map<uint32_t, bool> fail_irq_;
+  bool fail_unmask_ = false;
 };
 
 class RecordingMemoryMapper final : public MemoryMapper {
