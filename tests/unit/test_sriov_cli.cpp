@@ -16,6 +16,7 @@
 #include "iovirt/sriov/vf_net.hpp"
 #include "iovirt/vmm/config.hpp"
 #include "iovirt/vmm/sriov_cli.hpp"
+#include "iovirt/vmm/vf_assign.hpp"
 #include "sriov_fake_sysfs.hpp"
 
 namespace iovirt {
@@ -530,6 +531,90 @@ TEST(SriovCli, JsonQuoteEscapes) {
   EXPECT_EQ(json_quote("a\"b\\c\n\x01"), R"("a\"b\\c\n\u0001")");
   EXPECT_TRUE(JsonCheck::valid(R"({"a":[1,true,null,"x"]})"));
   EXPECT_FALSE(JsonCheck::valid(R"({"a":[1,]})"));
+}
+
+}  // namespace
+}  // namespace iovirt
+
+namespace iovirt {
+namespace {
+
+TEST(SriovVfAssign, LeasesConfiguresPassesThroughAndGivesBack) {
+  CliFixture f;
+  f.fake.set_numvfs(kNvmePf, 2);
+  f.fake.set_numvfs(kNicPf, 2);
+  auto p = parse_args({"run", "--kernel", "k", "--vf", std::string("pf=") + kNvmePf, "--vf",
+                       std::string("pf=") + kNicPf + ",mac=52:54:00:00:00:09,vlan=7", "--vf",
+                       std::string("pf=") + kNvmePf});
+  ASSERT_TRUE(p) << p.error().message();
+  VmConfig cfg = p->vm;
+  // The NIC VF 0 has a MAC already (set by someone before): release must put it back.
+  f.net.state[{"enp3s0f0", 0}].mac = std::array<std::uint8_t, 6>{0x02, 0, 0, 0, 0, 0x01};
+  auto a = VfAssignments::acquire(cfg, "vm-a", f.env);
+  ASSERT_TRUE(a) << a.error().message();
+  ASSERT_EQ(cfg.devices.size(), 3u);
+  EXPECT_EQ(cfg.devices[0].address, addr(kNvmeVf1));
+  EXPECT_EQ(cfg.devices[1].address, addr("0000:03:00.1"));
+  EXPECT_EQ(cfg.devices[2].address, addr("0000:01:00.2"));
+  EXPECT_EQ(cfg.devices[0].path, (f.fake.root() / "bus/pci/devices/0000:01:00.1").string());
+  for (const auto& d : cfg.devices) EXPECT_EQ(f.fake.driver(d.address.to_string()), "vfio-pci");
+  const auto& nic = f.net.state[{"enp3s0f0", 0}];
+  EXPECT_EQ(sriov::format_mac(*nic.mac), "52:54:00:00:00:09");
+  EXPECT_EQ(nic.vlan, 7);
+
+  MetricsRegistry m;
+  (*a)->publish_metrics(m);
+  const std::string text = m.expose();
+  EXPECT_TRUE(contains(text, "iovirt_sriov_vfs_total{pf=\"0000:01:00.0\"} 2")) << text;
+  EXPECT_TRUE(contains(text, "iovirt_sriov_vfs_enabled{pf=\"0000:03:00.0\"} 2")) << text;
+  EXPECT_TRUE(contains(text, "iovirt_sriov_vfs_leased{pf=\"0000:01:00.0\"} 2")) << text;
+  EXPECT_TRUE(contains(text, "iovirt_sriov_vfs_leased{pf=\"0000:03:00.0\"} 1")) << text;
+
+  // The CLI sees the leases; a second VM gets the NIC's other VF, and no NVMe VF is left.
+  auto o = f.run({"sriov", "leases"});
+  EXPECT_TRUE(contains(o.out, "vm-a")) << o.out;
+  VmConfig cfg2;
+  cfg2.vfs.push_back({addr(kNvmePf), {}});
+  auto b = VfAssignments::acquire(cfg2, "vm-b", f.env);
+  ASSERT_FALSE(b);
+  EXPECT_TRUE(contains(b.error().message(), "--vf pf=0000:01:00.0: ")) << b.error().message();
+  EXPECT_TRUE(contains(b.error().message(), "no free VF on PF 0000:01:00.0")) << b.error().message();
+
+  ASSERT_TRUE((*a)->release());
+  EXPECT_EQ(f.fake.driver(kNvmeVf1), "nvme");
+  EXPECT_EQ(f.fake.driver("0000:03:00.1"), "igbvf");
+  const auto& back = f.net.state[{"enp3s0f0", 0}];
+  EXPECT_EQ(sriov::format_mac(*back.mac), "02:00:00:00:00:01");
+  EXPECT_EQ(back.vlan, 0);
+  EXPECT_GE(f.fake.reset_count(kNvmeVf1), 1);
+  o = f.run({"sriov", "leases"});
+  EXPECT_TRUE(contains(o.out, "no VF leases")) << o.out;
+  EXPECT_TRUE((*a)->release());  // idempotent
+}
+
+TEST(SriovVfAssign, FailureGivesBackWhatWasTaken) {
+  CliFixture f;
+  f.fake.set_numvfs(kNvmePf, 2);
+  VmConfig cfg;
+  cfg.vfs.push_back({addr(kNvmePf), {}});
+  sriov::VfNetSettings mac;
+  mac.mac = std::array<std::uint8_t, 6>{0x52, 0x54, 0, 0, 0, 1};
+  cfg.vfs.push_back({addr(kNvmePf), mac});  // an NVMe PF has no netdev
+  auto a = VfAssignments::acquire(cfg, "vm", f.env);
+  ASSERT_FALSE(a);
+  EXPECT_EQ(a.error().message(),
+            "--vf pf=0000:01:00.0: network settings (mac=52:54:00:00:00:01) need a PF with a "
+            "network interface; this one has none");
+  EXPECT_EQ(f.fake.driver(kNvmeVf1), "nvme");  // the first VF went back
+  auto o = f.run({"sriov", "leases"});
+  EXPECT_TRUE(contains(o.out, "no VF leases")) << o.out;
+
+  VmConfig bad;
+  bad.vfs.push_back({addr(kEdu), {}});
+  auto e = VfAssignments::acquire(bad, "vm", f.env);
+  ASSERT_FALSE(e);
+  EXPECT_TRUE(contains(e.error().message(), "--vf pf=0000:02:00.0: ")) << e.error().message();
+  EXPECT_TRUE(contains(e.error().message(), "not SR-IOV capable")) << e.error().message();
 }
 
 }  // namespace
