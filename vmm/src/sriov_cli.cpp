@@ -306,7 +306,19 @@ class Cli {
       // A change of count destroys the current VFs (the kernel goes through 0).
       if (auto s = check_not_leased(p->vfs, "enable " + std::to_string(n) + " VFs on PF " + pf.to_string()); !s)
         return s;
-      if (auto s = sriov_.enable(pf, n); !s) return s;
+      // An NVMe PF with flexible resources needs virtualization management for its VFs to work.
+      auto ctrl = sriov::nvme_ctrl_of(sriov_, pf);
+      if (!ctrl) return std::unexpected(ctrl.error());
+      if (*ctrl) {
+        const std::string c = **ctrl;
+        auto open = [&]() -> Result<std::unique_ptr<sriov::NvmeAdmin>> {
+          if (env_.nvme_open) return env_.nvme_open(c);
+          return sriov::open_nvme_admin("/dev/" + c);
+        };
+        if (auto s = sriov::nvme_enable_vfs(sriov_, pf, n, open); !s) return s;
+      } else if (auto s = sriov_.enable(pf, n); !s) {
+        return s;
+      }
     }
     return print_pf(pf, json, "PF " + pf.to_string() + ": " + std::to_string(n) + " VFs enabled");
   }

@@ -7,8 +7,11 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <string>
 
+#include "iovirt/sriov/nvme_virt.hpp"
 #include "iovirt/sriov/sriov.hpp"
 #include "iovirt/sriov/vf_net.hpp"
 #include "iovirt/vmm/config.hpp"
@@ -20,6 +23,8 @@ struct SriovCliEnv {
   std::filesystem::path run_dir = "/run/iovirt";  // leases live in run_dir/sriov
   sriov::Options options;                          // settle hook for a fake tree
   sriov::VfNetConfig* net = nullptr;               // nullptr: rtnetlink (netlink_vf_config())
+  // Opens the admin interface of NVMe controller `ctrl` (e.g. "nvme0"); empty: /dev/<ctrl>.
+  std::function<Result<std::unique_ptr<sriov::NvmeAdmin>>(const std::string& ctrl)> nvme_open;
 
   // IOVIRT_SYSFS_ROOT (default /sys) and IOVIRT_RUN_DIR (default /run/iovirt).
   static SriovCliEnv from_environment();
