@@ -1,8 +1,10 @@
 #!/bin/bash
 # Scenario: VFs of the SR-IOV NVMe taken from iovirt's pool with `iovirt run --vf pf=PF`, two VMs
 # at once, and reclaim after kill -9 (issue 6). Steps:
-#   1. lab_nvme_vfs 2 (the NVMe virtualization-management sequence: iovirt sriov enable does not
-#      do it yet); `iovirt sriov list` shows the PF and its VFs.
+#   1. 2 VFs on the NVMe PF with the NVMe virtualization-management sequence: by
+#      `iovirt sriov enable PF 2` (LAB_SRIOV_ENABLE=iovirt, the default) or by the lab's own
+#      `nvme virt-mgmt` commands (LAB_SRIOV_ENABLE=lab: lab_nvme_vfs); `iovirt sriov list` shows
+#      the PF and its VFs.
 #   2. VM B (boot-only guest) with --vf: once its lease is alive it is frozen with SIGSTOP, so it
 #      keeps its VF (and its lock) without touching the namespace.
 #   3. VM A (the nvme test: seeded 8 MiB O_DIRECT write + read back in the guest) with --vf: it
@@ -20,8 +22,26 @@ source "$LAB_DIR/l1/lib.sh"
 MIB=8
 lab_need_kvm || exit 1
 lab_modprobe vfio-pci || exit 1
-pf=$(lab_nvme_vfs 2) || exit 1
 fail=0
+LAB_SRIOV_ENABLE=${LAB_SRIOV_ENABLE:-iovirt}
+case $LAB_SRIOV_ENABLE in
+    lab) pf=$(lab_nvme_vfs 2) || exit 1 ;;
+    iovirt)
+        pf=$(lab_pci_find 1b36 0010) || exit 1
+        modprobe -d "$KDIR" -S "$KVER" nvme_core multipath=N || { lab_log "modprobe nvme_core failed"; exit 1; }
+        lab_modprobe nvme || exit 1
+        for n in $(seq 50); do [[ -c /dev/nvme0 ]] && break; sleep 0.1; done
+        lab_log "\$ iovirt sriov enable $pf 2"
+        "$IOVIRT" sriov enable "$pf" 2 2>&1 | sed 's/^/l1|   /'
+        rc=${PIPESTATUS[0]}
+        if ((rc != 0)); then
+            lab_log "FAIL: iovirt sriov enable $pf 2: exit $rc"
+            exit 1
+        fi
+        for n in $(seq 50); do [[ -b /dev/nvme0n1 ]] && break; sleep 0.1; done
+        ;;
+    *) lab_log "LAB_SRIOV_ENABLE: '$LAB_SRIOV_ENABLE' is not iovirt or lab"; exit 2 ;;
+esac
 leases_json() { "$IOVIRT" sriov leases --json 2>&1; }
 lab_log "sriov-vf: PF $pf"
 "$IOVIRT" sriov list 2>&1 | sed 's/^/l1|   /'
