@@ -68,15 +68,15 @@ void parse_link(nl_object* obj, void* arg) {
     std::memcpy(mac.data(), nl_addr_get_binary_addr(addr), 6);
     ctx->out.mac = mac;
   }
+  // The kernel sends IFLA_VF_VLAN for every VF; libnl keeps a VLAN entry only for a non-zero
+  // VLAN, so no entry means VLAN 0 (untagged), QoS 0.
   nl_vf_vlans_t* vlans = nullptr;
-  if (rtnl_link_vf_get_vlans(vf, &vlans) == 0 && vlans != nullptr) {
-    if (vlans->size > 0 && vlans->vlans != nullptr) {
-      ctx->out.vlan = static_cast<std::uint16_t>(vlans->vlans[0].vf_vlan);
-      ctx->out.qos = static_cast<std::uint8_t>(vlans->vlans[0].vf_vlan_qos);
-    } else {
-      ctx->out.vlan = 0;
-      ctx->out.qos = 0;
-    }
+  ctx->out.vlan = 0;
+  ctx->out.qos = 0;
+  if (rtnl_link_vf_get_vlans(vf, &vlans) == 0 && vlans != nullptr && vlans->size > 0 &&
+      vlans->vlans != nullptr) {
+    ctx->out.vlan = static_cast<std::uint16_t>(vlans->vlans[0].vf_vlan);
+    ctx->out.qos = static_cast<std::uint8_t>(vlans->vlans[0].vf_vlan_qos);
   }
   // The kernel pre-fills spoofchk/trust with -1 and keeps it when the driver has no such knob.
   std::uint32_t v = 0;
