@@ -619,3 +619,45 @@ TEST(SriovVfAssign, FailureGivesBackWhatWasTaken) {
 
 }  // namespace
 }  // namespace iovirt
+
+namespace iovirt {
+namespace {
+
+TEST(SriovVfAssign, ReclaimAfterADeadHolderRestoresItsNetworkSettings) {
+  CliFixture f;
+  f.fake.set_numvfs(kNicPf, 1);
+  {
+    // A holder that recorded what to restore, changed the MAC, and died (lease dropped without
+    // release: the lock is gone, the file stays, as after SIGKILL).
+    sriov::Sriov s(Sysfs(f.fake.root()), f.env.options);
+    sriov::VfPool pool(s, f.env.lease_dir());
+    auto lease = pool.allocate(addr(kNicPf), "crashed");
+    ASSERT_TRUE(lease) << lease.error().message();
+    sriov::LeaseRecord rec = lease->record();
+    rec.net_dev = "enp3s0f0";
+    rec.net_index = 0;
+    rec.net_restore = "mac=02:00:00:00:00:01,vlan=0,qos=0";
+    ASSERT_TRUE(pool.update(*lease, rec));
+    auto back = sriov::LeaseRecord::parse(rec.serialize());
+    ASSERT_TRUE(back);
+    EXPECT_EQ(back->net_dev, "enp3s0f0");
+    EXPECT_EQ(back->net_restore, rec.net_restore);
+    f.net.state[{"enp3s0f0", 0}].mac = std::array<std::uint8_t, 6>{0x52, 0x54, 0, 0, 0, 0x66};
+    f.net.state[{"enp3s0f0", 0}].vlan = 9;
+  }
+  VmConfig cfg;
+  cfg.vfs.push_back({addr(kNicPf), {}});
+  auto a = VfAssignments::acquire(cfg, "heir", f.env);
+  ASSERT_TRUE(a) << a.error().message();
+  ASSERT_EQ(cfg.devices.size(), 1u);
+  EXPECT_EQ(cfg.devices[0].address, addr("0000:03:00.1"));
+  const auto& st = f.net.state[{"enp3s0f0", 0}];
+  EXPECT_EQ(sriov::format_mac(*st.mac), "02:00:00:00:00:01");
+  EXPECT_EQ(st.vlan, 0);
+  auto o = f.run({"sriov", "leases", "--json"});
+  EXPECT_TRUE(contains(o.out, R"("vm":"heir")")) << o.out;
+  EXPECT_FALSE(contains(o.out, "crashed")) << o.out;
+}
+
+}  // namespace
+}  // namespace iovirt

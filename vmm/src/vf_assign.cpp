@@ -13,6 +13,7 @@ VfAssignments::VfAssignments(const SriovCliEnv& env)
     own_net_ = sriov::netlink_vf_config();
     net_ = own_net_.get();
   }
+  pool_.set_net_config(net_);
 }
 
 VfAssignments::~VfAssignments() {
@@ -63,6 +64,15 @@ Result<std::unique_ptr<VfAssignments>> VfAssignments::acquire(VmConfig& cfg, con
         saved.max_tx_rate = cur->max_tx_rate.value_or(0);
       }
       a.saved = saved;
+      // Recorded before the change, so a reclaim after a crash puts them back too.
+      sriov::LeaseRecord rec = a.lease.record();
+      rec.net_dev = a.netdev;
+      rec.net_index = a.index;
+      rec.net_restore = sriov::format_vf_settings(saved);
+      if (auto st = self->pool_.update(a.lease, rec); !st) {
+        self->assigned_.push_back(std::move(a));
+        return fail(who + ": " + st.error().message());
+      }
       auto got = sriov::apply_vf_settings(*self->net_, a.netdev, a.index, want.net);
       self->assigned_.push_back(std::move(a));
       if (!got) return fail(who + ": " + got.error().message());
@@ -90,13 +100,7 @@ Status VfAssignments::release() {
     assigned_.pop_back();
     if (!a.lease.held()) continue;
     const PciAddress vf = a.lease.vf();
-    if (a.saved && !a.saved->empty()) {
-      auto s = net_->set(a.netdev, a.index, *a.saved);
-      if (!s) {
-        log_warn("sriov: VF " + vf.to_string() + ": restoring its network settings: " + s.error().message());
-        if (first) first = std::unexpected(s.error());
-      }
-    }
+    // The pool puts the recorded network settings back, resets and rebinds.
     if (auto s = pool_.release(std::move(a.lease)); !s) {
       log_error("sriov: VF " + vf.to_string() + ": " + s.error().message());
       if (first) first = std::unexpected(s.error());

@@ -4,11 +4,10 @@
 // to vfio-pci by the pool), applies the requested network settings through the PF's netdev when
 // the PF has one (saving what was there), and appends the VF to VmConfig::devices so the VM
 // passes it through exactly like --device. The object keeps the leases (their lock fds) until
-// release() or destruction, which resets each VF, restores the saved network settings, rebinds
-// the recorded host driver and removes the lease. If iovirt dies instead (SIGKILL), the lock goes
-// with it and the next allocation on that PF reclaims the VF (sriov/pool.hpp); the network
-// settings are then not restored (the lease record does not carry them), the next --vf's own
-// settings overwrite the keys it gives.
+// release() or destruction, which restores the saved network settings, resets each VF, rebinds
+// the recorded host driver and removes the lease. The settings to put back are written into the
+// lease record before they are changed, so if iovirt dies instead (SIGKILL) the next --vf on that
+// PF, reclaiming the VF (sriov/pool.hpp), restores them as well.
 #pragma once
 
 #include <memory>
