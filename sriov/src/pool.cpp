@@ -73,6 +73,11 @@ std::string LeaseRecord::serialize() const {
   s += "pf=" + (pf ? pf->to_string() : std::string()) + "\n";
   s += "restore_driver=" + restore_driver.value_or("") + "\n";
   s += "since=" + std::to_string(since) + "\n";
+  if (!net_restore.empty()) {
+    s += "net_dev=" + net_dev + "\n";
+    s += "net_index=" + std::to_string(net_index) + "\n";
+    s += "net_restore=" + net_restore + "\n";
+  }
   return s;
 }
 
@@ -101,6 +106,14 @@ Result<LeaseRecord> LeaseRecord::parse(std::string_view text) {
       (k == "vf" ? r.vf : r.pf) = a;
     } else if (k == "restore_driver") {
       if (!v.empty()) r.restore_driver = std::string(v);
+    } else if (k == "net_dev") {
+      r.net_dev = std::string(v);
+    } else if (k == "net_index") {
+      if (!parse_int(v, r.net_index)) {
+        return fail("lease record: bad net_index '" + std::string(v) + "'", EINVAL);
+      }
+    } else if (k == "net_restore") {
+      r.net_restore = std::string(v);
     } else if (k == "since") {
       if (!parse_int(v, r.since)) {
         return fail("lease record: bad since '" + std::string(v) + "'", EINVAL);
@@ -122,7 +135,30 @@ Status VfPool::ensure_dir() const {
   return {};
 }
 
+Status VfPool::update(Lease& lease, const LeaseRecord& rec) {
+  if (!lease.held()) return fail("update a lease that is not held", EINVAL);
+  if (rec.net_dev.find('\n') != std::string::npos || rec.net_restore.find('\n') != std::string::npos)
+    return fail("lease record: a value with a newline", EINVAL);
+  IOVIRT_CHECK_CTX(write_fd(lease.fd_.get(), rec.serialize()), lease.file_.string());
+  lease.record_ = rec;
+  return {};
+}
+
 Status VfPool::give_back(const PciAddress& vf, const LeaseRecord& rec) {
+  if (!rec.net_restore.empty()) {
+    // Best effort: a VF whose settings cannot be put back still goes back to the host.
+    auto want = parse_vf_settings(rec.net_restore);
+    if (!want) {
+      log_warn("sriov: VF " + vf.to_string() + ": recorded network settings unreadable: " + want.error().message());
+    } else if (net_ == nullptr) {
+      log_warn("sriov: VF " + vf.to_string() + ": network settings (" + rec.net_restore + ") not restored");
+    } else if (auto st = net_->set(rec.net_dev, rec.net_index, *want); !st) {
+      log_warn("sriov: VF " + vf.to_string() + ": restoring " + rec.net_restore + " on " + rec.net_dev +
+               ":vf" + std::to_string(rec.net_index) + ": " + st.error().message());
+    } else {
+      log_info("sriov: VF " + vf.to_string() + ": network settings restored (" + rec.net_restore + ")");
+    }
+  }
   IOVIRT_TRY_CTX(did_reset, sriov_.reset(vf), "give back VF " + vf.to_string());
   if (!did_reset) {
     log_warn("sriov: VF " + vf.to_string() +

@@ -38,6 +38,11 @@ std::string usage() {
          "                  [--memory SIZE] [--hugepages] [--metrics HOST:PORT]\n"
          "                  [--disk path=FILE[,...]]... [--net tap=NAME[,...]]...\n"
          "                  [--device path=/sys/bus/pci/devices/DDDD:BB:DD.F]...\n"
+         "                  [--vf pf=DDDD:BB:DD.F[,mac=..][,vlan=..]]...\n"
+         "       iovirt sriov [--json] list | enable PF N | disable PF | bind VF vfio|host\n"
+         "                    | config VF [mac=..,vlan=..,qos=..,spoofchk=on|off,trust=on|off,\n"
+         "                                 state=auto|enable|disable,min_tx_rate=..,max_tx_rate=..]\n"
+         "                    | leases\n"
          "       iovirt --help | --version\n"
          "\n"
          "  --kernel PATH        bzImage to boot (x86-64 Linux boot protocol >= 2.12)\n"
@@ -61,8 +66,16 @@ std::string usage() {
          "  --device path=/sys/bus/pci/devices/DDDD:BB:DD.F\n"
          "                       pass a host PCI function through with VFIO (bind it to vfio-pci\n"
          "                       first; every device of its IOMMU group must be on vfio-pci)\n"
+         "  --vf pf=DDDD:BB:DD.F[,mac=..][,vlan=..][,qos=..][,spoofchk=..][,trust=..][,state=..]\n"
+         "                       take a VF of that PF from iovirt's pool (leased, configured when\n"
+         "                       the PF has a netdev, bound to vfio-pci, passed through; reset and\n"
+         "                       returned on exit, reclaimed by the next user if iovirt is killed)\n"
          "  ring options for --disk and --net: packed=on (packed virtqueue), event_idx=off,\n"
          "                       indirect=off, queue_size=N (power of 2, 2..32768, default 256)\n"
+         "\n"
+         "  iovirt sriov: manage SR-IOV PFs/VFs through sysfs ($IOVIRT_SYSFS_ROOT, default /sys)\n"
+         "                       and the VF pool's leases ($IOVIRT_RUN_DIR/sriov, default\n"
+         "                       /run/iovirt/sriov); VF as DDDD:BB:DD.F or PF-NETDEV:vfN (config)\n"
          "\n"
          "exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest reset/reboot,\n"
          "             128+N stopped by signal N\n";
@@ -102,7 +115,7 @@ Result<std::vector<std::pair<std::string, std::string>>> split_kv(const std::str
     auto eq = item.find('=');
     if (item.empty() || eq == std::string::npos || eq == 0)
       return fail(opt + ": '" + item + "' is not KEY=VALUE (e.g. " +
-                  (opt == "--net" ? "tap=tap0" : "path=disk.img") + ")");
+                  (opt == "--net" ? "tap=tap0" : opt == "--vf" ? "pf=0000:01:00.0" : "path=disk.img") + ")");
     std::string key = item.substr(0, eq);
     for (const auto& kv : out)
       if (kv.first == key) return fail(opt + ": '" + key + "' given twice");
@@ -283,6 +296,100 @@ Result<DeviceOption> parse_device(const std::string& value) {
   return d;
 }
 
+Result<VfOption> parse_vf(const std::string& value) {
+  const std::string opt = "--vf";
+  auto kvs = split_kv(opt, value);
+  if (!kvs) return std::unexpected(kvs.error());
+  VfOption o;
+  bool have_pf = false;
+  std::string net;  // the other keys, handed to the shared VF settings parser
+  for (const auto& [k, v] : *kvs) {
+    if (k == "pf") {
+      auto a = PciAddress::parse(v);
+      if (!a) return fail("--vf: pf='" + v + "' is not a PCI address (e.g. pf=0000:01:00.0)");
+      o.pf = *a;
+      have_pf = true;
+      continue;
+    }
+    if (!net.empty()) net += ',';
+    net += k;
+    net += '=';
+    net += v;
+  }
+  if (!have_pf) return fail("--vf: pf=DDDD:BB:DD.F is required (the PF whose VF to take; see iovirt sriov list)");
+  auto s = sriov::parse_vf_settings(net);
+  if (!s) return fail("--vf: " + s.error().what());
+  o.net = *s;
+  return o;
+}
+
+Result<SriovArgs> parse_sriov_args(const std::vector<std::string>& in) {
+  SriovArgs a;
+  std::vector<std::string> args;
+  for (const auto& s : in) {
+    if (s == "--json") a.json = true;
+    else args.push_back(s);
+  }
+  const char* subs = "list, enable, disable, bind, config, leases";
+  if (args.empty()) return fail(std::string("sriov: no subcommand (") + subs + ")");
+  const std::string& sub = args[0];
+  auto want = [&](std::size_t min, std::size_t max, const char* form) -> Status {
+    if (args.size() - 1 < min || args.size() - 1 > max)
+      return fail(std::string("sriov ") + sub + ": usage: iovirt sriov " + form);
+    return {};
+  };
+  auto device = [&](const std::string& what, const std::string& v) -> Result<PciAddress> {
+    auto p = PciAddress::parse(v);
+    if (!p) return fail("sriov " + sub + ": " + what + " '" + v + "' is not a PCI address DDDD:BB:DD.F (see iovirt sriov list)");
+    return *p;
+  };
+  if (sub == "list" || sub == "leases") {
+    if (auto s = want(0, 0, sub == "list" ? "list [--json]" : "leases [--json]"); !s) return std::unexpected(s.error());
+    a.command = sub == "list" ? SriovCommand::List : SriovCommand::Leases;
+  } else if (sub == "enable") {
+    if (auto s = want(2, 2, "enable PF N"); !s) return std::unexpected(s.error());
+    auto pf = device("PF", args[1]);
+    if (!pf) return std::unexpected(pf.error());
+    a.device = *pf;
+    auto n = parse_u32("sriov enable", args[2]);
+    if (!n) return std::unexpected(n.error());
+    if (*n == 0) return fail("sriov enable: N must be at least 1 (to remove the VFs: iovirt sriov disable PF)");
+    a.command = SriovCommand::Enable;
+    a.count = *n;
+  } else if (sub == "disable") {
+    if (auto s = want(1, 1, "disable PF"); !s) return std::unexpected(s.error());
+    auto pf = device("PF", args[1]);
+    if (!pf) return std::unexpected(pf.error());
+    a.device = *pf;
+    a.command = SriovCommand::Disable;
+  } else if (sub == "bind") {
+    if (auto s = want(2, 2, "bind VF vfio|host"); !s) return std::unexpected(s.error());
+    auto vf = device("VF", args[1]);
+    if (!vf) return std::unexpected(vf.error());
+    a.device = *vf;
+    if (args[2] == "vfio" || args[2] == "vfio-pci") a.to_vfio = true;
+    else if (args[2] == "host") a.to_vfio = false;
+    else return fail("sriov bind: '" + args[2] + "' is not vfio or host");
+    a.command = SriovCommand::Bind;
+  } else if (sub == "config") {
+    if (auto s = want(1, 2, "config VF [mac=..,vlan=..,...]  (VF: DDDD:BB:DD.F or PF-NETDEV:vfN)"); !s)
+      return std::unexpected(s.error());
+    auto t = sriov::parse_vf_target(args[1]);
+    if (!t) return fail("sriov config: " + t.error().what());
+    a.target = *t;
+    if (args.size() == 3) {
+      auto st = sriov::parse_vf_settings(args[2]);
+      if (!st) return fail("sriov config: " + st.error().what());
+      if (st->empty()) return fail("sriov config: no settings given (leave them out to show the current ones)");
+      a.settings = *st;
+    }
+    a.command = SriovCommand::Config;
+  } else {
+    return fail("sriov: unknown subcommand '" + sub + "' (" + subs + ")");
+  }
+  return a;
+}
+
 Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
   ParsedArgs out;
   if (args.empty()) return fail("no command given (try: iovirt run --kernel PATH, or iovirt --help)");
@@ -295,7 +402,19 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
     out.command = Command::Version;
     return out;
   }
-  if (cmd != "run") return fail("unknown command '" + cmd + "' (the command is: run)");
+  if (cmd == "sriov") {
+    out.command = Command::Sriov;
+    for (size_t i = 1; i < args.size(); ++i)
+      if (args[i] == "--help" || args[i] == "-h") {
+        out.command = Command::Help;
+        return out;
+      }
+    auto s = parse_sriov_args(std::vector<std::string>(args.begin() + 1, args.end()));
+    if (!s) return std::unexpected(s.error());
+    out.sriov = std::move(*s);
+    return out;
+  }
+  if (cmd != "run") return fail("unknown command '" + cmd + "' (the commands are: run, sriov)");
   out.command = Command::Run;
   bool have_kernel = false;
   for (size_t i = 1; i < args.size(); ++i) {
@@ -318,7 +437,7 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
     }
     static const char* kWithValue[] = {"--kernel", "--initrd", "--cmdline", "--cpus",
                                        "--memory", "--metrics", "--disk",   "--net",
-                                       "--device"};
+                                       "--device", "--vf"};
     bool known = false;
     for (const char* k : kWithValue) known |= (opt == k);
     if (!known) return fail("unknown option '" + opt + "' (see iovirt --help)");
@@ -367,6 +486,10 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args) {
         if (o.address == d->address)
           return fail("--device: " + d->address.to_string() + " given twice");
       out.vm.devices.push_back(std::move(*d));
+    } else if (opt == "--vf") {
+      auto v = parse_vf(val);
+      if (!v) return std::unexpected(v.error());
+      out.vm.vfs.push_back(std::move(*v));
     }
   }
   if (!have_kernel) return fail("run: --kernel PATH is required");

@@ -19,6 +19,9 @@
 #   e1000e  The e1000e on QEMU's hub: the stock e1000e driver binds and the guest pings L1's
 #           virtio-net NIC on the same hub (10.0.9.1) from 10.0.9.2.
 # Every run also checks that the VMM exited 0 and that every device is back on vfio-pci after it.
+# LAB_VFIO_POOL=on (iovirt only): the NVMe VF comes from iovirt's VF pool (`--vf pf=PF`: leased,
+# bound to vfio-pci by iovirt, given back after the VM) instead of being bound here and given with
+# --device; then after the VM the VF must be off vfio-pci and no lease may remain.
 # lab-retries-on-hang: 2
 set -uo pipefail
 # shellcheck source-path=SCRIPTDIR source=../l1/lib.sh
@@ -41,6 +44,7 @@ for d in ${LAB_VFIO//+/ }; do
         nvme)
             pf=$(lab_nvme_vfs 1) || exit 1
             bdfs[nvme]=$(lab_nvme_vf "$pf" 0)
+            nvme_pf=$pf
             extra+=" iovirt.blk_seed=$seed iovirt.blk_mib=$MIB"
             ;;
         e1000e)
@@ -58,7 +62,17 @@ case $LAB_VFIO_INTX in
     *) lab_log "LAB_VFIO_INTX: '$LAB_VFIO_INTX' is not on or off"; exit 2 ;;
 esac
 lab_l2_cmd "$vmm" 1 "$extra" || exit 2
+LAB_VFIO_POOL=${LAB_VFIO_POOL:-off}
+if [[ $LAB_VFIO_POOL == on && ( $vmm != iovirt || -z ${nvme_pf:-} ) ]]; then
+    lab_log "LAB_VFIO_POOL=on needs the iovirt VMM and nvme in LAB_VFIO"
+    exit 2
+fi
 for d in "${!bdfs[@]}"; do
+    if [[ $d == nvme && $LAB_VFIO_POOL == on ]]; then
+        lab_modprobe vfio-pci || exit 1
+        L2_CMD+=(--vf "pf=$nvme_pf")  # the pool takes the PF's only VF: ${bdfs[nvme]}
+        continue
+    fi
     lab_vfio_bind "${bdfs[$d]}" || exit 1
     lab_l2_add_passthrough "$vmm" "${bdfs[$d]}"
 done
@@ -147,6 +161,14 @@ for d in "${!bdfs[@]}"; do
             ;;
     esac
     drv=$(lab_pci_driver "${bdfs[$d]}")
+    if [[ $d == nvme && $LAB_VFIO_POOL == on ]]; then
+        lab_log "vfio: nvme: after the VM the pool gave ${bdfs[$d]} back to '${drv:-no driver}'"
+        if [[ $drv == vfio-pci ]] || "$IOVIRT" sriov leases --json | grep -q '"vf"'; then
+            lab_log "FAIL: nvme: ${bdfs[$d]} still on vfio-pci or a lease remains: $("$IOVIRT" sriov leases 2>&1)"
+            fail=1
+        fi
+        continue
+    fi
     if [[ $drv != vfio-pci ]]; then
         lab_log "FAIL: after the VM, ${bdfs[$d]} ($d) is bound to '${drv:-nothing}', not vfio-pci"
         fail=1

@@ -6,6 +6,7 @@
 // lock when the holder dies, however it dies (SIGKILL included), so "file present, lock free"
 // means the holder is gone and the VF is reclaimable. The file records what reclaim needs:
 //   pid=<holder pid>  vm=<VM name>  vf=<VF>  pf=<PF>  restore_driver=<driver or empty>  since=<unix s>
+//   [net_dev=<PF netdev>  net_index=<VF index>  net_restore=<VF network settings to put back>]
 // (key=value lines). Reclaim resets the VF (its `reset` attribute when present), binds it back to
 // restore_driver and then leases it to the new caller.
 //
@@ -27,6 +28,7 @@
 #include "iovirt/core/error.hpp"
 #include "iovirt/core/fd.hpp"
 #include "iovirt/sriov/sriov.hpp"
+#include "iovirt/sriov/vf_net.hpp"
 
 namespace iovirt::sriov {
 
@@ -37,6 +39,11 @@ struct LeaseRecord {
   std::optional<PciAddress> pf;
   std::optional<std::string> restore_driver;
   std::int64_t since = 0;  // unix seconds
+  // VF network settings to put back on release or reclaim (format_vf_settings text), on VF
+  // net_index of PF netdev net_dev; empty when the holder changed none.
+  std::string net_dev;
+  unsigned net_index = 0;
+  std::string net_restore;
 
   [[nodiscard]] std::string serialize() const;
   // Tolerant: unknown keys are ignored, missing ones stay default; malformed values are errors.
@@ -80,6 +87,12 @@ class VfPool {
   Result<Lease> allocate(const PciAddress& pf, std::string_view vm_name);
   // Resets the VF, binds it back to the recorded driver, removes the lease file, drops the lock.
   Status release(Lease&& lease);
+  // Rewrites the held lease's record (fsync'ed), e.g. to add the network settings to restore
+  // before changing them, so a reclaim after a crash can put them back.
+  Status update(Lease& lease, const LeaseRecord& rec);
+  // Where give-back puts recorded network settings back (release and reclaim); without one,
+  // they are left as they are (with a warning when the record has some).
+  void set_net_config(VfNetConfig* net) { net_ = net; }
   // Every lease file, with whether its holder is alive (lock held) or it is stale.
   Result<std::vector<LeaseStatus>> list_leases() const;
 
@@ -92,6 +105,7 @@ class VfPool {
 
   Sriov& sriov_;
   std::filesystem::path dir_;
+  VfNetConfig* net_ = nullptr;
 };
 
 }  // namespace iovirt::sriov

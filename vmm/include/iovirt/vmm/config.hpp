@@ -9,6 +9,7 @@
 
 #include "iovirt/core/error.hpp"
 #include "iovirt/core/sysfs.hpp"
+#include "iovirt/sriov/vf_net.hpp"
 
 namespace iovirt {
 
@@ -50,6 +51,14 @@ struct DeviceOption {
   PciAddress address;
 };
 
+// --vf pf=DDDD:BB:DD.F[,mac=..][,vlan=..][,qos=..][,spoofchk=..][,trust=..][,state=..][,..tx_rate=..]:
+// a VF of that PF taken from iovirt's VF pool (sriov/pool.hpp), given those network settings when
+// the PF has a netdev, bound to vfio-pci and passed through; returned to the pool on exit.
+struct VfOption {
+  PciAddress pf;
+  sriov::VfNetSettings net;
+};
+
 struct VmConfig {
   std::string kernel;
   std::string initrd;
@@ -61,13 +70,28 @@ struct VmConfig {
   std::vector<DiskOption> disks;
   std::vector<NetOption> nets;
   std::vector<DeviceOption> devices;
+  std::vector<VfOption> vfs;
 };
 
-enum class Command { Run, Help, Version };
+enum class Command { Run, Sriov, Help, Version };
+
+// iovirt sriov [--json] list | enable PF N | disable PF | bind VF vfio|host
+//                       | config VF [KEY=VALUE,...] | leases
+enum class SriovCommand { List, Enable, Disable, Bind, Config, Leases };
+struct SriovArgs {
+  SriovCommand command = SriovCommand::List;
+  bool json = false;
+  PciAddress device;             // enable/disable: the PF; bind: the VF
+  unsigned count = 0;            // enable: number of VFs (>= 1)
+  bool to_vfio = true;           // bind: vfio (true) or host (false)
+  sriov::VfTarget target;        // config: DDDD:BB:DD.F or PF-NETDEV:vfN
+  sriov::VfNetSettings settings; // config: what to set; empty = show the current settings
+};
 
 struct ParsedArgs {
   Command command = Command::Help;
-  VmConfig vm;
+  VmConfig vm;       // Command::Run
+  SriovArgs sriov;   // Command::Sriov
 };
 
 // "512M", "2G", "1048576", "64k" -> bytes. Refuses garbage, zero and overflow.
@@ -82,6 +106,9 @@ Result<ParsedArgs> parse_args(const std::vector<std::string>& args);
 Result<DiskOption> parse_disk(const std::string& value);
 Result<NetOption> parse_net(const std::string& value);
 Result<DeviceOption> parse_device(const std::string& value);
+Result<VfOption> parse_vf(const std::string& value);
+// The arguments after `iovirt sriov`.
+Result<SriovArgs> parse_sriov_args(const std::vector<std::string>& args);
 
 std::string usage();
 
