@@ -16,7 +16,7 @@
 # markdown table of medians. Both servers use the host page cache (the file is on tmpfs, which has
 # no O_DIRECT): iovirt-vhost without --direct, qemu-storage-daemon with cache.direct=off and its
 # best AIO engine (aio=io_uring) in a dedicated iothread (QEMU's default adaptive polling on).
-# Needs root only for nothing in particular but /dev/shm space and stable pinning; runs as root.
+# Runs as root (as the deploy scripts do); needs SIZE_MIB of free /dev/shm and 2 CPUs for the pinning.
 set -euo pipefail
 
 BUILD=build-rel
