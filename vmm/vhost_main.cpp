@@ -44,6 +44,7 @@ int run_blk(const iovirt::VhostBlkOptions& o) {
   cfg.queues = o.queues;
   cfg.queue_size = o.queue_size;
   cfg.serial = o.serial;
+  cfg.poll_us = o.poll_us;
   auto dev = VirtioBlk::create(cfg, metrics, "blk0");
   if (!dev) return die(dev.error());
   auto backend = vhost_user::VhostUserBackend::create(**dev, metrics);

@@ -23,7 +23,7 @@ void expect_error(std::vector<std::string> a, const std::string& part) {
 TEST(VhostCli, BlkWithEveryOption) {
   auto r = parse({"blk", "--socket", "/run/b.sock", "--file=disk.img", "--direct", "--readonly",
                   "--queues", "4", "--queue-size=256", "--serial", "abc",
-                  "--metrics", "127.0.0.1:9100"});
+                  "--metrics", "127.0.0.1:9100", "--poll-us", "50"});
   ASSERT_TRUE(r.has_value()) << r.error().message();
   EXPECT_EQ(r->command, VhostCommand::Blk);
   EXPECT_EQ(r->blk.socket, "/run/b.sock");
@@ -34,6 +34,7 @@ TEST(VhostCli, BlkWithEveryOption) {
   EXPECT_EQ(r->blk.queue_size, 256);
   EXPECT_EQ(r->blk.serial, "abc");
   EXPECT_EQ(r->blk.metrics, "127.0.0.1:9100");
+  EXPECT_EQ(r->blk.poll_us, 50u);
 }
 
 TEST(VhostCli, Defaults) {
@@ -44,6 +45,7 @@ TEST(VhostCli, Defaults) {
   EXPECT_EQ(r->blk.queues, 1);
   EXPECT_EQ(r->blk.queue_size, 1024);
   EXPECT_TRUE(r->blk.metrics.empty());
+  EXPECT_EQ(r->blk.poll_us, 0u);
 }
 
 TEST(VhostCli, HelpAndVersion) {
@@ -64,6 +66,8 @@ TEST(VhostCli, Refusals) {
   expect_error({"blk", "--socket", "s", "--file", "f", "--queue-size", "100"}, "power of 2");
   expect_error({"blk", "--socket", "s", "--file", "f", "--queue-size", "2048"}, "power of 2");
   expect_error({"blk", "--socket", "s", "--file", "f", "--metrics", "9100"}, "HOST:PORT");
+  expect_error({"blk", "--socket", "s", "--file", "f", "--poll-us", "1000001"}, "--poll-us");
+  expect_error({"blk", "--socket", "s", "--file", "f", "--poll-us", "-1"}, "not a positive");
   expect_error({"blk", "--socket", "s", "--file", "f", "--serial", std::string(21, 'x')},
                "longer than 20");
   expect_error({"blk", "--socket", "s", "--file", "f", "--direct=on"}, "takes no value");

@@ -19,6 +19,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <dirent.h>
 
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/core/guest_memory.hpp"
@@ -80,6 +81,10 @@ struct Cfg {
   }
   Cfg& serial(std::string v) {
     c.serial = std::move(v);
+    return *this;
+  }
+  Cfg& poll_us(uint32_t us) {
+    c.poll_us = us;
     return *this;
   }
 };
@@ -829,6 +834,94 @@ TEST_F(BlkTest, EventIdxSuppressesInterrupts) {
   EXPECT_EQ(qm.chains->value(), kN + 1u);
   // The device asked to be kicked at its next avail index.
   EXPECT_EQ(*queues[0]->drv->avail_event(), kN + 1);
+}
+
+// The scheduler state of this process's thread named `comm` ('R', 'S', 'D', ...; 0 if none).
+char thread_state(const std::string& comm) {
+  DIR* d = ::opendir("/proc/self/task");
+  if (d == nullptr) return 0;
+  char state = 0;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const std::string base = std::string("/proc/self/task/") + e->d_name;
+    std::ifstream c(base + "/comm");
+    std::string name;
+    std::getline(c, name);
+    if (name != comm) continue;
+    std::ifstream st(base + "/stat");
+    std::string line;
+    std::getline(st, line);
+    const auto paren = line.rfind(')');
+    if (paren != std::string::npos && paren + 2 < line.size()) state = line[paren + 2];
+    break;
+  }
+  ::closedir(d);
+  return state;
+}
+
+// Busy-poll (BlkConfig::poll_us), with EVENT_IDX off and on: inside the window a request the
+// driver never kicks is still served; after an idle window the worker re-enables notifications
+// and really sleeps (blocked in the kernel), so an unkicked request waits until the kick.
+class BlkPollTest : public BlkTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(BlkPollTest, ServesWithoutKicksInsideTheWindowAndSleepsAfterIt) {
+  const bool event_idx = GetParam();
+  // A 1 s window: long enough that the unkicked request lands inside it on a loaded host.
+  make_device(Cfg().queue_size(64).poll_us(1'000'000));
+  make_queues(1, 64, event_idx);
+  ASSERT_TRUE(activate().has_value());
+  const auto data = pattern(4096, 9);
+  ASSERT_EQ(run1(VIRTIO_BLK_T_OUT, 16, 4096, false, data).status, VIRTIO_BLK_S_OK);
+  const QueueMetrics qm = QueueMetrics::create(metrics, "blk0", 0);
+  const uint64_t kicks = qm.kicks->value();
+
+  // Right after a completion: the worker is polling, no kick needed.
+  const Req r = add(0, VIRTIO_BLK_T_IN, 16, 4096, true);
+  auto used = wait_used(0, 1);
+  ASSERT_EQ(used.size(), 1u) << "an unkicked request was not served inside the poll window";
+  EXPECT_EQ(used[0].id, r.head);
+  EXPECT_EQ(status_of(r), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(guest_bytes(r.data, 4096), data);
+  EXPECT_EQ(qm.kicks->value(), kicks) << "the driver did not kick; nothing else may have";
+
+  // The window ends: notifications back on (section 2.7.10: used flags clear, or avail_event
+  // caught up with the two requests) and the worker blocked in io_uring_enter, not spinning.
+  ASSERT_TRUE(wait_until([&] {
+    if (event_idx) return queues[0]->drv->avail_event().value_or(0) == 2;
+    return (queues[0]->drv->used_flags().value_or(VIRTQ_USED_F_NO_NOTIFY) &
+            VIRTQ_USED_F_NO_NOTIFY) == 0;
+  })) << "notifications were never re-enabled";
+  ASSERT_TRUE(wait_until([&] { return thread_state("blk0-q0") == 'S'; }))
+      << "the worker never went to sleep after the poll window";
+
+  // Asleep: an unkicked request stays unserved (the driver would have kicked: notifications are
+  // on) until the kick.
+  const Req late = add(0, VIRTIO_BLK_T_IN, 24, 4096, true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto none = queues[0]->drv->take_used();
+  ASSERT_TRUE(none.has_value());
+  EXPECT_FALSE(none->has_value()) << "served without a kick after the window: still spinning";
+  EXPECT_EQ(thread_state("blk0-q0"), 'S');
+  kick(0);
+  used = wait_used(0, 1);
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].id, late.head);
+  EXPECT_EQ(status_of(late), VIRTIO_BLK_S_OK);
+  EXPECT_EQ(failure_count(), 0u) << first_failure();
+}
+
+INSTANTIATE_TEST_SUITE_P(EventIdx, BlkPollTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? std::string("on") : std::string("off");
+                         });
+
+TEST_F(BlkTest, PollWindowAboveOneSecondIsRefused) {
+  BlkConfig c;
+  c.path = image.path();
+  c.poll_us = VirtioBlk::kMaxPollUs + 1;
+  auto d = VirtioBlk::create(c, metrics, "blk0");
+  ASSERT_FALSE(d.has_value());
+  EXPECT_NE(d.error().message().find("poll_us"), std::string::npos) << d.error().message();
 }
 
 TEST_F(BlkTest, DirectIo) {

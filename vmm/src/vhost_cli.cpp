@@ -33,7 +33,7 @@ Status check_host_port(const std::string& v) {
 std::string vhost_usage() {
   return "usage: iovirt-vhost blk --socket PATH --file FILE [--direct] [--readonly]\n"
          "                        [--queues N] [--queue-size N] [--serial S]\n"
-         "                        [--metrics HOST:PORT]\n"
+         "                        [--poll-us N] [--metrics HOST:PORT]\n"
          "       iovirt-vhost --help | --version\n"
          "\n"
          "Serves a virtio device to a vhost-user front-end (QEMU vhost-user-blk-pci, Cloud\n"
@@ -48,6 +48,9 @@ std::string vhost_usage() {
          "  --queue-size N       largest ring the front-end may use, power of 2, 2..1024\n"
          "                       (default 1024)\n"
          "  --serial S           GET_ID string, at most 20 bytes (default: from the path)\n"
+         "  --poll-us N          after each batch, busy-poll the ring for up to N microseconds\n"
+         "                       (restarted by new work) before sleeping on the kick; costs a\n"
+         "                       core per busy queue, saves the wake-up; 0..1000000 (default 0)\n"
          "  --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
          "\n"
          "Log level: IOVIRT_LOG=debug|info|warn|error. SIGINT/SIGTERM stop the daemon.\n"
@@ -92,7 +95,8 @@ Result<VhostArgs> parse_vhost_args(const std::vector<std::string>& args) {
       continue;
     }
     static const char* kWithValue[] = {"--socket", "--file",   "--queues",
-                                       "--queue-size", "--serial", "--metrics"};
+                                       "--queue-size", "--serial", "--metrics",
+                                       "--poll-us"};
     bool known = false;
     for (const char* k : kWithValue) known = known || opt == k;
     if (!known) return fail("unknown option '" + opt + "' (see iovirt-vhost --help)");
@@ -122,6 +126,11 @@ Result<VhostArgs> parse_vhost_args(const std::vector<std::string>& args) {
     } else if (opt == "--serial") {
       if (val.size() > 20) return fail("--serial: '" + val + "' is longer than 20 bytes");
       b.serial = val;
+    } else if (opt == "--poll-us") {
+      auto n = parse_count(opt, val);
+      if (!n) return std::unexpected(n.error());
+      if (*n > 1'000'000) return fail("--poll-us: " + val + " is not in 0..1000000");
+      b.poll_us = *n;
     } else if (opt == "--metrics") {
       if (auto st = check_host_port(val); !st) return std::unexpected(st.error());
       b.metrics = val;

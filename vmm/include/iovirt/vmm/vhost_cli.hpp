@@ -20,6 +20,7 @@ struct VhostBlkOptions {
   uint16_t queues = 1;
   uint16_t queue_size = 1024;  // the largest ring a front-end may choose (SET_VRING_NUM)
   std::string serial;
+  uint32_t poll_us = 0;  // busy-poll window per queue worker, 0: event-driven (BlkConfig::poll_us)
   std::string metrics;  // HOST:PORT, empty: no metrics endpoint
 };
 
