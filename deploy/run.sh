@@ -8,9 +8,10 @@
 # nested lab: L1 under QEMU TCG with SVM, iovirt as the L1 VMM (scenario virtio-net with
 # LAB_NET_DISK=on, which also checks the disk image's bytes after the guest powers off), and then
 # a second guest gets two of L1's PCI functions passed through with VFIO (scenario vfio with
-# LAB_VFIO=edu+nvme): QEMU's edu device, exercised by a test driver in the guest (BAR0, 10! by
-# MSI, DMA both ways), and an SR-IOV NVMe VF under the stock nvme driver (a pattern written,
-# read back, and found by L1 through the PF). On a host with VT-x/AMD-V, IOVIRT_RUN_DEVICE=BDF
+# LAB_VFIO=edu+nvme LAB_VFIO_POOL=on): QEMU's edu device, exercised by a test driver in the guest
+# (BAR0, 10! by MSI, DMA both ways), and an SR-IOV NVMe VF taken from iovirt's VF pool with
+# `--vf pf=...` (leased, bound to vfio-pci, given back after the VM) under the stock nvme driver
+# (a pattern written, read back, and found by L1 through the PF). On a host with VT-x/AMD-V, IOVIRT_RUN_DEVICE=BDF
 # (a function already bound to vfio-pci) is passed through to the directly booted guest too.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,4 +41,4 @@ echo "run: no vmx/svm on this host: booting the guest with iovirt inside the nes
   --env LAB_NET_DISK=on
 echo "run: passing L1's edu device and an NVMe VF through to a second guest with VFIO"
 exec "$ROOT/deploy/lab/lab.sh" run vfio --iovirt "$ROOT/build/vmm/iovirt" --env LAB_GUEST_VERBOSE=1 \
-  --env LAB_VFIO=edu+nvme
+  --env LAB_VFIO=edu+nvme --env LAB_VFIO_POOL=on
