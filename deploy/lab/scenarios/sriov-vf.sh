@@ -5,8 +5,9 @@
 #      `iovirt sriov enable PF 2` (LAB_SRIOV_ENABLE=iovirt, the default) or by the lab's own
 #      `nvme virt-mgmt` commands (LAB_SRIOV_ENABLE=lab: lab_nvme_vfs); `iovirt sriov list` shows
 #      the PF and its VFs.
-#   2. VM B (boot-only guest) with --vf: once its lease is alive it is frozen with SIGSTOP, so it
-#      keeps its VF (and its lock) without touching the namespace.
+#   2. VM B with --vf runs the nvme test (its own seeded 8 MiB O_DIRECT write + read back) and
+#      then stays up (iovirt.hold=1); once it passed and its lease is alive it is frozen with
+#      SIGSTOP, so it keeps its VF (and its lock) while A runs.
 #   3. VM A (the nvme test: seeded 8 MiB O_DIRECT write + read back in the guest) with --vf: it
 #      must get the other VF; `iovirt sriov leases --json`, sampled meanwhile, must show two live
 #      leases on different VFs; A passes its test, and afterwards its lease is gone.
@@ -46,8 +47,9 @@ leases_json() { "$IOVIRT" sriov leases --json 2>&1; }
 lab_log "sriov-vf: PF $pf"
 "$IOVIRT" sriov list 2>&1 | sed 's/^/l1|   /'
 
-# B: a boot-only guest holding a VF, frozen once its lease is live.
-lab_l2_cmd iovirt 1 "" || exit 2
+# B: the nvme test on its VF, then it holds the VF (frozen) while A runs.
+seed_b=$((RANDOM * 32768 + RANDOM + 1))
+lab_l2_cmd iovirt 1 "iovirt.test=nvme iovirt.blk_seed=$seed_b iovirt.blk_mib=$MIB iovirt.hold=1" || exit 2
 B_CMD=("${L2_CMD[@]}" --vf "pf=$pf")
 "${B_CMD[@]}" </dev/null >/tmp/sriov-b.console 2>&1 &
 b=$!
@@ -66,8 +68,20 @@ if [[ -z $vf_b ]]; then
     kill -9 "$b" 2>/dev/null
     exit 1
 fi
+# B's own I/O on its VF must pass before it is frozen.
+for n in $(seq 1800); do
+    grep -aq 'IOVIRT-TEST-\(OK\|FAIL\)' /tmp/sriov-b.console && break
+    kill -0 "$b" 2>/dev/null || break
+    sleep 0.1
+done
+if ! lab_guest_verdict /tmp/sriov-b.console nvme; then
+    lab_log "FAIL: VM B's nvme test on $vf_b did not pass; its output:"
+    sed 's/^/l1| B  /' /tmp/sriov-b.console | tail -n 20
+    kill -9 "$b" 2>/dev/null
+    exit 1
+fi
 kill -STOP "$b"
-lab_log "sriov-vf: VM B (pid $b) holds $vf_b; frozen"
+lab_log "sriov-vf: VM B (pid $b) read/wrote its namespace on $vf_b and holds it; frozen"
 
 # A: the nvme test on the other VF, with the leases sampled meanwhile.
 seed=$((RANDOM * 32768 + RANDOM + 1))
