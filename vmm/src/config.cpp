@@ -81,8 +81,6 @@ std::string usage() {
          "             128+N stopped by signal N\n";
 }
 
-namespace {
-
 Result<uint32_t> parse_u32(const std::string& opt, const std::string& v) {
   uint32_t n = 0;
   auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
@@ -102,6 +100,8 @@ Status check_host_port(const std::string& v) {
     return fail("--metrics: port '" + ps + "' is not a number in 0..65535");
   return {};
 }
+
+namespace {
 
 // "k=v,k=v" -> pairs; refuses empty keys, keys without '=' and repeated keys.
 Result<std::vector<std::pair<std::string, std::string>>> split_kv(const std::string& opt,

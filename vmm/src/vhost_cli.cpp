@@ -2,33 +2,10 @@
 #include "iovirt/vmm/vhost_cli.hpp"
 
 #include <bit>
-#include <charconv>
+
+#include "iovirt/vmm/config.hpp"
 
 namespace iovirt {
-
-namespace {
-
-Result<uint32_t> parse_count(const std::string& opt, const std::string& v) {
-  uint32_t n = 0;
-  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-  if (ec != std::errc() || p != v.data() + v.size() || v.empty())
-    return fail(opt + ": '" + v + "' is not a positive integer");
-  return n;
-}
-
-Status check_host_port(const std::string& v) {
-  const auto colon = v.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == v.size())
-    return fail("--metrics: '" + v + "' is not HOST:PORT (e.g. 127.0.0.1:9100)");
-  uint32_t port = 0;
-  const std::string ps = v.substr(colon + 1);
-  auto [p, ec] = std::from_chars(ps.data(), ps.data() + ps.size(), port);
-  if (ec != std::errc() || p != ps.data() + ps.size() || port > 65535)
-    return fail("--metrics: port '" + ps + "' is not a number in 0..65535");
-  return {};
-}
-
-}  // namespace
 
 std::string vhost_usage() {
   return "usage: iovirt-vhost blk --socket PATH --file FILE [--direct] [--readonly]\n"
@@ -113,12 +90,12 @@ Result<VhostArgs> parse_vhost_args(const std::vector<std::string>& args) {
       b.file = val;
       have_file = true;
     } else if (opt == "--queues") {
-      auto n = parse_count(opt, val);
+      auto n = parse_u32(opt, val);
       if (!n) return std::unexpected(n.error());
       if (*n == 0 || *n > 64) return fail("--queues: " + val + " is not in 1..64");
       b.queues = static_cast<uint16_t>(*n);
     } else if (opt == "--queue-size") {
-      auto n = parse_count(opt, val);
+      auto n = parse_u32(opt, val);
       if (!n) return std::unexpected(n.error());
       if (*n < 2 || *n > 1024 || !std::has_single_bit(*n))
         return fail("--queue-size: " + val + " is not a power of 2 in 2..1024");
@@ -127,7 +104,7 @@ Result<VhostArgs> parse_vhost_args(const std::vector<std::string>& args) {
       if (val.size() > 20) return fail("--serial: '" + val + "' is longer than 20 bytes");
       b.serial = val;
     } else if (opt == "--poll-us") {
-      auto n = parse_count(opt, val);
+      auto n = parse_u32(opt, val);
       if (!n) return std::unexpected(n.error());
       if (*n > 1'000'000) return fail("--poll-us: " + val + " is not in 0..1000000");
       b.poll_us = *n;

@@ -94,6 +94,11 @@ struct ParsedArgs {
   SriovArgs sriov;   // Command::Sriov
 };
 
+// A decimal unsigned 32-bit value; the error names `opt`. Shared by every iovirt command line.
+Result<uint32_t> parse_u32(const std::string& opt, const std::string& v);
+// --metrics HOST:PORT: a non-empty host and a port in 0..65535.
+Status check_host_port(const std::string& v);
+
 // "512M", "2G", "1048576", "64k" -> bytes. Refuses garbage, zero and overflow.
 Result<uint64_t> parse_size(const std::string& s);
 
