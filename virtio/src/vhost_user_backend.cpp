@@ -179,7 +179,7 @@ void VhostUserBackend::stop() {
   if (conn_fd_ >= 0) ::shutdown(conn_fd_, SHUT_RDWR);
 }
 
-void VhostUserBackend::reset_state() {
+void VhostUserBackend::reset_device_state() {
   stop_device();
   dev_.reset();
   for (Virtqueue& q : queues_) q.reset();
@@ -192,8 +192,12 @@ void VhostUserBackend::reset_state() {
   features_ = 0;
   features_set_ = false;
   protocol_acked_ = false;
-  protocol_features_ = 0;
   status_ = 0;
+}
+
+void VhostUserBackend::reset_state() {
+  reset_device_state();
+  protocol_features_ = 0;
   mem_.reset();
   table_.clear();
   dirty_ = false;
@@ -236,19 +240,7 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
     case Request::ResetOwner:
     case Request::ResetDevice: {
       // Back to a fresh device; the shared memory stays (RESET_DEVICE keeps the session).
-      stop_device();
-      dev_.reset();
-      for (Virtqueue& q : queues_) q.reset();
-      for (Ring& r : rings_) r = Ring{};
-      {
-        std::lock_guard lock(call_mu_);
-        for (Fd& f : calls_) f.reset();
-        err_fds_.clear();
-      }
-      features_ = 0;
-      features_set_ = false;
-      protocol_acked_ = false;
-      status_ = 0;
+      reset_device_state();
       return R();
     }
     case Request::GetProtocolFeatures:

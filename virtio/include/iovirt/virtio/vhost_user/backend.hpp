@@ -125,7 +125,10 @@ class VhostUserBackend final : private VirtioInterrupt {
   Result<std::optional<Message>> handle(Message& msg);
   Status apply();  // (re)activates the device so that it serves exactly the live rings
   void stop_device();  // device reset; the serving rings' next avail indexes saved
-  void reset_state();  // back to "nothing negotiated" (connection end, RESET_OWNER)
+  // RESET_OWNER / RESET_DEVICE: a fresh device (rings, call/err fds, features, status); the
+  // memory table and protocol features stay.
+  void reset_device_state();
+  void reset_state();  // back to "nothing negotiated" (connection end): also memory, protocol
   Result<uint64_t> translate(uint64_t uaddr, const char* what) const;
   [[nodiscard]] uint16_t fresh_base() const;  // next_avail() of a ring never started
   [[nodiscard]] bool live(const Ring& r) const {
