@@ -13,7 +13,6 @@
 #include <chrono>
 #include <memory>
 #include <optional>
-#include <thread>
 
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/core/pci_config.hpp"
@@ -95,16 +94,7 @@ TEST_F(IrqMsixKvmTest, MsixVectorReachesGuestAndIsHeldWhileMasked) {
   EXPECT_GE(*irq.vector(0)->gsi(), 24u);
 
   Bus pio("pio"), mmio("mmio");
-  RunResult result;
-  std::thread vcpu([&] { result = run_guest(*t, pio, mmio, 100000); });
-  struct Stopper {
-    TinyVm& t;
-    std::thread& th;
-    ~Stopper() {
-      t.poke<uint32_t>(kStop, 1);
-      if (th.joinable()) th.join();
-    }
-  } stopper{*t, vcpu};
+  GuestThread vcpu(*t, pio, mmio, kStop, 100000);
   ASSERT_TRUE(wait_for(*t, kReady, 1)) << "the guest never enabled its LAPIC";
 
   // 1. The notifier eventfd (what VFIO/vhost would be handed) delivers through the irqfd.
@@ -137,8 +127,7 @@ TEST_F(IrqMsixKvmTest, MsixVectorReachesGuestAndIsHeldWhileMasked) {
   ASSERT_TRUE(wait_for(*t, kCounter, 4)) << "the held external signal was lost at unmask";
 
   ASSERT_TRUE(guest_ran(*t, 1000));
-  t->poke<uint32_t>(kStop, 1);
-  vcpu.join();
+  const RunResult& result = vcpu.join();
   ASSERT_TRUE(result.done) << result.failure;
   EXPECT_EQ(t->peek<uint32_t>(kCounter), 4u);
   EXPECT_EQ(

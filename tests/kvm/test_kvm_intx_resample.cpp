@@ -10,7 +10,6 @@
 
 #include <gtest/gtest.h>
 
-#include <thread>
 
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/vmm/pci_root.hpp"
@@ -75,16 +74,7 @@ TEST_F(IntxResampleTest, LevelIrqfdOnAPrtGsiDeliversAndSignalsTheResamplefdAfter
   ASSERT_TRUE(trigger && resample);
   ASSERT_TRUE(t->vm.register_irqfd(trigger->fd(), gsi, resample->fd()));
   Bus pio("pio"), mmio("mmio");
-  RunResult result;
-  std::thread vcpu([&] { result = run_guest(*t, pio, mmio); });
-  struct Stopper {
-    TinyVm& t;
-    std::thread& th;
-    ~Stopper() {
-      t.poke<uint32_t>(kStop, 1);
-      if (th.joinable()) th.join();
-    }
-  } stopper{*t, vcpu};
+  GuestThread vcpu(*t, pio, mmio, kStop);
   ASSERT_TRUE(wait_for(*t, kReady, 1)) << "the guest never programmed its IOAPIC pin";
 
   for (uint32_t n = 1; n <= kInterrupts; ++n) {
@@ -95,8 +85,7 @@ TEST_F(IntxResampleTest, LevelIrqfdOnAPrtGsiDeliversAndSignalsTheResamplefdAfter
     ASSERT_TRUE(v);
     EXPECT_EQ(*v, 1u) << "one resample per level interrupt";
   }
-  t->poke<uint32_t>(kStop, 1);
-  vcpu.join();
+  const RunResult& result = vcpu.join();
   ASSERT_TRUE(result.done) << result.failure;
   EXPECT_EQ(t->peek<uint32_t>(kCounter), kInterrupts);
   EXPECT_TRUE(t->vm.unregister_irqfd(trigger->fd(), gsi));

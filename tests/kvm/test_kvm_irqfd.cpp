@@ -19,7 +19,6 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <thread>
 
 #include "iovirt/core/eventfd.hpp"
 #include "tiny_guest.hpp"
@@ -73,18 +72,7 @@ TEST_P(IrqfdTest, EachEventfdWriteRaisesTheRoutedMsiInTheGuest) {
   ASSERT_TRUE(irq);
   ASSERT_TRUE(t->vm.register_irqfd(irq->fd(), kGsi));
   Bus pio("pio"), mmio("mmio");
-  RunResult result;
-  std::thread vcpu([&] { result = run_guest(*t, pio, mmio); });
-  // However the test ends, let the guest leave its loop and join the vCPU thread (a hung guest
-  // is stopped by run_guest's watchdog).
-  struct Stopper {
-    TinyVm& t;
-    std::thread& th;
-    ~Stopper() {
-      t.poke<uint32_t>(kStop, 1);
-      if (th.joinable()) th.join();
-    }
-  } stopper{*t, vcpu};
+  GuestThread vcpu(*t, pio, mmio, kStop);
   ASSERT_TRUE(wait_for(*t, kReady, 1)) << "the guest never enabled its LAPIC";
 
   // Act: one eventfd write per interrupt, each after the previous one was handled (two writes
@@ -93,8 +81,7 @@ TEST_P(IrqfdTest, EachEventfdWriteRaisesTheRoutedMsiInTheGuest) {
     ASSERT_TRUE(irq->write(1));
     ASSERT_TRUE(wait_for(*t, kCounter, n)) << "interrupt " << n << " never reached the handler";
   }
-  t->poke<uint32_t>(kStop, 1);
-  vcpu.join();
+  const RunResult& result = vcpu.join();
 
   ASSERT_TRUE(result.done) << result.failure;
   EXPECT_EQ(t->peek<uint32_t>(kCounter), kInterrupts);

@@ -594,4 +594,32 @@ inline bool wait_for(const TinyVm& t, uint64_t gpa, uint32_t want) {
   return t.peek<uint32_t>(gpa) >= want;
 }
 
+// run_guest() on its own thread. However the test ends (a failed ASSERT returns early), the
+// destructor writes 1 at `stop_gpa`, the word the guest's loop polls to leave, and joins, so no
+// vCPU thread outlives the test (a hung guest is stopped by run_guest's watchdog).
+class GuestThread {
+ public:
+  GuestThread(TinyVm& t, const Bus& pio, const Bus& mmio, uint64_t stop_gpa,
+              unsigned max_exits = 1000)
+      : t_(t), stop_gpa_(stop_gpa), thread_([this, &t, &pio, &mmio, max_exits] {
+          result_ = run_guest(t, pio, mmio, max_exits);
+        }) {}
+  ~GuestThread() { join(); }
+  GuestThread(const GuestThread&) = delete;
+  GuestThread& operator=(const GuestThread&) = delete;
+
+  // Tells the guest to stop, waits for the vCPU thread, returns how the run ended.
+  const RunResult& join() {
+    t_.poke<uint32_t>(stop_gpa_, 1);
+    if (thread_.joinable()) thread_.join();
+    return result_;
+  }
+
+ private:
+  TinyVm& t_;
+  uint64_t stop_gpa_;
+  RunResult result_;
+  std::thread thread_;  // last: started once the members it uses exist
+};
+
 }  // namespace iovirt::tiny
