@@ -248,6 +248,10 @@ TEST_F(QsdTest, ATransferSurvivesTheDaemonBeingKilledAndRestarted) {
   EXPECT_EQ(byte_at(st), blk::VIRTIO_BLK_S_OK);
   EXPECT_EQ(file_bytes(64 * 512, 8192), second);
   EXPECT_EQ(file_bytes(0, 4096), first);
+  // The back-end may complete the queued write as soon as its rings are programmed, i.e. before
+  // the monitor thread marks the connection up: wait (bounded) for that.
+  for (int i = 0; i < 200 && !frontend_->connected(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(frontend_->connected());
   EXPECT_EQ(frontend_->reconnects(), 1u);
   EXPECT_TRUE(failure_.empty()) << failure_;
