@@ -10,6 +10,8 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   liburing-dev libcivetweb-dev civetweb libcli11-dev libfmt-dev
   libnl-route-3-dev # sriov/: VF network settings over rtnetlink
+  # iovirt-vhost net --backend dpdk=... (rte_ethdev) and the interop/benchmark peer dpdk-testpmd
+  libdpdk-dev dpdk-dev
   # the nested lab: L1 runs under QEMU TCG, its images come from Debian packages
   qemu-system-x86 qemu-utils busybox-static cpio kmod pciutils nvme-cli iproute2 xz-utils zstd
   fio # deploy/bench/vhost-blk-bench.sh: the io_uring limit on the same file
