@@ -244,7 +244,10 @@ Status Frontend::negotiate(uint64_t features) {
 // positions come from guest memory (the used index its predecessor published).
 Status Frontend::program_rings(bool restore) {
   const ActivateContext& ctx = *active_;
-  uint64_t f = acked_;
+  // Only what the back-end offered: the net bits iovirt serves itself from its own config space
+  // (MAC, STATUS) are acked by the driver but are not the back-end's to accept. A back-end that
+  // does not offer them (DPDK's vhost library) refuses a SET_FEATURES that carries them.
+  uint64_t f = acked_ & backend_features_;
   if ((backend_features_ & feature_bit(kFeatureProtocolFeatures)) != 0)
     f |= feature_bit(kFeatureProtocolFeatures);
   IOVIRT_CHECK_CTX(send(make_request(Request::SetFeatures, U64{f})), "");
