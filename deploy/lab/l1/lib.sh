@@ -138,6 +138,16 @@ lab_us_to_s() { printf '%d.%03d' $(($1 / 1000000)) $((($1 % 1000000) / 1000)); }
 #                         (iovirt --disk vhost-user=SOCK; QEMU vhost-user-blk-pci on memfd RAM)
 #   LAB_BLK_KILL=on|off   with a vhost-user back-end: kill it (SIGKILL) while the guest writes
 #                         and start it again; the guest's write must still complete and verify
+#   LAB_NET_BACKEND=tap|iovirt-vhost|testpmd
+#                         who serves the virtio-net rings: the VMM itself on tap0 (tap), or a
+#                         vhost-user back-end process in L1 that the VMM connects to (iovirt
+#                         --net vhost-user=SOCK; QEMU -netdev vhost-user on memfd RAM):
+#                         iovirt-vhost net --backend tap=tap0 (next to the iovirt binary), or
+#                         DPDK's dpdk-testpmd forwarding (io) between net_vhost and a net_tap
+#                         that then owns tap0. One queue pair, no LAB_NET_VHOST.
+#   LAB_NET_KILL=on|off   with LAB_NET_BACKEND=iovirt-vhost and iovirt as the VMM: kill the back-end
+#                         (SIGKILL) while the guest sends and start it again; the front-end
+#                         reconnects, TCP retransmits over the gap, the transfer must verify
 
 LAB_RING=${LAB_RING:-split}
 LAB_EVENT_IDX=${LAB_EVENT_IDX:-on}
@@ -146,6 +156,8 @@ LAB_NET_VHOST=${LAB_NET_VHOST:-off}
 LAB_BLK_DIRECT=${LAB_BLK_DIRECT:-off}
 LAB_BLK_BACKEND=${LAB_BLK_BACKEND:-file}
 LAB_BLK_KILL=${LAB_BLK_KILL:-off}
+LAB_NET_BACKEND=${LAB_NET_BACKEND:-tap}
+LAB_NET_KILL=${LAB_NET_KILL:-off}
 
 # lab_check_knobs — 0 if the knobs above hold valid values, else says which and returns 1.
 lab_check_knobs() {
@@ -157,7 +169,21 @@ lab_check_knobs() {
     [[ $LAB_QUEUES =~ ^[1-8]$ ]] || bad+=" LAB_QUEUES=$LAB_QUEUES (1..8)"
     [[ $LAB_BLK_BACKEND =~ ^(file|qsd|iovirt-vhost)$ ]] || bad+=" LAB_BLK_BACKEND=$LAB_BLK_BACKEND (file|qsd|iovirt-vhost)"
     [[ $LAB_BLK_KILL == on || $LAB_BLK_KILL == off ]] || bad+=" LAB_BLK_KILL=$LAB_BLK_KILL (on|off)"
+    [[ $LAB_NET_BACKEND =~ ^(tap|iovirt-vhost|testpmd)$ ]] || bad+=" LAB_NET_BACKEND=$LAB_NET_BACKEND (tap|iovirt-vhost|testpmd)"
+    [[ $LAB_NET_KILL == on || $LAB_NET_KILL == off ]] || bad+=" LAB_NET_KILL=$LAB_NET_KILL (on|off)"
     [[ -z ${LAB_VMM:-} || $LAB_VMM == qemu || $LAB_VMM == iovirt ]] || bad+=" LAB_VMM=$LAB_VMM (qemu|iovirt)"
+    # Combinations: a vhost-user NIC is one queue pair served by its back-end process.
+    if [[ $LAB_NET_BACKEND != tap ]]; then
+        [[ $LAB_NET_VHOST == off ]] || bad+=" LAB_NET_VHOST=on with LAB_NET_BACKEND=$LAB_NET_BACKEND (vhost-net and vhost-user are two back-ends: pick one)"
+        [[ $LAB_QUEUES == 1 ]] || bad+=" LAB_QUEUES=$LAB_QUEUES with LAB_NET_BACKEND=$LAB_NET_BACKEND (one queue pair over vhost-user)"
+    fi
+    if [[ $LAB_NET_KILL == on ]]; then
+        [[ $LAB_NET_BACKEND == iovirt-vhost ]] || bad+=" LAB_NET_KILL=on with LAB_NET_BACKEND=$LAB_NET_BACKEND (needs iovirt-vhost)"
+        [[ $(lab_vmm) == iovirt ]] || bad+=" LAB_NET_KILL=on with LAB_VMM=$(lab_vmm) (needs iovirt's front-end, which reconnects)"
+    fi
+    if [[ $LAB_NET_BACKEND == iovirt-vhost || $LAB_BLK_BACKEND == iovirt-vhost ]] && [[ -z ${IOVIRT:-} ]]; then
+        bad+=" iovirt-vhost back-end without --iovirt (iovirt-vhost is taken from next to the iovirt binary)"
+    fi
     [[ -z $bad ]] && return 0
     lab_log "bad knob value:$bad"
     return 1
@@ -180,6 +206,7 @@ lab_l2_cmd() {
     local vmm=$1 ncpus=$2 extra=${3:-}
     L2_NDISKS=0
     L2_NNETS=0
+    L2_SHARED_RAM=0
     case $vmm in
         qemu)
             L2_CMD=(qemu-system-x86_64 -accel kvm -cpu "${LAB_L2_CPU:-host}" -smp "$ncpus" -m "${LAB_L2_MIB:-512}"
@@ -207,6 +234,15 @@ _lab_iovirt_ring_opts() {
     [[ $LAB_RING != packed ]] || o+=",packed=on"
     [[ $LAB_EVENT_IDX != off ]] || o+=",event_idx=off"
     printf '%s' "$o"
+}
+
+# QEMU: vhost-user needs guest RAM the back-end can map, a shared memfd; once per VM, whether a
+# vhost-user disk, a vhost-user NIC or both ask for it.
+_lab_qemu_shared_ram() {
+    ((L2_SHARED_RAM == 0)) || return 0
+    L2_SHARED_RAM=1
+    L2_CMD+=(-object "memory-backend-memfd,id=mem0,size=${LAB_L2_MIB:-512}M,share=on"
+        -machine memory-backend=mem0)
 }
 
 # lab_vu_start PATH [ro] — start the LAB_BLK_BACKEND vhost-user back-end serving PATH on
@@ -269,9 +305,8 @@ lab_l2_add_disk() {
         lab_vu_start "$path" "$ro" || return 1
         case $vmm in
             qemu)
-                # vhost-user needs guest RAM the back-end can map: a shared memfd.
-                L2_CMD+=(-object "memory-backend-memfd,id=mem0,size=${LAB_L2_MIB:-512}M,share=on"
-                    -machine memory-backend=mem0 -chardev "socket,id=vu$id,path=$VU_SOCK"
+                _lab_qemu_shared_ram
+                L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_SOCK"
                     -device "vhost-user-blk-pci,chardev=vu$id,num-queues=$LAB_QUEUES")
                 ;;
             iovirt) L2_CMD+=(--disk "vhost-user=$VU_SOCK$( ((LAB_QUEUES == 1)) || echo ",queues=$LAB_QUEUES")") ;;
@@ -294,11 +329,103 @@ lab_l2_add_disk() {
     esac
 }
 
-# lab_l2_add_net VMM TAP MAC — a virtio-net NIC on the existing tap device TAP.
+# lab_vnet_start TAP MAC — start the LAB_NET_BACKEND vhost-user back-end on /tmp/vu/net.sock
+# with its frames on TAP (its pid in /tmp/vu/net.pid, its log in /tmp/vu/net.log); waits for
+# the socket (testpmd: and for its tap).
+#  - iovirt-vhost: `iovirt-vhost net --backend tap=TAP` opens the existing TAP (L1's address
+#    stays on it, also across a restart).
+#  - testpmd: DPDK's net_tap creates its own TAP, so the one lab_tap_create made is deleted and
+#    its address moved to DPDK's once it exists. testpmd's forwarding lcore busy-polls; L1 has one
+#    CPU, shared with the L2 vCPUs and the VMM, so testpmd runs at SCHED_IDLE: it gets the CPU
+#    whenever they wait (the guest halts between bursts) and never starves them. Both lcores
+#    share that CPU (--lcores 0@0,1@0), no hugepages (--no-huge: net_vhost maps the front-end's
+#    memfd RAM, its own mbufs need no physical addresses with net_tap), a small mbuf pool.
+#    testpmd without -i forwards until its stdin gives a line: a FIFO it holds open itself.
+VU_NET_SOCK=$VU_DIR/net.sock
+lab_vnet_start() {
+    local tap=$1 mac=$2 pid cidr t0=${EPOCHREALTIME/./}
+    mkdir -p "$VU_DIR"
+    rm -f "$VU_NET_SOCK"
+    case $LAB_NET_BACKEND in
+        iovirt-vhost)
+            "$(dirname "$IOVIRT")/iovirt-vhost" net --socket "$VU_NET_SOCK" --backend "tap=$tap" --mac "$mac" \
+                >>"$VU_DIR/net.log" 2>&1 &
+            ;;
+        testpmd)
+            cidr=$(ip -o -4 addr show dev "$tap" 2>/dev/null | awk '{ print $4; exit }')
+            [[ -n $cidr ]] || cidr=$(<"$VU_DIR/net.cidr") || { lab_log "testpmd: $tap has no IPv4 address to take over"; return 1; }
+            echo "$cidr" >"$VU_DIR/net.cidr"
+            ip link del "$tap" 2>/dev/null
+            rm -f "$VU_DIR/testpmd.in"
+            mkfifo "$VU_DIR/testpmd.in" || return 1
+            chrt --idle 0 dpdk-testpmd --lcores 0@0,1@0 --no-huge -m 128 --no-pci --file-prefix lab-net \
+                --vdev "net_vhost0,iface=$VU_NET_SOCK" --vdev "net_tap0,iface=$tap" \
+                -- --forward-mode=io --total-num-mbufs=8192 --nb-cores=1 \
+                0<>"$VU_DIR/testpmd.in" >>"$VU_DIR/net.log" 2>&1 &
+            ;;
+    esac
+    pid=$!
+    # LAB_NET_KILL kills it from another (sub)shell: no "Killed" job report from this one.
+    disown "$pid"
+    echo "$pid" >"$VU_DIR/net.pid"
+    # testpmd needs 8-16 s to come up here (likely EAL dlopening all 128 PMDs of its plugin
+    # directory, 31 MB over 9p, under TCG).
+    for _ in $(seq 600); do [[ -S $VU_NET_SOCK ]] || ! kill -0 "$pid" 2>/dev/null && break; sleep 0.1; done
+    if [[ ! -S $VU_NET_SOCK ]]; then
+        lab_log "vhost-user back-end $LAB_NET_BACKEND did not create $VU_NET_SOCK: $(tail -n 3 "$VU_DIR/net.log" 2>/dev/null)"
+        return 1
+    fi
+    [[ $LAB_NET_BACKEND == testpmd ]] || return 0
+    for _ in $(seq 100); do [[ -e /sys/class/net/$tap ]] && break; sleep 0.1; done
+    if ! ip addr add "$cidr" dev "$tap" || ! ip link set "$tap" up; then
+        lab_log "testpmd: configuring its $tap with $cidr failed: $(tail -n 3 "$VU_DIR/net.log" 2>/dev/null)"
+        return 1
+    fi
+    lab_log "testpmd (pid $pid, up in $(lab_us_to_s $((${EPOCHREALTIME/./} - t0)))s) forwards between net_vhost0 ($VU_NET_SOCK) and net_tap0 ($tap, $cidr)"
+}
+
+# lab_vnet_stop — stop the net back-end (SIGTERM, then SIGKILL after 5 s); its log (both print
+# their per-queue / per-port totals when they stop) is kept as $LAB_RESULTS/net-backend.log.
+lab_vnet_stop() {
+    [[ -f $VU_DIR/net.pid ]] || return 0
+    local pid
+    pid=$(<"$VU_DIR/net.pid")
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+    rm -f "$VU_DIR/net.pid"
+    cp "$VU_DIR/net.log" "$LAB_RESULTS/net-backend.log" 2>/dev/null
+}
+
+# lab_vnet_crash TAP MAC — SIGKILL the net back-end, wait a second, start it again (LAB_NET_KILL).
+lab_vnet_crash() {
+    local pid
+    pid=$(<"$VU_DIR/net.pid")
+    kill -9 "$pid" 2>/dev/null
+    lab_log "vhost-user: killed the $LAB_NET_BACKEND net back-end (pid $pid) with SIGKILL while the guest sends"
+    sleep 1
+    lab_vnet_start "$@" && lab_log "vhost-user: $LAB_NET_BACKEND net back-end started again (pid $(<"$VU_DIR/net.pid"))"
+}
+
+# lab_l2_add_net VMM TAP MAC — a virtio-net NIC on the existing tap device TAP; with
+# LAB_NET_BACKEND other than tap, served over vhost-user by a back-end on TAP (lab_vnet_start).
 # iovirt: --net tap=TAP,mac=MAC[,queues=N][,vhost=on][,packed=on][,event_idx=off]
+#         --net vhost-user=SOCK,mac=MAC[,event_idx=off]
 lab_l2_add_net() {
     local vmm=$1 tap=$2 mac=$3 id=n$L2_NNETS
     L2_NNETS=$((L2_NNETS + 1))
+    if [[ $LAB_NET_BACKEND != tap ]]; then
+        lab_vnet_start "$tap" "$mac" || return 1
+        case $vmm in
+            qemu)
+                _lab_qemu_shared_ram
+                L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_NET_SOCK" -netdev "vhost-user,id=$id,chardev=vu$id"
+                    -device "virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)")
+                ;;
+            iovirt) L2_CMD+=(--net "vhost-user=$VU_NET_SOCK,mac=$mac$(_lab_iovirt_ring_opts)") ;;
+        esac
+        return 0
+    fi
     case $vmm in
         qemu)
             local netdev="tap,id=$id,ifname=$tap,script=no,downscript=no,vhost=$LAB_NET_VHOST" dev

@@ -7,7 +7,14 @@
 #   3. listens on port 5002; L1 connects and sends its own LAB_NET_MIB MiB of random bytes.
 # Both ends hash what they sent and received. Passes iff the VMM exits 0, the guest reports OK,
 # both digests match across the two ends, and the guest negotiated the ring format and EVENT_IDX
-# the knobs asked for. Knobs: LAB_RING, LAB_EVENT_IDX, LAB_QUEUES, LAB_NET_VHOST, LAB_NET_MIB.
+# the knobs asked for. Knobs: LAB_RING, LAB_EVENT_IDX, LAB_QUEUES, LAB_NET_VHOST, LAB_NET_MIB,
+# LAB_NET_BACKEND, LAB_NET_KILL (l1/lib.sh).
+# LAB_NET_BACKEND=iovirt-vhost|testpmd: the NIC is served over vhost-user by a back-end process in
+# L1 on tap0 (iovirt-vhost net --backend tap=tap0, or dpdk-testpmd forwarding between net_vhost
+# and net_tap); the same guest test runs through it. LAB_NET_KILL=on (iovirt-vhost, iovirt's
+# front-end): the back-end is killed with SIGKILL half a second into the guest's send and started
+# again a second later; the VMM must log the loss before the guest's OK and reconnect, and both
+# digests must still match (TCP retransmits over the gap).
 # LAB_NET_DISK=on also gives the guest a virtio disk (a 64 MiB image in L1's tmpfs): before the
 # network part it writes an 8 MiB pattern there, flushes and reads it back; the scenario then
 # checks that L1's image holds exactly that pattern (deploy/run.sh: both devices in one guest).
@@ -48,7 +55,7 @@ softnet_drops() {
     echo "$d"
 }
 drops0=$(softnet_drops)
-lab_log "virtio-net: VMM $vmm, ring $LAB_RING, event_idx $LAB_EVENT_IDX, queues $LAB_QUEUES, vhost $LAB_NET_VHOST, $MIB MiB each way"
+lab_log "virtio-net: VMM $vmm, ring $LAB_RING, event_idx $LAB_EVENT_IDX, queues $LAB_QUEUES, vhost $LAB_NET_VHOST, backend $LAB_NET_BACKEND (kill $LAB_NET_KILL), $MIB MiB each way"
 
 work=/tmp/virtio-net
 rm -rf "$work"
@@ -67,6 +74,11 @@ listener=$!
 # line just before its nc has bound the port).
 # shellcheck disable=SC2317 # called through LAB_LINE_HOOK
 on_line() {
+    if [[ $LAB_NET_KILL == on && $1 == *"IOVIRT-RESULT net_tx_sha="* ]]; then
+        # The guest starts sending right after this line.
+        (sleep 0.5; lab_vnet_crash "$TAP" "$MAC") &
+        return 0
+    fi
     [[ $1 == *IOVIRT-NET-LISTENING* ]] || return 0
     (
         for ((i = 0; i < 25; i++)); do
@@ -90,13 +102,18 @@ if [[ $DISK == on ]]; then
     extra=" iovirt.net_disk=1 iovirt.blk_seed=$seed iovirt.blk_mib=$DISK_MIB"
 fi
 lab_l2_cmd "$vmm" "$CPUS" "iovirt.test=net iovirt.ip=$L2_IP/24 iovirt.peer=$L1_IP iovirt.net_mib=$MIB$extra" || exit 2
-lab_l2_add_net "$vmm" "$TAP" "$MAC"
+lab_l2_add_net "$vmm" "$TAP" "$MAC" || { lab_vnet_stop; exit 1; }
 [[ $DISK == off ]] || lab_l2_add_disk "$vmm" "$img" ""
 lab_log "running: ${L2_CMD[*]@Q}"
 LAB_LINE_HOOK=on_line lab_run_vmm "L2 net" "$log" "${L2_CMD[@]}"
 rc=$?
 cp "$log" "$LAB_RESULTS/virtio-net.console" 2>/dev/null
 lab_log "virtio-net: $vmm exited $VMM_RC after $(lab_us_to_s "$VMM_TOTAL_US")s"
+if [[ $LAB_NET_BACKEND != tap ]]; then
+    lab_vnet_stop
+    lab_log "virtio-net: the $LAB_NET_BACKEND back-end's log (last lines; all of it in net-backend.log):"
+    grep -av '^ *$' "$VU_DIR/net.log" | tail -n 25 | sed 's/^/l1: | /'
+fi
 
 fail=0
 # The listener ends with the guest's connection; a guest that never connected leaves it waiting.
@@ -142,11 +159,25 @@ else
         lab_log "FAIL asked for $LAB_QUEUES queue pairs, the guest has $(lab_guest_result "$log" net_queues)"
         fail=1
     fi
+    if [[ $LAB_NET_KILL == on ]]; then
+        # The VMM's "lost" line must come before the guest's OK (the crash hit the transfer), and
+        # it must have reconnected.
+        lost=$(grep -an 'vhost-user back-end .* lost' "$log" | head -n 1 | cut -d: -f1)
+        back=$(grep -an 'reconnected to the vhost-user back-end' "$log" | head -n 1 | cut -d: -f1)
+        txl=$(grep -an 'IOVIRT-RESULT net_tx_cs=' "$log" | head -n 1 | cut -d: -f1)
+        okl=$(grep -an 'IOVIRT-TEST-OK net' "$log" | head -n 1 | cut -d: -f1)
+        if [[ -z $lost || -z $back || -z $okl ]] || ((lost > okl || back > okl)); then
+            lab_log "FAIL the back-end was not killed and reconnected while the guest transferred (lost at console line ${lost:-none}, reconnected at ${back:-none}, OK at ${okl:-none})"
+            fail=1
+        else
+            lab_log "ok   the back-end died mid-transfer (console line $lost, $( ((lost < txl)) && echo "guest -> L1" || echo "L1 -> guest") phase), the front-end reconnected (line $back), the transfer completed (line $okl)"
+        fi
+    fi
     mibs() { awk -v m="$MIB" -v cs="$1" 'BEGIN { if (cs > 0) printf "%.1f MiB/s", m * 100 / cs; else print "?" }'; }
     lab_log "L1 backlog drops during the run: $(($(softnet_drops) - drops0)); the guest's TCP retransmitted $(lab_guest_result "$log" net_tcp_retrans) segments"
     lab_log "guest timings: ping $(lab_guest_result "$log" ping); guest -> L1 $(mibs "$(lab_guest_result "$log" net_tx_cs)"), L1 -> guest $(mibs "$(lab_guest_result "$log" net_rx_cs)") (incl. connection set-up)"
 fi
 ip link del "$TAP" 2>/dev/null
 rm -rf "$work"
-((fail == 0)) && lab_log "virtio-net: PASS ($vmm, ring $LAB_RING, event_idx $LAB_EVENT_IDX, queues $LAB_QUEUES, vhost $LAB_NET_VHOST)"
+((fail == 0)) && lab_log "virtio-net: PASS ($vmm, ring $LAB_RING, event_idx $LAB_EVENT_IDX, queues $LAB_QUEUES, vhost $LAB_NET_VHOST, backend $LAB_NET_BACKEND, kill $LAB_NET_KILL)"
 exit "$fail"
