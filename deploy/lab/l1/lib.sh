@@ -335,11 +335,13 @@ lab_l2_add_disk() {
 #  - iovirt-vhost: `iovirt-vhost net --backend tap=TAP` opens the existing TAP (L1's address
 #    stays on it, also across a restart).
 #  - testpmd: DPDK's net_tap creates its own TAP, so the one lab_tap_create made is deleted and
-#    its address moved to DPDK's once it exists. testpmd's forwarding lcore busy-polls; L1 has one
-#    CPU, shared with the L2 vCPUs and the VMM, so testpmd runs at SCHED_IDLE: it gets the CPU
-#    whenever they wait (the guest halts between bursts) and never starves them. Both lcores
-#    share that CPU (--lcores 0@0,1@0), no hugepages (--no-huge: net_vhost maps the front-end's
-#    memfd RAM, its own mbufs need no physical addresses with net_tap), a small mbuf pool.
+#    its address moved to DPDK's once it exists. testpmd's forwarding lcore busy-polls L1's one
+#    CPU, which the L2 vCPUs and the VMM share: both lcores on that CPU (--lcores 0@0,1@0), at
+#    normal priority — the scheduler gives the poller a fair share and no more. (At SCHED_IDLE
+#    the transfer ran at half the speed, and a QEMU front-end hung once resetting the device at
+#    the guest's poweroff, its vCPU waiting on a back-end that only got the CPU's leftovers.)
+#    No hugepages (--no-huge): net_vhost maps the front-end's memfd RAM, and net_tap needs no
+#    physical addresses for testpmd's own mbufs; a small mbuf pool.
 #    testpmd without -i forwards until its stdin gives a line: a FIFO it holds open itself.
 VU_NET_SOCK=$VU_DIR/net.sock
 lab_vnet_start() {
@@ -358,7 +360,7 @@ lab_vnet_start() {
             ip link del "$tap" 2>/dev/null
             rm -f "$VU_DIR/testpmd.in"
             mkfifo "$VU_DIR/testpmd.in" || return 1
-            chrt --idle 0 dpdk-testpmd --lcores 0@0,1@0 --no-huge -m 128 --no-pci --file-prefix lab-net \
+            dpdk-testpmd --lcores 0@0,1@0 --no-huge -m 128 --no-pci --file-prefix lab-net \
                 --vdev "net_vhost0,iface=$VU_NET_SOCK" --vdev "net_tap0,iface=$tap" \
                 -- --forward-mode=io --total-num-mbufs=8192 --nb-cores=1 \
                 0<>"$VU_DIR/testpmd.in" >>"$VU_DIR/net.log" 2>&1 &
