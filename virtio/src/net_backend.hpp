@@ -1,7 +1,9 @@
 // Internal to the virtio-net device: the backends behind VirtioNet.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string_view>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -22,10 +24,12 @@ struct ServedQueue {
   bool dead = false;  // broken: ctx.fail was called, no longer served
 };
 
-// Serves every pending control request of `c` (section 5.1.6.5). Returns false when the queue
-// broke (ctx.fail was called).
-bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, VirtioNet& dev,
-                      const NetMetrics& nm, uint16_t max_pairs, bool mq);
+// Serves every pending control request of `c` (section 5.1.6.5); an accepted VQ_PAIRS_SET is
+// passed to `set_pairs`. `name` leads log lines. Returns false when the queue broke (ctx.fail
+// was called).
+using SetPairs = std::function<void(uint16_t)>;
+bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, std::string_view name,
+                      const SetPairs& set_pairs, const NetMetrics& nm, uint16_t max_pairs, bool mq);
 
 // Decides on and sends the interrupt for queue `s` after a batch of pushes.
 bool signal_used(const ActivateContext& ctx, ServedQueue& s);

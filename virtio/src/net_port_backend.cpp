@@ -334,7 +334,8 @@ struct PortBackend::Worker {
 
   // ---- the loop ----
   void serve_ctrl() {
-    if (ctrl && !ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, *dev, *nm, max_pairs, mq)) {
+    if (ctrl && !ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, dev->name(), [d = dev](uint16_t n) { d->set_active_pairs(n); }, *nm,
+                                                   max_pairs, mq)) {
       ctrl->dead = true;
       (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
     }

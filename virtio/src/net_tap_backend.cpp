@@ -54,15 +54,15 @@ bool signal_used(const ActivateContext& ctx, ServedQueue& s) {
   return true;
 }
 
-bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, VirtioNet& dev,
-                      const NetMetrics& nm, uint16_t max_pairs, bool mq) {
+bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, std::string_view name,
+                      const SetPairs& set_pairs, const NetMetrics& nm, uint16_t max_pairs, bool mq) {
   const GuestMemory& mem = *ctx.mem;
   bool pushed = false;
   // Bounded by the queue size: each pop consumes one avail entry.
   for (uint32_t i = 0; i <= c.q->size(); ++i) {
     auto chain = c.q->pop(mem);
     if (!chain) {
-      ctx.fail(std::string(dev.name()) + ": control queue: " + chain.error().message());
+      ctx.fail(std::string(name) + ": control queue: " + chain.error().message());
       return false;
     }
     if (!*chain) break;
@@ -70,18 +70,18 @@ bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, VirtioNet& dev
     nm.ctrl_commands->inc();
     if (r.ack != VIRTIO_NET_OK) nm.ctrl_errors->inc();
     if (r.written == 0) {
-      log_warn(std::string(dev.name()) + ": control request without a writable ack byte ignored");
+      log_warn(std::string(name) + ": control request without a writable ack byte ignored");
     }
-    if (r.set_pairs) dev.set_active_pairs(*r.set_pairs);
+    if (r.set_pairs) set_pairs(*r.set_pairs);
     if (auto st = c.q->push(mem, **chain, r.written); !st) {
-      ctx.fail(std::string(dev.name()) + ": control queue: " + st.error().message());
+      ctx.fail(std::string(name) + ": control queue: " + st.error().message());
       return false;
     }
     c.m->chains->inc();
     pushed = true;
   }
   if (pushed && !signal_used(ctx, c)) {
-    ctx.fail(std::string(dev.name()) + ": control queue: used ring access failed");
+    ctx.fail(std::string(name) + ": control queue: used ring access failed");
     return false;
   }
   return true;
@@ -128,6 +128,10 @@ struct TapBackend::Worker {
   std::vector<uint8_t> bounce;  // catches the part of a frame the guest's buffers cannot hold
 
   explicit Worker(EventFd s) : stop_fd(std::move(s)) {}
+
+  [[nodiscard]] SetPairs set_pairs() const {
+    return [d = dev](uint16_t n) { d->set_active_pairs(n); };
+  }
 
   void fail_queue(ServedQueue& s, const std::string& why) {
     if (s.dead) return;
@@ -482,7 +486,7 @@ struct TapBackend::Worker {
             break;
           case kTagCtrlKick:
             if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
-            if (!ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, *dev, *nm, max_pairs, mq)) {
+            if (!ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, dev->name(), set_pairs(), *nm, max_pairs, mq)) {
               ctrl->dead = true;
               (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
             }
@@ -569,8 +573,8 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
     w->thread = std::thread([raw] {
       if (raw->ctrl) {
         // Requests queued before the thread started.
-        if (!serve_ctrl_queue(*raw->ctx, *raw->ctrl, *raw->dev, *raw->nm, raw->max_pairs,
-                              raw->mq)) {
+        if (!serve_ctrl_queue(*raw->ctx, *raw->ctrl, raw->dev->name(), raw->set_pairs(), *raw->nm,
+                              raw->max_pairs, raw->mq)) {
           raw->ctrl->dead = true;
           (void)::epoll_ctl(raw->ep.get(), EPOLL_CTL_DEL, raw->ctrl->kick_fd, nullptr);
         }

@@ -254,7 +254,9 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
       return R();
     }
     case Request::GetQueueNum:
-      return R(make_reply(req, U64{dev_.num_queues()}));
+      // net counts queue pairs (how QEMU's and DPDK's net front-ends read it), others queues.
+      return R(make_reply(req, U64{dev_.device_id() == kDeviceIdNet ? dev_.num_queues() / 2u
+                                                                     : dev_.num_queues()}));
     case Request::SetMemTable: {
       auto& t = std::get<MemTable>(msg.body);
       // The device must not touch the old mapping any more, and it is unmapped before the new

@@ -35,6 +35,7 @@
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/virtio/device.hpp"
+#include "iovirt/virtio/net.hpp"
 #include "iovirt/virtio/vhost_user/protocol.hpp"
 
 namespace iovirt::virtio::vhost_user {
@@ -43,7 +44,7 @@ struct FrontendOptions {
   std::string socket;       // the back-end's listening socket
   std::string name;         // "blk0", "net0"
   uint16_t device_id = 0;   // kDeviceIdBlock / kDeviceIdNet
-  uint16_t queues = 1;      // blk: request queues; net: queue pairs (1 supported)
+  uint16_t queues = 1;      // blk: request queues; net: queue pairs (1..64)
   uint16_t queue_size = 256;
   // net only: the MAC in the device's config space (the back-end has no say in it).
   std::array<uint8_t, 6> mac{};
@@ -87,6 +88,10 @@ class Frontend final : public VirtioDevice {
   Status program_rings(bool restore);
   void monitor_loop();
   void drop_connection(const std::string& why);
+  // net with more than one pair: the control queue is served here.
+  Status start_ctrl();
+  void stop_ctrl();
+  void set_pairs(uint16_t n);
 
   FrontendOptions opt_;
   MetricsRegistry& metrics_;
@@ -99,6 +104,12 @@ class Frontend final : public VirtioDevice {
   uint16_t num_queues_ = 0;
   std::vector<uint8_t> config_;
   std::optional<ActivateContext> active_;
+  uint16_t active_pairs_ = 1;             // net: pairs enabled by VQ_PAIRS_SET
+  std::optional<uint16_t> ctrl_index_;    // net: the control queue, when the driver has one
+  std::optional<EventFd> ctrl_stop_;
+  std::optional<QueueMetrics> ctrl_metrics_;
+  std::optional<NetMetrics> net_metrics_;
+  std::thread ctrl_thread_;
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> reconnects_{0};
   Counter* reconnect_counter_ = nullptr;
