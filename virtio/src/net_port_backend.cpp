@@ -164,7 +164,7 @@ struct PortBackend::Worker {
           }
         }
       }
-      if (auto st = s.q->push(mem, c, 0); !st) {
+      if (auto st = s.q->push_deferred(mem, c.head, c.desc_count, 0); !st) {
         fail_queue(s, st.error().message());
         return -1;
       }
@@ -282,7 +282,8 @@ struct PortBackend::Worker {
     for (size_t i = 0; i < k; ++i) {
       const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
       left -= w;
-      if (auto st = s.q->push(*ctx->mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
+      if (auto st = s.q->push_deferred(*ctx->mem, rx_chains[i].head, rx_chains[i].desc_count, w);
+          !st) {
         fail_queue(s, st.error().message());
         return false;
       }

@@ -125,7 +125,7 @@ void SplitQueue::reset() {
   size_ = max_size_;
   desc_gpa_ = avail_gpa_ = used_gpa_ = 0;
   ready_ = event_idx_ = indirect_ = false;
-  next_avail_ = next_used_ = 0;
+  next_avail_ = next_used_ = avail_seen_ = published_used_ = 0;
   signalled_used_ = 0;
   signalled_valid_ = false;
   fault_ = QueueFault::None;
@@ -176,17 +176,20 @@ Result<std::optional<DescriptorChain>> SplitQueue::pop(const GuestMemory& mem) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
   if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
 
-  auto avail_idx = load_avail_idx(mem);
-  if (!avail_idx) return std::unexpected(std::move(avail_idx.error()));
-  const auto pending = static_cast<uint16_t>(*avail_idx - next_avail_);
-  if (pending == 0) return std::optional<DescriptorChain>{};
-  // Section 2.7.6: idx only grows by the number of heads the driver added; more than size
-  // entries at once cannot be real (Firecracker: "avail ring idx too far ahead").
-  if (pending > size_) {
-    return fault(QueueFault::AvailIdxJump, "avail idx " + std::to_string(*avail_idx) + " is " +
-                                               std::to_string(pending) + " past next_avail " +
-                                               std::to_string(next_avail_) + ", queue size " +
-                                               std::to_string(size_));
+  if (avail_seen_ == next_avail_) {
+    auto avail_idx = load_avail_idx(mem);
+    if (!avail_idx) return std::unexpected(std::move(avail_idx.error()));
+    const auto pending = static_cast<uint16_t>(*avail_idx - next_avail_);
+    if (pending == 0) return std::optional<DescriptorChain>{};
+    // Section 2.7.6: idx only grows by the number of heads the driver added; more than size
+    // entries at once cannot be real (Firecracker: "avail ring idx too far ahead").
+    if (pending > size_) {
+      return fault(QueueFault::AvailIdxJump, "avail idx " + std::to_string(*avail_idx) + " is " +
+                                                 std::to_string(pending) + " past next_avail " +
+                                                 std::to_string(next_avail_) + ", queue size " +
+                                                 std::to_string(size_));
+    }
+    avail_seen_ = *avail_idx;
   }
 
   const uint32_t slot = next_avail_ & (size_ - 1);
@@ -313,6 +316,22 @@ Status SplitQueue::append(const GuestMemory& mem, const VirtqDesc& d) {
 }
 
 Status SplitQueue::push(const GuestMemory& mem, uint16_t head, uint32_t written) {
+  if (auto st = push_deferred(mem, head, written); !st) return st;
+  return publish_used(mem);
+}
+
+Status SplitQueue::publish_used(const GuestMemory& mem) {
+  if (published_used_ == next_used_) return {};
+  // Section 2.7.8.2: the elements must be visible before the idx that publishes them.
+  std::atomic_thread_fence(std::memory_order_release);
+  if (auto st = store_u16(mem, used_gpa_ + used_idx_offset(), next_used_); !st) {
+    return fault(QueueFault::RingAccess, "write used idx: " + st.error().message());
+  }
+  published_used_ = next_used_;
+  return {};
+}
+
+Status SplitQueue::push_deferred(const GuestMemory& mem, uint16_t head, uint32_t written) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
   if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
   if (head >= size_) {
@@ -324,19 +343,14 @@ Status SplitQueue::push(const GuestMemory& mem, uint16_t head, uint32_t written)
   if (auto st = mem.write_obj(used_gpa_ + used_ring_offset(slot), elem); !st) {
     return fault(QueueFault::RingAccess, "write used ring: " + st.error().message());
   }
-  // Section 2.7.8.2: the element must be visible before the idx that publishes it.
-  std::atomic_thread_fence(std::memory_order_release);
-  const auto new_used = static_cast<uint16_t>(next_used_ + 1);
-  if (auto st = store_u16(mem, used_gpa_ + used_idx_offset(), new_used); !st) {
-    return fault(QueueFault::RingAccess, "write used idx: " + st.error().message());
-  }
-  next_used_ = new_used;
+  next_used_ = static_cast<uint16_t>(next_used_ + 1);
   return {};
 }
 
 Result<bool> SplitQueue::needs_notification(const GuestMemory& mem) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
   if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
+  if (auto st = publish_used(mem); !st) return std::unexpected(std::move(st.error()));
   // The used idx store must be visible before reading the driver's suppression state, or the
   // driver may re-enable interrupts in between and never get one (section 2.7.10).
   std::atomic_thread_fence(std::memory_order_seq_cst);
