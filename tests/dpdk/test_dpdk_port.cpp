@@ -1,0 +1,261 @@
+// The DPDK PacketPort against a real EAL and real PMDs: net_ring vdevs, whose queue i transmits
+// into the ring that queue i receives from (a per-queue loopback), in --no-huge --no-pci
+// --no-shconf mode so the tests need no hugepages and no set-up. The EAL can be initialised once
+// per process: ctest runs each test in its own process; run directly, the tests share one EAL
+// (the bad-arguments test then skips unless it runs first).
+#include <gtest/gtest.h>
+#include <rte_lcore.h>
+#include <sched.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "iovirt/virtio/dpdk_port.hpp"
+
+namespace iovirt::virtio {
+namespace {
+
+// `-l` names a CPU this process may run on (a CI container may not have CPU 0).
+std::string first_cpu() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) return std::to_string(c);
+  }
+  return "0";
+}
+
+std::string eal_args() {
+  std::string s = "-l ";
+  s += first_cpu();
+  s += " --no-huge -m 128 --no-pci --no-shconf --no-telemetry --vdev=net_ring0";
+  return s;
+}
+
+std::string spec(const std::string& tail = ";port=net_ring0") {
+  std::string s = eal_args();
+  s += tail;
+  return s;
+}
+
+// Frame `i` of stream `tag`: its length varies over 60..1514 and every byte depends on both.
+uint32_t frame_len(uint32_t tag, uint32_t i) {
+  return 60 + (i * 97 + tag * 13) % (1514 - 60 + 1);
+}
+uint8_t frame_byte(uint32_t tag, uint32_t i, uint32_t off) {
+  return static_cast<uint8_t>(tag * 31 + i * 7 + off);
+}
+
+// Allocates, fills and transmits `n` frames of stream `tag` on `port`.
+void send_frames(PacketPort& port, uint32_t tag, uint32_t n) {
+  std::vector<PacketBuf> bufs(n);
+  ASSERT_EQ(port.alloc(bufs), n);
+  for (uint32_t i = 0; i < n; ++i) {
+    ASSERT_NE(bufs[i].cookie, nullptr);
+    ASSERT_EQ(bufs[i].len, 0u);
+    uint32_t len = frame_len(tag, i);
+    ASSERT_GE(bufs[i].cap, len);
+    for (uint32_t off = 0; off < len; ++off) bufs[i].data[off] = frame_byte(tag, i, off);
+    bufs[i].len = len;
+  }
+  port.transmit(bufs);
+}
+
+// Receives exactly `n` frames (net_ring delivers synchronously; the retries are for safety)
+// and checks each is frame i of stream `tag`, in order.
+void expect_frames(PacketPort& port, uint32_t tag, uint32_t n) {
+  std::vector<PacketBuf> bufs(n);
+  uint32_t got = 0;
+  for (int tries = 0; tries < 1000 && got < n; ++tries)
+    got += port.receive(std::span(bufs).subspan(got));
+  ASSERT_EQ(got, n);
+  for (uint32_t i = 0; i < n; ++i) {
+    ASSERT_EQ(bufs[i].len, frame_len(tag, i)) << "frame " << i;
+    for (uint32_t off = 0; off < bufs[i].len; ++off)
+      ASSERT_EQ(bufs[i].data[off], frame_byte(tag, i, off)) << "frame " << i << " byte " << off;
+  }
+  port.release(bufs);
+  std::vector<PacketBuf> more(8);
+  EXPECT_EQ(port.receive(more), 0u) << "more frames than were sent";
+}
+
+std::unique_ptr<PacketPort> make_port(const PacketPortFactory& f, uint16_t pair, uint16_t pairs) {
+  auto p = f(pair, pairs);
+  EXPECT_TRUE(p.has_value()) << (p ? "" : p.error().message());
+  return p ? std::move(*p) : nullptr;
+}
+
+void expect_one_line_error(const Result<PacketPortFactory>& r, const std::string& needle) {
+  ASSERT_FALSE(r.has_value());
+  std::string msg = r.error().message();
+  EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+}
+
+// First in the file: it needs an EAL that is not up yet.
+TEST(DpdkPort, BadEalArgumentsFailWithOneLineNamingThem) {
+  if (dpdk_eal_initialised()) GTEST_SKIP() << "the EAL of this process is already up";
+  auto r = make_dpdk_port_factory("--no-pci --no-such-eal-option;port=0");
+  expect_one_line_error(r,
+                        "EAL initialisation failed with arguments '--no-pci --no-such-eal-option'");
+  EXPECT_FALSE(dpdk_eal_initialised());
+}
+
+TEST(DpdkPort, EalInitKeepsTheCallersCpuAffinity) {
+  if (dpdk_eal_initialised()) GTEST_SKIP() << "the EAL of this process is already up";
+  cpu_set_t before;
+  cpu_set_t after;
+  ASSERT_EQ(sched_getaffinity(0, sizeof before, &before), 0);
+  auto f = make_dpdk_port_factory(spec());
+  ASSERT_TRUE(f.has_value()) << f.error().message();
+  ASSERT_EQ(sched_getaffinity(0, sizeof after, &after), 0);
+  EXPECT_TRUE(CPU_EQUAL(&before, &after)) << "rte_eal_init pinned the caller";
+}
+
+TEST(DpdkPort, FramesLoopBackByteForByteOnEachQueuePair) {
+  auto stats = std::make_shared<DpdkPortStats>();
+  auto f = make_dpdk_port_factory(spec(), 2, stats);
+  ASSERT_TRUE(f.has_value()) << f.error().message();
+  auto p0 = make_port(*f, 0, 2);
+  auto p1 = make_port(*f, 1, 2);
+  ASSERT_TRUE(p0 && p1);
+  EXPECT_EQ(p0->rx_wake(), PacketPort::kRxPolled);
+  EXPECT_EQ(p0->max_frame(), 2048u);  // RTE_MBUF_DEFAULT_DATAROOM
+  EXPECT_NE(p1->describe().find("net_ring0 queue 1"), std::string::npos) << p1->describe();
+
+  // Each pair driven by its own (non-EAL) thread, as the daemon's workers do; 200 frames are
+  // more than one burst, so bulk paths loop.
+  auto run = [](PacketPort* port, uint32_t tag) {
+    EXPECT_EQ(rte_lcore_id(), LCORE_ID_ANY);
+    for (uint32_t round = 0; round < 5; ++round) {
+      send_frames(*port, tag + round, 200);
+      expect_frames(*port, tag + round, 200);
+    }
+    EXPECT_NE(rte_lcore_id(), LCORE_ID_ANY) << "the worker was not registered with the EAL";
+  };
+  std::thread t0(run, p0.get(), 100u);
+  std::thread t1(run, p1.get(), 200u);
+  t0.join();
+  t1.join();
+  EXPECT_EQ(stats->tx_frames.load(), 2000u);
+  EXPECT_EQ(stats->rx_frames.load(), 2000u);
+  EXPECT_EQ(stats->tx_dropped.load(), 0u);
+  EXPECT_EQ(stats->alloc_failed.load(), 0u);
+}
+
+// A reconnecting front-end: activate, leave frames in flight, reset, activate again (with a
+// different pair count too). No frame of an activation reaches the next one and no mbuf leaks:
+// 40 activations leave 199 frames each behind, more than the whole mempool holds.
+TEST(DpdkPort, ReactivationDrainsAndReconfigures) {
+  auto stats = std::make_shared<DpdkPortStats>();
+  auto f = make_dpdk_port_factory(spec(), 2, stats);
+  ASSERT_TRUE(f.has_value()) << f.error().message();
+  for (uint32_t cycle = 0; cycle < 40; ++cycle) {
+    uint16_t pairs = static_cast<uint16_t>(1 + cycle % 2);
+    std::vector<std::unique_ptr<PacketPort>> ports;
+    for (uint16_t q = 0; q < pairs; ++q) ports.push_back(make_port(*f, q, pairs));
+    ASSERT_TRUE(ports.back()) << "cycle " << cycle;
+    PacketPort& last = *ports.back();
+    std::vector<PacketBuf> stale(8);
+    ASSERT_EQ(last.receive(stale), 0u) << "cycle " << cycle << " got frames of the one before";
+    send_frames(last, cycle, 200);
+    ASSERT_EQ(stats->alloc_failed.load(), 0u) << "cycle " << cycle << ": mbufs leaked";
+    std::vector<PacketBuf> one(1);
+    ASSERT_EQ(last.receive(one), 1u);
+    EXPECT_EQ(one[0].len, frame_len(cycle, 0));
+    EXPECT_EQ(one[0].data[5], frame_byte(cycle, 0, 5));
+    last.release(one);
+  }
+}
+
+TEST(DpdkPort, EmptyAndOversizedFramesAreDroppedOnTransmit) {
+  auto stats = std::make_shared<DpdkPortStats>();
+  auto f = make_dpdk_port_factory(spec(), 1, stats);
+  ASSERT_TRUE(f.has_value()) << f.error().message();
+  auto p = make_port(*f, 0, 1);
+  ASSERT_TRUE(p);
+  std::vector<PacketBuf> bufs(3);
+  ASSERT_EQ(p->alloc(bufs), 3u);
+  bufs[0].len = 0;
+  bufs[1].len = p->max_frame() + 1;
+  bufs[2].len = 64;
+  std::memset(bufs[2].data, 0xab, 64);
+  p->transmit(bufs);
+  EXPECT_EQ(stats->tx_bad_len.load(), 2u);
+  EXPECT_EQ(stats->tx_frames.load(), 1u);
+  std::vector<PacketBuf> rx(4);
+  ASSERT_EQ(p->receive(rx), 1u);
+  EXPECT_EQ(rx[0].len, 64u);
+  EXPECT_EQ(rx[0].data[63], 0xab);
+  p->release(std::span(rx).first(1));
+}
+
+TEST(DpdkPort, ErrorsAreOneLineAndNameTheFix) {
+  ASSERT_TRUE(make_dpdk_port_factory(spec()).has_value());  // the EAL is up from here
+  expect_one_line_error(make_dpdk_port_factory(spec(";port=net_nope")),
+                        "no ethdev port 'net_nope' (available: 0 net_ring0");
+  expect_one_line_error(make_dpdk_port_factory(spec(";port=7")), "no ethdev port '7'");
+  expect_one_line_error(make_dpdk_port_factory(spec(";port=net_ring0;colour=blue")),
+                        "unknown option 'colour=blue'");
+  expect_one_line_error(make_dpdk_port_factory(spec(";port=net_ring0;rxd=lots")),
+                        "rxd=lots is not a number");
+  // net_ring has 16 queue pairs.
+  expect_one_line_error(make_dpdk_port_factory(spec(), 17),
+                        "dpdk port net_ring0 supports at most 16 queues; use --queues 16");
+
+  auto f = make_dpdk_port_factory(spec(), 2);
+  ASSERT_TRUE(f.has_value()) << f.error().message();
+  auto too_many = (*f)(0, 3);
+  ASSERT_FALSE(too_many.has_value());
+  EXPECT_NE(too_many.error().message().find("at most 2"), std::string::npos);
+  auto p0 = make_port(*f, 0, 2);
+  ASSERT_TRUE(p0);
+  auto again = (*f)(0, 2);
+  ASSERT_FALSE(again.has_value());
+  EXPECT_NE(again.error().message().find("already has a port"), std::string::npos);
+  auto other_count = (*f)(0, 1);
+  ASSERT_FALSE(other_count.has_value());
+  EXPECT_NE(other_count.error().message().find("running with 2 queue pairs"), std::string::npos);
+}
+
+// The EAL is up; a later spec's --vdev is hot-plugged and is a port of its own.
+TEST(DpdkPort, LaterSpecHotPlugsItsVdev) {
+  auto f0 = make_dpdk_port_factory(spec());
+  ASSERT_TRUE(f0.has_value()) << f0.error().message();
+  auto f1 = make_dpdk_port_factory("--vdev=net_ring1;port=net_ring1");
+  ASSERT_TRUE(f1.has_value()) << f1.error().message();
+  auto p0 = make_port(*f0, 0, 1);
+  auto p1 = make_port(*f1, 0, 1);
+  ASSERT_TRUE(p0 && p1);
+  send_frames(*p1, 7, 10);
+  std::vector<PacketBuf> none(4);
+  EXPECT_EQ(p0->receive(none), 0u) << "net_ring0 received net_ring1's frames";
+  expect_frames(*p1, 7, 10);
+}
+
+// Workers come and go with every activation; each registers with the EAL on first use and must
+// give its lcore id back when it exits, or the EAL's 128 lcore ids run out.
+TEST(DpdkPort, ShortLivedWorkersDoNotUseUpLcoreIds) {
+  auto f = make_dpdk_port_factory(spec());
+  ASSERT_TRUE(f.has_value()) << f.error().message();
+  auto p = make_port(*f, 0, 1);
+  ASSERT_TRUE(p);
+  for (int i = 0; i < 300; ++i) {
+    bool registered = false;
+    std::thread t([&] {
+      std::vector<PacketBuf> bufs(4);
+      uint32_t n = p->alloc(bufs);
+      registered = rte_lcore_id() != LCORE_ID_ANY;
+      p->release(std::span(bufs).first(n));
+    });
+    t.join();
+    ASSERT_TRUE(registered) << "worker " << i << " got no lcore id";
+  }
+}
+
+}  // namespace
+}  // namespace iovirt::virtio
