@@ -278,14 +278,18 @@ class DpdkDevice final {
   DpdkDevice& operator=(const DpdkDevice&) = delete;
 
   ~DpdkDevice() {
-    // Ports hold the device, so none is live here and the port is stopped. mbufs still out
-    // (none, unless a PMD kept some) would make freeing the pool unsafe: keep it then.
+    // Ports hold the device, so none is live here and the port is stopped. A stopped port keeps
+    // its queues, and a NIC PMD (net_tap too) keeps its rx rings filled with mbufs of this pool
+    // until the queues are set up again or the port is closed; ethdev has no call to release a
+    // queue and closing would unplug a vdev. So the pool stays while any mbuf is out: a later
+    // factory for this port sets the queues up again, which returns them.
     if (started_) stop_locked();
-    if (rte_mempool_in_use_count(pool_) == 0) {
+    unsigned out = rte_mempool_in_use_count(pool_);
+    if (out == 0) {
       rte_mempool_free(pool_);
     } else {
-      log_warn("dpdk port " + name_ + ": " + std::to_string(rte_mempool_in_use_count(pool_)) +
-               " mbufs still in use; keeping their mempool");
+      log_debug("dpdk port " + name_ + ": its queues still hold " + std::to_string(out) +
+                " mbufs; keeping their mempool");
     }
   }
 

@@ -15,7 +15,7 @@ bool dpdk_eal_initialised() {
 Result<PacketPortFactory> make_dpdk_port_factory(const std::string& /*spec*/,
                                                  uint16_t /*max_pairs*/,
                                                  std::shared_ptr<DpdkPortStats> /*stats*/) {
-  return fail("this build has no DPDK (install libdpdk-dev and rebuild)");
+  return fail("this build has no DPDK (install libdpdk-dev)");
 }
 
 }  // namespace iovirt::virtio
