@@ -9,7 +9,9 @@
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <poll.h>
+#include <rte_ethdev.h>
 #include <rte_lcore.h>
+#include <rte_mbuf.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -17,8 +19,11 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <latch>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,7 +44,11 @@ std::string first_cpu() {
   return "0";
 }
 
+// IOVIRT_DPDK_TEST_EAL replaces the EAL arguments (keep --vdev=net_ring0), e.g. to run the
+// tests on hugepages: "-l 0 --in-memory -m 256 --no-pci --vdev=net_ring0".
 std::string eal_args() {
+  if (const char* env = std::getenv("IOVIRT_DPDK_TEST_EAL"); env != nullptr && *env != 0)
+    return env;
   std::string s = "-l ";
   s += first_cpu();
   s += " --no-huge -m 128 --no-pci --no-shconf --no-telemetry --vdev=net_ring0";
@@ -265,6 +274,73 @@ TEST(DpdkPort, ShortLivedWorkersDoNotUseUpLcoreIds) {
     t.join();
     ASSERT_TRUE(registered) << "worker " << i << " got no lcore id";
   }
+}
+
+// A PMD that scatters a frame over several mbufs (this port never asks for it, but a driver may):
+// the frame is dropped and counted, every segment goes back to its pool, the queue goes on.
+TEST(DpdkPort, MultiSegmentFramesAreDroppedAndCounted) {
+  auto stats = std::make_shared<DpdkPortStats>();
+  auto f = make_dpdk_port_factory(spec(), 1, stats);
+  ASSERT_TRUE(f.has_value()) << f.error().message();
+  auto p = make_port(*f, 0, 1);
+  ASSERT_TRUE(p);
+  uint16_t port_id = 0;
+  ASSERT_EQ(rte_eth_dev_get_port_by_name("net_ring0", &port_id), 0);
+  rte_mempool* pool =
+      rte_pktmbuf_pool_create("test_multiseg", 63, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
+  ASSERT_NE(pool, nullptr);
+  rte_mbuf* head = rte_pktmbuf_alloc(pool);
+  rte_mbuf* tail = rte_pktmbuf_alloc(pool);
+  ASSERT_TRUE(head && tail);
+  ASSERT_NE(rte_pktmbuf_append(head, 1000), nullptr);
+  ASSERT_NE(rte_pktmbuf_append(tail, 1000), nullptr);
+  ASSERT_EQ(rte_pktmbuf_chain(head, tail), 0);
+  ASSERT_EQ(rte_eth_tx_burst(port_id, 0, &head, 1), 1);  // net_ring: into queue 0's ring
+
+  std::vector<PacketBuf> rx(4);
+  EXPECT_EQ(p->receive(rx), 0u);
+  EXPECT_EQ(stats->rx_multiseg_dropped.load(), 1u);
+  EXPECT_EQ(rte_mempool_in_use_count(pool), 0u) << "a segment was not freed";
+  send_frames(*p, 3, 2);
+  expect_frames(*p, 3, 2);
+  rte_mempool_free(pool);
+}
+
+// More live workers than the EAL has lcore ids (RTE_MAX_LCORE): the ones that cannot register
+// run without a mempool cache, and still allocate, transmit, receive and release correctly.
+// (Only they move frames: a registered thread's first get fills its cache with 256 mbufs, and
+// 128 caches would empty the pool; a daemon has one worker per queue pair, and the pool is
+// sized for their caches.)
+TEST(DpdkPort, WorkersBeyondTheEalsLcoreIdsStillWork) {
+  auto stats = std::make_shared<DpdkPortStats>();
+  auto f = make_dpdk_port_factory(spec(), 1, stats);
+  ASSERT_TRUE(f.has_value()) << f.error().message();
+  auto p = make_port(*f, 0, 1);
+  ASSERT_TRUE(p);
+  constexpr int kThreads = RTE_MAX_LCORE + 4;
+  std::latch all_registered(kThreads);
+  std::atomic<int> unregistered{0};
+  std::atomic<int> failures{0};
+  std::mutex one_at_a_time;  // the pair's port is driven by one thread at a time
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      p->release({});                    // first use: registers, if an lcore id is left
+      all_registered.arrive_and_wait();  // every thread alive at once: the ids are all taken
+      if (rte_lcore_id() != LCORE_ID_ANY) return;
+      ++unregistered;
+      std::lock_guard lock(one_at_a_time);
+      auto tag = static_cast<uint32_t>(i);
+      send_frames(*p, tag, 3);
+      expect_frames(*p, tag, 3);
+      if (::testing::Test::HasFailure()) ++failures;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_GT(unregistered.load(), 0) << "expected some workers beyond the lcore ids";
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(stats->alloc_failed.load(), 0u);
+  EXPECT_EQ(stats->rx_frames.load(), 3u * static_cast<unsigned>(unregistered.load()));
 }
 
 // ---- net_tap: a PMD with a real peer (the kernel) that fills its rx rings from our mempool ----

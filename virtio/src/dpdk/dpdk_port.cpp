@@ -105,6 +105,7 @@ Result<Spec> parse_spec(const std::string& text) {
 std::mutex g_eal_mu;
 bool g_eal_done = false;
 std::string g_eal_args;
+std::vector<std::string> g_eal_non_vdev;  // g_eal_args without its --vdev options
 
 // The `--vdev` devargs among EAL arguments ("--vdev=X" or "--vdev X").
 std::vector<std::string> vdev_args(const std::vector<std::string>& eal) {
@@ -116,6 +117,19 @@ std::vector<std::string> vdev_args(const std::vector<std::string>& eal) {
     } else if (a == "--vdev" && i + 1 < eal.size()) {
       out.push_back(eal[++i]);
     }
+  }
+  return out;
+}
+
+std::vector<std::string> non_vdev_args(const std::vector<std::string>& eal) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < eal.size(); ++i) {
+    if (eal[i].starts_with("--vdev=")) continue;
+    if (eal[i] == "--vdev") {
+      ++i;
+      continue;
+    }
+    out.push_back(eal[i]);
   }
   return out;
 }
@@ -138,18 +152,10 @@ Status hotplug_vdevs(const Spec& spec) {
 Status eal_init(const Spec& spec) {
   std::lock_guard lock(g_eal_mu);
   if (g_eal_done) {
-    bool other = false;
-    for (size_t i = 0; i < spec.eal.size(); ++i) {
-      if (spec.eal[i].starts_with("--vdev=")) continue;
-      if (spec.eal[i] == "--vdev") {
-        ++i;
-        continue;
-      }
-      other = true;
-    }
-    if (other && spec.eal_text != g_eal_args)
-      log_warn("dpdk: the EAL is already initialised (with '" + g_eal_args + "'); ignoring '" +
-               spec.eal_text + "' except its --vdev devices");
+    // A SPEC with only --vdev options (or the same options) is the quiet way to add a port.
+    if (auto others = non_vdev_args(spec.eal); !others.empty() && others != g_eal_non_vdev)
+      log_warn("dpdk: the EAL is already initialised (with '" + g_eal_args + "'); of '" +
+               spec.eal_text + "' only the --vdev devices are used");
     return hotplug_vdevs(spec);
   }
   // The EAL keeps pointers into argv for some options: the strings live as long as the process.
@@ -175,6 +181,7 @@ Status eal_init(const Spec& spec) {
                 "': " + rte_error_text(err) + " (see the EAL's messages above)");
   g_eal_done = true;
   g_eal_args = spec.eal_text;
+  g_eal_non_vdev = non_vdev_args(spec.eal);
   return {};
 }
 
