@@ -5,9 +5,9 @@
 // started when the first pair of an activation gets its port, and drained and stopped when the
 // last one is destroyed, so reset + re-activation reconfigures it from scratch.
 //
-// Only DPDK functions (no DPDK macros that expand to C casts) are used here, so the house
-// warnings (-Wold-style-cast, -Wconversion) apply to this file in full; DPDK's headers come in
-// as system headers.
+// Only DPDK functions (no DPDK macros that expand to C casts, like rte_pktmbuf_mtod) are used
+// here, so the house warnings (-Wold-style-cast and the rest) apply to this file in full; DPDK's
+// headers come in as system headers.
 #include "iovirt/virtio/dpdk_port.hpp"
 
 #include <pthread.h>

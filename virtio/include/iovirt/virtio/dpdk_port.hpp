@@ -7,18 +7,24 @@
 //     <EAL arguments, space separated>[;port=<id|name>][;rxd=<n>][;txd=<n>]
 //
 //   e.g.  "-l 0 --no-huge -m 256 --no-pci --no-shconf --vdev=net_ring0;port=net_ring0"
+//         "-l 0 --in-memory -m 256 --no-pci --vdev=net_ring0"   (hugepages; the only port)
 //         "-l 0 --vdev=net_tap0,iface=dtap0;port=0"
 //         "-l 0 -a 0000:03:00.0;port=0"          (a NIC bound to vfio-pci, hugepages reserved)
 //
 //   - EAL arguments are split on spaces (no quoting: an argument cannot contain a space or ';').
 //     The EAL is initialised once per process (it cannot be initialised twice): a later SPEC in
 //     the same process reuses it; its `--vdev` devices that do not exist yet are hot-plugged and
-//     its other EAL arguments are ignored with a warning.
+//     its other EAL arguments are ignored (with a warning when they differ from the first's).
 //   - port: the ethdev port id or its device name (net_ring0, 0000:03:00.0); optional when the
 //     EAL found exactly one port.
 //   - rxd / txd: descriptors per rx / tx queue (default 1024, rounded by the driver's limits).
-//   Without hugepages use `--no-huge -m MiB` (with --no-shconf, not --in-memory: the EAL rejects
-//   --in-memory with --no-huge). `-l 0` keeps the EAL from starting an idle lcore thread per CPU.
+//   Memory: with hugepages reserved (echo 1024 > /proc/sys/vm/nr_hugepages) use
+//   `--in-memory -m MiB` (nothing left in /var/run/dpdk, several daemons side by side); without
+//   hugepages use `--no-huge -m MiB --no-shconf` (the EAL rejects --in-memory with --no-huge).
+//   With neither, the EAL's shared config in /var/run/dpdk/rte lets one such process run at a
+//   time (give each its own --file-prefix). `-l CPU` keeps the EAL from starting an idle lcore
+//   thread per CPU; the caller's CPU affinity is restored after rte_eal_init.
+//   The EAL lives until the process exits (rte_eal_cleanup is never called).
 //
 // Multi-segment frames (a PMD scattering a frame larger than one mbuf, which this port never asks
 // for: MTU stays the default and rx scatter is off) are dropped on receive and counted
