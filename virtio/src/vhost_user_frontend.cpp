@@ -150,7 +150,11 @@ Result<uint64_t> Frontend::request_u64(Request r) {
 Status Frontend::handshake() {
   IOVIRT_TRY_CTX(features, request_u64(Request::GetFeatures), "");
   uint64_t proto_wanted = (1ull << protocol_feature::kReplyAck) | (1ull << protocol_feature::kMq);
-  if (opt_.device_id == kDeviceIdBlock) proto_wanted |= 1ull << protocol_feature::kConfig;
+  if (opt_.device_id == kDeviceIdBlock) {
+    // CONFIG for the capacity; INFLIGHT_SHMFD so a restarted back-end resubmits exactly what was
+    // in flight (requests complete out of order, so the used index alone cannot say).
+    proto_wanted |= (1ull << protocol_feature::kConfig) | (1ull << protocol_feature::kInflightShmfd);
+  }
   protocol_ = 0;
   if ((features & feature_bit(kFeatureProtocolFeatures)) != 0) {
     IOVIRT_TRY_CTX(proto, request_u64(Request::GetProtocolFeatures), "");
@@ -280,6 +284,9 @@ Status Frontend::program_rings(bool restore) {
     table.fds.push_back(std::move(dup));
   }
   IOVIRT_CHECK_CTX(send(make_request(Request::SetMemTable, std::move(table))), "");
+  if ((protocol_ & (1ull << protocol_feature::kInflightShmfd)) != 0) {
+    IOVIRT_CHECK_CTX(share_inflight(), "inflight area");
+  }
 
   for (const QueueBinding& b : ctx.queues) {
     if (ctrl_index_ && b.index == *ctrl_index_) continue;  // served here (serve_ctrl)
@@ -320,6 +327,24 @@ Status Frontend::program_rings(bool restore) {
     }
   }
   return {};
+}
+
+// The inflight area lives as long as the driver's device (QEMU's rule: a device reset drops it):
+// the first back-end makes it (GET_INFLIGHT_FD), every back-end after a reconnect gets the same
+// one (SET_INFLIGHT_FD) and resubmits what its predecessor left in flight.
+Status Frontend::share_inflight() {
+  if (!inflight_fd_) {
+    const InflightWire ask{0, 0, num_queues_, opt_.queue_size, 0};
+    IOVIRT_TRY_CTX(reply, request(Request::GetInflightFd, Inflight{ask, Fd()}), "");
+    auto* in = std::get_if<Inflight>(&reply.body);
+    if (in == nullptr || !in->fd || in->info.mmap_size == 0)
+      return fail("GET_INFLIGHT_FD: the back-end's reply has no area", EPROTO);
+    inflight_info_ = in->info;
+    inflight_fd_ = std::move(in->fd);
+  }
+  Fd dup(::fcntl(inflight_fd_.get(), F_DUPFD_CLOEXEC, 0));
+  if (!dup) return fail_errno("dup of the inflight fd");
+  return send(make_request(Request::SetInflightFd, Inflight{inflight_info_, std::move(dup)}));
 }
 
 Status Frontend::activate(ActivateContext ctx) {
@@ -421,6 +446,7 @@ void Frontend::reset() {
     }
   }
   active_.reset();
+  inflight_fd_.reset();  // a reset device has nothing in flight
 }
 
 void Frontend::drop_connection(const std::string& why) {

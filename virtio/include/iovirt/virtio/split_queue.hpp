@@ -18,6 +18,7 @@
 
 #include "iovirt/core/error.hpp"
 #include "iovirt/core/guest_memory.hpp"
+#include "iovirt/virtio/inflight.hpp"
 #include "iovirt/virtio/ring.hpp"
 
 namespace iovirt::virtio {
@@ -179,6 +180,17 @@ class SplitQueue final {
   Status disable_notification(const GuestMemory& mem);
   Status set_avail_event(const GuestMemory& mem, uint16_t v);
 
+  // Inflight tracking (inflight.hpp) in `area` (inflight_split_queue_bytes(size()) bytes at
+  // least), after the ring is set up and validated. A fresh area is initialised; an area a
+  // previous back-end left behind is recovered: its last batch's marks are finished, and pop()
+  // then first returns the heads still marked, oldest first, and continues the avail ring after
+  // them (next_avail = used idx + their count; next_used = used idx). An area that does not fit
+  // this ring is an error and the queue goes on untracked.
+  Status attach_inflight(const GuestMemory& mem, std::span<uint8_t> area);
+  [[nodiscard]] bool inflight_attached() const { return inflight_hdr_ != nullptr; }
+  // Heads recovered from the area still to be returned by pop().
+  [[nodiscard]] size_t resubmit_pending() const { return resubmit_.size(); }
+
  private:
   explicit SplitQueue(uint32_t max_size);
 
@@ -202,6 +214,13 @@ class SplitQueue final {
   uint16_t avail_seen_ = 0;
   uint16_t next_used_ = 0;
   uint16_t published_used_ = 0;  // the used idx the driver can see
+  // Inflight tracking: the shared area (null: off), the next pop's counter, the heads pushed
+  // since the last publication (a batch), and recovered heads to resubmit (oldest last).
+  InflightSplitHeader* inflight_hdr_ = nullptr;
+  InflightDescSplit* inflight_desc_ = nullptr;
+  uint64_t inflight_counter_ = 0;
+  std::vector<uint16_t> inflight_batch_;
+  std::vector<uint16_t> resubmit_;
   // used idx at the last needs_notification() decision (EVENT_IDX old_idx).
   uint16_t signalled_used_ = 0;
   bool signalled_valid_ = false;

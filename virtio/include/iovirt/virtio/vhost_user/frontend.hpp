@@ -11,10 +11,11 @@
 // backoff and NO time limit, repeats the handshake, and when the device was running programs the
 // rings again with each split ring's base = the used index in guest memory, so the new back-end
 // takes again every chain the old one had not completed (nothing is lost; verified against
-// qemu-storage-daemon killed with SIGKILL in tests/interop). That is exact for a back-end that
-// completes in order; one that completed out of order could complete a chain twice — closing that
-// needs INFLIGHT_SHMFD (not implemented yet). The packed ring is not offered: its restore point
-// cannot be read back from guest memory the same way.
+// qemu-storage-daemon killed with SIGKILL in tests/interop). That alone is exact only for a
+// back-end that completes in order; for blk, whose back-ends complete out of order, iovirt asks
+// for INFLIGHT_SHMFD: the back-end marks what it has in flight in an area iovirt keeps and hands
+// to the next back-end, which resubmits exactly those (inflight.hpp). The packed ring is not
+// offered: its restore point cannot be read back from guest memory the same way.
 //
 // The back-end is hostile: every reply is parsed by the protocol library's validator (sizes,
 // counts), feature bits outside what was offered by the back-end are never set, and a config
@@ -92,6 +93,7 @@ class Frontend final : public VirtioDevice {
   Status start_ctrl();
   void stop_ctrl();
   void set_pairs(uint16_t n);
+  Status share_inflight();
 
   FrontendOptions opt_;
   MetricsRegistry& metrics_;
@@ -110,6 +112,8 @@ class Frontend final : public VirtioDevice {
   std::optional<QueueMetrics> ctrl_metrics_;
   std::optional<NetMetrics> net_metrics_;
   std::thread ctrl_thread_;
+  Fd inflight_fd_;  // INFLIGHT_SHMFD area, kept across reconnects, dropped at device reset
+  InflightWire inflight_info_{};
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> reconnects_{0};
   Counter* reconnect_counter_ = nullptr;
