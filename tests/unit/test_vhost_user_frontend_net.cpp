@@ -262,6 +262,9 @@ TEST_F(FrontendNetTest, ARestartedBackendGetsTheEnabledPairsAgain) {
   auto got = recv_frame(2);
   ASSERT_TRUE(got) << "pair 1 not served by the restarted back-end";
   EXPECT_EQ(*got, f);
+  // The back-end serves as soon as the rings are programmed, before the monitor counts the
+  // reconnection: wait for it (bounded).
+  for (int i = 0; i < 200 && frontend_->reconnects() == 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(frontend_->reconnects(), 1u);
 }
 

@@ -111,18 +111,8 @@ struct TapBackend::Worker {
   std::vector<iovec> tx_iov;
   VirtioNetHdr tx_hdr{};
 
-  // RX cache of popped, still unused chains; their writable segments as host iovecs.
-  struct RxChain {
-    uint16_t head;
-    uint16_t desc_count;
-    uint32_t wlen;
-    uint32_t nseg;
-  };
-  std::vector<RxChain> rx_chains;  // capacity kMaxRxChains, size rx_nchains
-  size_t rx_nchains = 0;
-  std::vector<iovec> rx_segs;  // capacity IOV_MAX + one chain's worst case, size rx_nsegs
-  size_t rx_nsegs = 0;
-  uint64_t rx_bytes_cached = 0;
+  // RX: popped, still unused chains.
+  std::optional<RxChainCache> rxc;
   uint64_t pending_len = 0;     // a frame waiting in `bounce` for enough buffers
   std::vector<iovec> rx_iov;    // readv list: cached segments + the bounce tail
   std::vector<uint8_t> bounce;  // catches the part of a frame the guest's buffers cannot hold
@@ -243,64 +233,11 @@ struct TapBackend::Worker {
   }
 
   // ---- RX ----
-  void rx_drop_front(size_t k) {
-    size_t segs = 0;
-    for (size_t i = 0; i < k; ++i) {
-      segs += rx_chains[i].nseg;
-      rx_bytes_cached -= rx_chains[i].wlen;
-    }
-    std::copy(rx_chains.begin() + static_cast<ptrdiff_t>(k),
-              rx_chains.begin() + static_cast<ptrdiff_t>(rx_nchains), rx_chains.begin());
-    rx_nchains -= k;
-    std::copy(rx_segs.begin() + static_cast<ptrdiff_t>(segs),
-              rx_segs.begin() + static_cast<ptrdiff_t>(rx_nsegs), rx_segs.begin());
-    rx_nsegs -= segs;
-  }
-
   // Pops chains into the cache. Returns false when the queue broke.
   bool rx_refill(bool& pushed_bad) {
-    ServedQueue& s = *pq.rx;
-    const GuestMemory& mem = *ctx->mem;
-    const size_t max_chains = mrg ? kMaxRxChains : 1;
-    while (rx_nchains < max_chains && rx_nsegs < IOV_MAX &&
-           (rx_nchains == 0 || rx_bytes_cached < rx_target)) {
-      auto chain = s.q->pop(mem);
-      if (!chain) {
-        fail_queue(s, chain.error().message());
-        return false;
-      }
-      if (!*chain) break;
-      const DescriptorChain& c = **chain;
-      // Each buffer must hold at least the header (section 5.1.6.3.1); a chain the device cannot
-      // use goes straight back, unused.
-      bool usable = c.writable_len >= kNetHdrSize;
-      const size_t first = rx_nsegs;
-      uint32_t nseg = 0;
-      for (const Segment& seg : c.segments) {
-        if (!usable) break;
-        if (!seg.write || seg.len == 0) continue;
-        auto sp = mem.span(seg.addr, seg.len);
-        if (!sp) {
-          usable = false;
-          break;
-        }
-        rx_segs[first + nseg] = iovec{sp->data(), sp->size()};
-        ++nseg;
-      }
-      if (!usable) {
-        nm->rx_bad_chains->inc();
-        if (auto st = s.q->push(mem, c, 0); !st) {
-          fail_queue(s, st.error().message());
-          return false;
-        }
-        pushed_bad = true;
-        continue;
-      }
-      rx_chains[rx_nchains++] = RxChain{c.head, c.desc_count, c.writable_len, nseg};
-      rx_nsegs += nseg;
-      rx_bytes_cached += c.writable_len;
-    }
-    return true;
+    auto st = rxc->refill(*ctx->mem, *pq.rx->q, *nm, mrg ? kMaxRxChains : 1, rx_target, pushed_bad);
+    if (!st) fail_queue(*pq.rx, st.error().message());
+    return st.has_value();
   }
 
   // Out of (enough) buffers: ask for a kick and stop polling the tap until it comes (section
@@ -318,36 +255,18 @@ struct TapBackend::Worker {
   }
 
   // The cache can take no more chains (a frame that does not fit now never will).
-  [[nodiscard]] bool rx_cache_capped() const {
-    return rx_nchains == (mrg ? kMaxRxChains : 1) || rx_nsegs >= IOV_MAX - 1;
-  }
+  [[nodiscard]] bool rx_cache_capped() const { return rxc->capped(mrg ? kMaxRxChains : 1); }
 
-  // Gives the first chains of the cache, which hold the n bytes of a frame, to the driver.
+  // Gives the first chains of the cache, which hold the n bytes of a frame, to the driver. The
+  // tap skips the num_buffers field; give() fills it (1 without MRG_RXBUF).
   bool rx_deliver(ServedQueue& s, uint64_t n) {
-    // Hand out chains in order, each filled before the next (section 5.1.6.4).
-    size_t k = 0;
-    uint64_t left = n;
-    while (left > 0) {
-      left -= std::min<uint64_t>(left, rx_chains[k].wlen);
-      ++k;
+    uint64_t chains = 0;
+    if (auto st = rxc->give(*ctx->mem, *s.q, n, chains); !st) {
+      fail_queue(s, st.error().message());
+      return false;
     }
-    const auto num_buffers = static_cast<uint16_t>(k);
-    // The tap skips the num_buffers field; it is the device's to fill (1 without MRG_RXBUF).
-    const uint8_t nb[2] = {static_cast<uint8_t>(num_buffers & 0xff),
-                           static_cast<uint8_t>(num_buffers >> 8)};
-    write_iov(rx_segs.data(), rx_chains[0].nseg, kNumBuffersOffset, nb, sizeof nb);
-    left = n;
-    for (size_t i = 0; i < k; ++i) {
-      const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
-      left -= w;
-      if (auto st = s.q->push(*ctx->mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
-        fail_queue(s, st.error().message());
-        return false;
-      }
-      s.m->chains->inc();
-    }
+    s.m->chains->inc(chains);
     s.m->bytes->inc(n);
-    rx_drop_front(k);
     return true;
   }
 
@@ -362,7 +281,7 @@ struct TapBackend::Worker {
     for (unsigned frames = 0; frames < kRxBudget;) {
       if (!rx_refill(pushed)) return;
       if (pending_len > 0) {
-        if (rx_bytes_cached < pending_len) {
+        if (rxc->bytes() < pending_len) {
           if (!rx_cache_capped()) {
             if (rx_wait_for_buffers(s, ok)) continue;
             if (!ok) return;
@@ -372,7 +291,7 @@ struct TapBackend::Worker {
           pending_len = 0;
           continue;
         }
-        write_iov(rx_segs.data(), rx_nsegs, 0, bounce.data(), pending_len);
+        rxc->write(0, bounce.data(), pending_len);
         const uint64_t n = pending_len;
         pending_len = 0;
         if (!rx_deliver(s, n)) return;
@@ -380,21 +299,21 @@ struct TapBackend::Worker {
         ++frames;
         continue;
       }
-      if (rx_nchains == 0) {
+      if (rxc->chains() == 0) {
         if (rx_wait_for_buffers(s, ok)) continue;
         if (!ok) return;
         break;
       }
       // Zero-copy into the cached buffers, the bounce buffer catching any excess; or, when the
       // cache is short, into the bounce buffer alone.
-      const bool direct = !mrg || rx_bytes_cached >= rx_target || rx_cache_capped();
+      const bool direct = !mrg || rxc->bytes() >= rx_target || rx_cache_capped();
       size_t nseg = 0;
       uint64_t mapped = 0;
       if (direct) {
-        nseg = std::min<size_t>(rx_nsegs, IOV_MAX - 1);
+        nseg = std::min<size_t>(rxc->segs(), IOV_MAX - 1);
         for (size_t i = 0; i < nseg; ++i) {
-          rx_iov[i] = rx_segs[i];
-          mapped += rx_segs[i].iov_len;
+          rx_iov[i] = rxc->iov()[i];
+          mapped += rx_iov[i].iov_len;
         }
       }
       rx_iov[nseg] = iovec{bounce.data(), bounce.size()};
@@ -423,20 +342,6 @@ struct TapBackend::Worker {
       pushed = true;
     }
     if (pushed && !signal_used(*ctx, s)) fail_queue(s, "used ring access failed");
-  }
-
-  static void write_iov(const iovec* iov, size_t n, size_t off, const uint8_t* src, size_t len) {
-    for (size_t i = 0; i < n && len > 0; ++i) {
-      if (off >= iov[i].iov_len) {
-        off -= iov[i].iov_len;
-        continue;
-      }
-      const size_t c = std::min(len, iov[i].iov_len - off);
-      std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + off, src, c);
-      src += c;
-      len -= c;
-      off = 0;
-    }
   }
 
   void on_rx_kick() {
@@ -529,8 +434,8 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
     if (w->pq.rx) qmax = std::max(qmax, w->pq.rx->q->max_size());
     const size_t chain_max = qmax + SplitQueue::kMaxIndirectEntries;
     w->tx_iov.resize(chain_max + 1);
-    w->rx_chains.resize(kMaxRxChains);
-    w->rx_segs.resize(IOV_MAX + chain_max);
+    // The tap's readv takes IOV_MAX iovecs, one of them the bounce buffer.
+    w->rxc.emplace(kMaxRxChains, IOV_MAX - 1, chain_max);
     w->rx_iov.resize(IOV_MAX);
     w->bounce.resize(kNetHdrSize + kMaxFrame);
 
