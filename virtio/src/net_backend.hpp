@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/virtio/device.hpp"
@@ -16,6 +17,19 @@
 #include "iovirt/virtio/packet_port.hpp"
 
 namespace iovirt::virtio {
+
+// epoll tags of a pair worker's fds (tap and port backends).
+inline constexpr uint32_t kTagStop = 0;
+inline constexpr uint32_t kTagTxKick = 1;
+inline constexpr uint32_t kTagRxKick = 2;
+inline constexpr uint32_t kTagFrames = 3;  // the tap queue fd, or a port's rx_wake() fd
+inline constexpr uint32_t kTagCtrlKick = 4;
+
+// Consumes an eventfd's count; true when there was one.
+inline bool drain_eventfd(int fd) {
+  uint64_t v = 0;
+  return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
+}
 
 // A queue with its kick fd and counters, as one backend thread serves it.
 struct ServedQueue {

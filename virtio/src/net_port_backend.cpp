@@ -34,23 +34,12 @@ namespace iovirt::virtio {
 
 namespace {
 
-constexpr uint32_t kTagStop = 0;
-constexpr uint32_t kTagTxKick = 1;
-constexpr uint32_t kTagRxKick = 2;
-constexpr uint32_t kTagPort = 3;
-constexpr uint32_t kTagCtrlKick = 4;
-
 constexpr uint32_t kBurst = 32;
 constexpr unsigned kTxBursts = 8;    // bursts per round before rx gets a turn
 constexpr size_t kMaxRxChains = 64;  // one frame may span this many chains (MRG_RXBUF)
 constexpr unsigned kIdleEventCheck = 1024;  // polling rounds between looks at the control kick
 
 using Clock = std::chrono::steady_clock;
-
-bool drain(int fd) {
-  uint64_t v = 0;
-  return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
-}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -262,13 +251,13 @@ struct PortBackend::Worker {
         case kTagStop:
           return false;
         case kTagTxKick:
-          if (drain(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
+          if (drain_eventfd(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
           break;
         case kTagRxKick:
-          if (drain(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
+          if (drain_eventfd(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
           break;
         case kTagCtrlKick:
-          if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
+          if (drain_eventfd(ctrl->kick_fd)) ctrl->m->kicks->inc();
           serve_ctrl();
           break;
         default:
@@ -400,7 +389,7 @@ Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, Activate
     Status st = add(w->stop_fd.fd(), kTagStop);
     if (st && w->pq.tx) st = add(w->pq.tx->kick_fd, kTagTxKick);
     if (st && w->pq.rx) st = add(w->pq.rx->kick_fd, kTagRxKick);
-    if (st && w->port_wake >= 0) st = add(w->port_wake, kTagPort);
+    if (st && w->port_wake >= 0) st = add(w->port_wake, kTagFrames);
     if (st && w->ctrl) st = add(w->ctrl->kick_fd, kTagCtrlKick);
     if (!st) return std::unexpected(st.error());
     b->workers_.push_back(std::move(w));

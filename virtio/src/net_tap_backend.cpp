@@ -25,20 +25,9 @@ namespace iovirt::virtio {
 
 namespace {
 
-constexpr uint32_t kTagStop = 0;
-constexpr uint32_t kTagTxKick = 1;
-constexpr uint32_t kTagRxKick = 2;
-constexpr uint32_t kTagTap = 3;
-constexpr uint32_t kTagCtrlKick = 4;
-
 constexpr unsigned kTxBudget = 256;  // chains per round before the other queues get a turn
 constexpr unsigned kRxBudget = 64;   // frames per round
 constexpr size_t kMaxRxChains = 256;
-
-bool drain(int fd) {
-  uint64_t v = 0;
-  return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
-}
 
 }  // namespace
 
@@ -145,7 +134,7 @@ struct TapBackend::Worker {
     if (on == tap_polled || pq.tap_fd < 0 || tap_dead) return;
     epoll_event ev{};
     ev.events = on ? uint32_t{EPOLLIN} : 0u;
-    ev.data.u32 = kTagTap;
+    ev.data.u32 = kTagFrames;
     (void)::epoll_ctl(ep.get(), EPOLL_CTL_MOD, pq.tap_fd, &ev);
     tap_polled = on;
   }
@@ -375,14 +364,14 @@ struct TapBackend::Worker {
           case kTagStop:
             return;
           case kTagTxKick:
-            if (drain(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
+            if (drain_eventfd(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
             tx = true;
             break;
           case kTagRxKick:
-            if (drain(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
+            if (drain_eventfd(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
             on_rx_kick();
             break;
-          case kTagTap:
+          case kTagFrames:
             if ((evs[i].events & (EPOLLERR | EPOLLHUP)) != 0) {
               tap_gone("the tap reported an error or hang-up (was the interface deleted?)");
             } else if (pq.rx && !pq.rx->dead) {
@@ -390,7 +379,7 @@ struct TapBackend::Worker {
             }
             break;
           case kTagCtrlKick:
-            if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
+            if (drain_eventfd(ctrl->kick_fd)) ctrl->m->kicks->inc();
             if (!ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, dev->name(), set_pairs(), *nm, max_pairs, mq)) {
               ctrl->dead = true;
               (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
@@ -461,7 +450,7 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
         return std::unexpected(st.error());
       }
       // Polled from the start: the first empty-ring check turns it off until a kick.
-      if (auto st = add(w->pq.tap_fd, kTagTap, EPOLLIN); !st) return std::unexpected(st.error());
+      if (auto st = add(w->pq.tap_fd, kTagFrames, EPOLLIN); !st) return std::unexpected(st.error());
       w->tap_polled = true;
     }
     if (w->ctrl) {
