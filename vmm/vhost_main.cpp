@@ -1,6 +1,8 @@
 // iovirt-vhost: the vhost-user back-end daemon. `iovirt-vhost blk --socket S --file F` serves
-// iovirt's own VirtioBlk (io_uring, one thread per queue) to a vhost-user front-end through the
-// VhostUserBackend transport (virtio/include/iovirt/virtio/vhost_user/backend.hpp).
+// iovirt's own VirtioBlk (io_uring, one thread per queue), `iovirt-vhost net --socket S --backend
+// B` its VirtioNet (one thread per queue pair, frames to a PacketPort or a tap), to a vhost-user
+// front-end through the VhostUserBackend transport (virtio/include/iovirt/virtio/vhost_user/
+// backend.hpp).
 //
 // Signals: SIGINT and SIGTERM are blocked in every thread and taken by one sigwait thread, which
 // stops the server; the device threads never see them.
@@ -17,6 +19,8 @@
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/core/metrics_http.hpp"
 #include "iovirt/virtio/blk.hpp"
+#include "iovirt/virtio/net.hpp"
+#include "iovirt/virtio/packet_port.hpp"
 #include "iovirt/virtio/vhost_user/backend.hpp"
 #include "iovirt/vmm/vhost_cli.hpp"
 
@@ -27,39 +31,24 @@ int die(const iovirt::Error& e) {
   return 1;
 }
 
-int run_blk(const iovirt::VhostBlkOptions& o) {
-  using namespace iovirt;           // NOLINT
-  using namespace iovirt::virtio;   // NOLINT
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts
-
-  MetricsRegistry metrics;
-  BlkConfig cfg;
-  cfg.path = o.file;
-  cfg.readonly = o.readonly;
-  cfg.direct = o.direct;
-  cfg.queues = o.queues;
-  cfg.queue_size = o.queue_size;
-  cfg.serial = o.serial;
-  cfg.poll_us = o.poll_us;
-  auto dev = VirtioBlk::create(cfg, metrics, "blk0");
-  if (!dev) return die(dev.error());
-  auto backend = vhost_user::VhostUserBackend::create(**dev, metrics);
+// Serves `dev` on `socket` until SIGINT/SIGTERM: the part blk and net share.
+int serve(iovirt::virtio::VirtioDevice& dev, iovirt::MetricsRegistry& metrics,
+          const std::string& socket, const std::string& metrics_addr, const sigset_t& set,
+          const std::string& what) {
+  using namespace iovirt;  // NOLINT
+  auto backend = virtio::vhost_user::VhostUserBackend::create(dev, metrics);
   if (!backend) return die(backend.error());
   std::unique_ptr<MetricsServer> http;
-  if (!o.metrics.empty()) {
-    auto m = MetricsServer::start(metrics, o.metrics);
+  if (!metrics_addr.empty()) {
+    auto m = MetricsServer::start(metrics, metrics_addr);
     if (!m) return die(m.error());
     http = std::move(*m);
   }
-  auto server = vhost_user::VhostUserServer::listen(o.socket, **backend);
+  auto server = virtio::vhost_user::VhostUserServer::listen(socket, **backend);
   if (!server) return die(server.error());
-  log_info("iovirt-vhost: serving " + o.file + " as vhost-user-blk on " + o.socket);
+  log_info("iovirt-vhost: serving " + what + " on " + socket);
 
-  vhost_user::VhostUserServer* srv = server->get();
+  virtio::vhost_user::VhostUserServer* srv = server->get();
   std::thread signals([srv, set] {
     int sig = 0;
     sigwait(&set, &sig);
@@ -72,6 +61,100 @@ int run_blk(const iovirt::VhostBlkOptions& o) {
   if (!st) return die(st.error());
   log_info("iovirt-vhost: stopped");
   return 0;
+}
+
+// SIGINT and SIGTERM go to serve()'s sigwait thread only: blocked before any thread starts.
+sigset_t block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+int run_blk(const iovirt::VhostBlkOptions& o) {
+  using namespace iovirt;           // NOLINT
+  using namespace iovirt::virtio;   // NOLINT
+  const sigset_t set = block_stop_signals();
+  MetricsRegistry metrics;
+  BlkConfig cfg;
+  cfg.path = o.file;
+  cfg.readonly = o.readonly;
+  cfg.direct = o.direct;
+  cfg.queues = o.queues;
+  cfg.queue_size = o.queue_size;
+  cfg.serial = o.serial;
+  cfg.poll_us = o.poll_us;
+  auto dev = VirtioBlk::create(cfg, metrics, "blk0");
+  if (!dev) return die(dev.error());
+  return serve(**dev, metrics, o.socket, o.metrics, set, o.file + " as vhost-user-blk");
+}
+
+// The ports of --backend; nullptr factory for tap (the device opens the tap itself).
+iovirt::Result<iovirt::virtio::PacketPortFactory> port_factory(const iovirt::VhostNetOptions& o,
+                                                               std::string& name) {
+  using namespace iovirt::virtio;  // NOLINT
+  using iovirt::NetBackendKind;
+  using iovirt::Result;
+  switch (o.backend) {
+    case NetBackendKind::Loopback:
+      name = "ring-loopback";
+      return PacketPortFactory([](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
+        return make_loopback_port();
+      });
+    case NetBackendKind::Sink:
+      name = "sink";
+      return PacketPortFactory([](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
+        return make_sink_port();
+      });
+    case NetBackendKind::Source: {
+      name = "source of " + std::to_string(o.frame_len) + "-byte frames";
+      const uint32_t len = o.frame_len;
+      return PacketPortFactory([len](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
+        return make_source_port(len);
+      });
+    }
+    case NetBackendKind::Tap:
+      name = "tap " + o.tap;
+      return PacketPortFactory{};
+    case NetBackendKind::Dpdk:
+      name = "dpdk " + o.dpdk;
+      return iovirt::fail("--backend dpdk: this build of iovirt-vhost has no DPDK (install libdpdk-dev and rebuild)");
+  }
+  return iovirt::fail("--backend: unknown kind");
+}
+
+int run_net(const iovirt::VhostNetOptions& o) {
+  using namespace iovirt;           // NOLINT
+  using namespace iovirt::virtio;   // NOLINT
+  const sigset_t set = block_stop_signals();
+  MetricsRegistry metrics;
+  NetConfig cfg;
+  auto factory = port_factory(o, cfg.port_name);
+  if (!factory) return die(factory.error());
+  cfg.port = std::move(*factory);
+  cfg.tap = o.tap;
+  cfg.mac = o.mac;
+  cfg.queue_pairs = o.queues;
+  cfg.queue_size = o.queue_size;
+  cfg.poll_us = o.poll_us;
+  auto dev = VirtioNet::create(cfg, metrics, "net0");
+  if (!dev) return die(dev.error());
+  const int rc = serve(**dev, metrics, o.socket, o.metrics, set, "vhost-user-net (" + cfg.port_name + ")");
+  // Totals per queue, for people and for scripts (the same figures as the Prometheus counters).
+  for (uint16_t q = 0; q < 2 * o.queues; ++q) {
+    const Labels l{{"device", "net0"}, {"queue", std::to_string(q)}};
+    const uint64_t chains = metrics.counter("iovirt_virtio_queue_chains_total", "", l).value();
+    const uint64_t bytes = metrics.counter("iovirt_virtio_queue_bytes_total", "", l).value();
+    std::fprintf(stderr, "iovirt-vhost: net0 queue %u (%s%u): %llu chains, %llu bytes\n", q,
+                 q % 2 == 0 ? "rx" : "tx", q / 2, static_cast<unsigned long long>(chains),
+                 static_cast<unsigned long long>(bytes));
+  }
+  std::fprintf(stderr, "iovirt-vhost: net0 tx dropped %llu, rx dropped %llu\n",
+               static_cast<unsigned long long>((*dev)->net_metrics().tx_dropped->value()),
+               static_cast<unsigned long long>((*dev)->net_metrics().rx_dropped->value()));
+  return rc;
 }
 
 }  // namespace
@@ -91,7 +174,9 @@ int main(int argc, char** argv) {
       std::puts("iovirt-vhost " IOVIRT_VERSION);
       return 0;
     case iovirt::VhostCommand::Blk:
-      break;
+      return run_blk(parsed->blk);
+    case iovirt::VhostCommand::Net:
+      return run_net(parsed->net);
   }
-  return run_blk(parsed->blk);
+  return 2;
 }

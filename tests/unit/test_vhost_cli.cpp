@@ -37,6 +37,39 @@ TEST(VhostCli, BlkWithEveryOption) {
   EXPECT_EQ(r->blk.poll_us, 50u);
 }
 
+TEST(VhostCli, NetWithEveryOption) {
+  auto r = parse({"net", "--socket=/run/n.sock", "--backend", "source=128", "--queues", "2",
+                  "--queue-size", "256", "--mac", "52:54:00:12:34:56", "--poll-us", "20",
+                  "--metrics", "127.0.0.1:9101"});
+  ASSERT_TRUE(r.has_value()) << r.error().message();
+  EXPECT_EQ(r->command, VhostCommand::Net);
+  EXPECT_EQ(r->net.socket, "/run/n.sock");
+  EXPECT_EQ(r->net.backend, NetBackendKind::Source);
+  EXPECT_EQ(r->net.frame_len, 128u);
+  EXPECT_EQ(r->net.queues, 2);
+  EXPECT_EQ(r->net.queue_size, 256);
+  ASSERT_TRUE(r->net.mac.has_value());
+  EXPECT_EQ((*r->net.mac)[5], 0x56);
+  EXPECT_EQ(r->net.poll_us, 20u);
+  EXPECT_EQ(r->net.metrics, "127.0.0.1:9101");
+}
+
+TEST(VhostCli, NetBackends) {
+  EXPECT_EQ(parse({"net", "--socket", "s", "--backend", "ring-loopback"})->net.backend,
+            NetBackendKind::Loopback);
+  EXPECT_EQ(parse({"net", "--socket", "s", "--backend", "sink"})->net.backend, NetBackendKind::Sink);
+  auto src = parse({"net", "--socket", "s", "--backend", "source"});
+  EXPECT_EQ(src->net.frame_len, 60u);
+  auto tap = parse({"net", "--socket", "s", "--backend", "tap=vtap0"});
+  EXPECT_EQ(tap->net.backend, NetBackendKind::Tap);
+  EXPECT_EQ(tap->net.tap, "vtap0");
+  auto dpdk = parse({"net", "--socket", "s", "--backend=dpdk=--vdev=net_ring0 --no-huge;port=0"});
+  ASSERT_TRUE(dpdk.has_value()) << dpdk.error().message();
+  EXPECT_EQ(dpdk->net.backend, NetBackendKind::Dpdk);
+  EXPECT_EQ(dpdk->net.dpdk, "--vdev=net_ring0 --no-huge;port=0");
+  EXPECT_EQ(parse({"net", "--help"})->command, VhostCommand::Help);
+}
+
 TEST(VhostCli, Defaults) {
   auto r = parse({"blk", "--socket", "s", "--file", "f"});
   ASSERT_TRUE(r.has_value());
@@ -57,7 +90,20 @@ TEST(VhostCli, HelpAndVersion) {
 TEST(VhostCli, Refusals) {
   expect_error({}, "no command");
   expect_error({"disk"}, "unknown command 'disk'");
-  expect_error({"net", "--socket", "s"}, "not implemented");
+  expect_error({"net", "--socket", "s"}, "--backend is required");
+  expect_error({"net", "--backend", "sink"}, "--socket PATH is required");
+  expect_error({"net", "--socket", "s", "--backend", "bogus"}, "not one of ring-loopback");
+  expect_error({"net", "--socket", "s", "--backend", "sink=1"}, "takes no value");
+  expect_error({"net", "--socket", "s", "--backend", "source=59"}, "not in 60..1514");
+  expect_error({"net", "--socket", "s", "--backend", "source=1515"}, "not in 60..1514");
+  expect_error({"net", "--socket", "s", "--backend", "tap="}, "interface name");
+  expect_error({"net", "--socket", "s", "--backend", "tap=abcdefghijklmnop"}, "interface name");
+  expect_error({"net", "--socket", "s", "--backend", "dpdk="}, "EAL arguments");
+  expect_error({"net", "--socket", "s", "--backend", "sink", "--mac", "01:00:00:00:00:01"},
+               "multicast");
+  expect_error({"net", "--socket", "s", "--backend", "sink", "--mac", "52:54"}, "six hex bytes");
+  expect_error({"net", "--socket", "s", "--backend", "sink", "--file", "f"}, "unknown option");
+  expect_error({"net", "--socket", "s", "--backend", "sink", "--queues", "65"}, "--queues");
   expect_error({"blk", "--file", "f"}, "--socket PATH is required");
   expect_error({"blk", "--socket", "s"}, "--file FILE is required");
   expect_error({"blk", "--socket", "s", "--file", "f", "--queues", "0"}, "--queues");

@@ -172,8 +172,14 @@ class NetTest : public ::testing::Test {
 
   // Returns false (test skipped) when the environment lacks tap/netns support.
   bool make_device(NetConfig cfg = {}) {
-    if (cfg.tap.empty()) cfg.tap = kTap;
     cfg.queue_size = kQSize;
+    if (cfg.port) {  // no tap, no namespace: the frames go to a PacketPort
+      auto d = VirtioNet::create(cfg, metrics, "net0");
+      EXPECT_TRUE(d.has_value()) << d.error().message();
+      if (d) ns.dev = std::move(*d);
+      return ns.dev != nullptr;
+    }
+    if (cfg.tap.empty()) cfg.tap = kTap;
     ns = make_in_netns(cfg, metrics);
     if (!ns.skip.empty()) return false;
     EXPECT_TRUE(ns.error.empty()) << ns.error;
@@ -299,7 +305,8 @@ class NetTest : public ::testing::Test {
     std::vector<uint8_t> frame;
     std::vector<uint32_t> lens;
   };
-  std::optional<RxFrame> guest_recv(uint16_t q, std::chrono::milliseconds limit = 5000ms) {
+  std::optional<RxFrame> guest_recv(uint16_t q, std::chrono::milliseconds limit = 5000ms,
+                                    uint16_t ethertype = kEtherType) {
     for (;;) {
       auto e = wait_used(q, limit);
       if (!e) return std::nullopt;
@@ -320,7 +327,7 @@ class NetTest : public ::testing::Test {
         take(*more);
       }
       f.frame.assign(all.begin() + kNetHdrSize, all.end());
-      if (is_ours(f.frame)) return f;
+      if (is_ours(f.frame, ethertype)) return f;
     }
   }
 
@@ -830,6 +837,161 @@ TEST_F(NetTest, VhostWithoutTheModuleSaysModprobe) {
   if (!ns.skip.empty() && ns.error.empty()) GTEST_SKIP() << ns.skip;
   ASSERT_FALSE(ns.error.empty());
   EXPECT_NE(ns.error.find("modprobe vhost_net"), std::string::npos) << ns.error;
+}
+
+// ---- The packet-port backend (NetConfig::port): iovirt-vhost net's data path ----
+
+NetConfig port_config(PacketPortFactory f, uint32_t poll_us = 0) {
+  NetConfig cfg;
+  cfg.port = std::move(f);
+  cfg.port_name = "test port";
+  cfg.poll_us = poll_us;
+  return cfg;
+}
+
+PacketPortFactory loopback_ports() {
+  return [](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
+    return make_loopback_port(64);
+  };
+}
+
+class NetPortTest : public NetTest, public ::testing::WithParamInterface<uint32_t> {};
+
+TEST_F(NetTest, PortOffersNoOffloads) {
+  NEED_DEVICE(port_config(loopback_ports()));
+  const uint64_t f = ns.dev->features();
+  for (unsigned bit : {net_feature::kCsum, net_feature::kGuestCsum, net_feature::kHostTso4,
+                       net_feature::kGuestTso4, net_feature::kHostUfo}) {
+    EXPECT_EQ(f & feature_bit(bit), 0u) << "bit " << bit;
+  }
+  EXPECT_NE(f & feature_bit(net_feature::kMrgRxbuf), 0u);
+  EXPECT_NE(f & feature_bit(VIRTIO_F_RING_PACKED), 0u);
+  NetConfig both = port_config(loopback_ports());
+  both.vhost = true;
+  auto d = VirtioNet::create(both, metrics, "net1");
+  ASSERT_FALSE(d.has_value());
+  EXPECT_NE(d.error().message().find("vhost=on needs a tap"), std::string::npos);
+}
+
+// Both with and without busy-polling: every frame sent comes back, bytes intact, behind a
+// fresh header whose num_buffers the device set.
+TEST_P(NetPortTest, LoopbackReturnsEveryFrameBehindAFreshHeader) {
+  NEED_DEVICE(port_config(loopback_ports(), GetParam()));
+  ASSERT_TRUE(activate(base_features() | feature_bit(VIRTIO_F_EVENT_IDX), 2).has_value());
+  for (int i = 0; i < 8; ++i) post_rx(0, 2048);
+  kick(0);
+  std::array<uint8_t, kNetHdrSize> h{};
+  for (int i = 0; i < 20; ++i) {
+    if (i == 8) {  // the first 8 buffers are used up: more, and a kick
+      for (int j = 0; j < 12; ++j) post_rx(0, 2048);
+      kick(0);
+    }
+    const auto frame = make_frame(kBroadcast, 60 + static_cast<size_t>(i) * 70, static_cast<uint8_t>(i));
+    send_tx(1, h, frame);
+    auto got = guest_recv(0);
+    ASSERT_TRUE(got.has_value()) << "frame " << i;
+    EXPECT_EQ(got->frame, frame) << "frame " << i;
+    EXPECT_EQ(got->hdr.num_buffers, 1);
+    EXPECT_EQ(got->hdr.flags, 0);
+    ASSERT_TRUE(wait_used(1).has_value());
+  }
+  EXPECT_EQ(ns.dev->net_metrics().tx_dropped->value(), 0u);
+  EXPECT_EQ(metrics.counter("iovirt_virtio_queue_chains_total", "", {{"device", "net0"}, {"queue", "1"}})
+                .value(),
+            20u);
+  EXPECT_TRUE(failures().empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(PollModes, NetPortTest, ::testing::Values(0u, 200u),
+                         [](const auto& p) { return p.param == 0 ? "EventDriven" : "BusyPoll"; });
+
+TEST_F(NetTest, PortLoopbackMergeableSpansSmallBuffersAndWaitsForEnough) {
+  NEED_DEVICE(port_config(loopback_ports()));
+  ASSERT_TRUE(activate(base_features() | feature_bit(net_feature::kMrgRxbuf), 2).has_value());
+  for (int i = 0; i < 3; ++i) post_rx(0, 256);
+  kick(0);
+  std::array<uint8_t, kNetHdrSize> h{};
+  const auto frame = make_frame(kBroadcast, 1500, 7);  // 1512 bytes with the header: 6 buffers
+  send_tx(1, h, frame);
+  ASSERT_TRUE(wait_used(1).has_value());
+  EXPECT_FALSE(wait_used(0, 100ms).has_value()) << "delivered into too few buffers";
+  for (int i = 0; i < 5; ++i) post_rx(0, 256);
+  kick(0);
+  auto got = guest_recv(0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->hdr.num_buffers, 6);
+  EXPECT_EQ(got->frame, frame);
+  EXPECT_EQ(got->lens.size(), 6u);
+  EXPECT_EQ(got->lens.back(), 1512u - 5 * 256);
+  EXPECT_TRUE(failures().empty());
+}
+
+TEST_F(NetTest, PortSinkCountsTheFramesItCopied) {
+  auto counters = std::make_shared<SinkCounters>();
+  NEED_DEVICE(port_config([counters](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
+    return make_sink_port(counters);
+  }));
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  std::array<uint8_t, kNetHdrSize> h{};
+  uint64_t bytes = 0;
+  for (int i = 0; i < 10; ++i) {
+    const auto frame = make_frame(kBroadcast, 64 + static_cast<size_t>(i), 1);
+    bytes += frame.size();
+    send_tx(1, h, frame);
+    ASSERT_TRUE(wait_used(1).has_value());
+  }
+  ASSERT_TRUE(wait_for([&] { return std::atomic_ref(counters->frames).load() == 10; }));
+  EXPECT_EQ(std::atomic_ref(counters->bytes).load(), bytes);
+}
+
+TEST_F(NetTest, PortSourceFillsEveryRxBufferAndWaitsForMore) {
+  NEED_DEVICE(port_config([](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
+    return make_source_port(128);
+  }));
+  ASSERT_TRUE(activate(base_features() | feature_bit(VIRTIO_F_EVENT_IDX), 2).has_value());
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 5; ++i) post_rx(0, 2048);
+    kick(0);
+    for (int i = 0; i < 5; ++i) {
+      auto got = guest_recv(0, 5000ms, 0x0800);
+      ASSERT_TRUE(got.has_value()) << "round " << round << " frame " << i;
+      EXPECT_EQ(got->frame.size(), 128u);
+      EXPECT_EQ(got->hdr.num_buffers, 1);
+      uint64_t seq = 0;
+      std::memcpy(&seq, got->frame.data() + 42, sizeof seq);
+      EXPECT_EQ(seq, static_cast<uint64_t>(round * 5 + i));
+    }
+    EXPECT_FALSE(wait_used(0, 50ms).has_value()) << "a frame without a buffer";
+  }
+  EXPECT_TRUE(failures().empty());
+}
+
+TEST_F(NetTest, PortHostileTxIsDroppedAndTheDeviceGoesOn) {
+  NEED_DEVICE(port_config(loopback_ports()));
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  for (int i = 0; i < 4; ++i) post_rx(0, 4096);
+  kick(0);
+  VirtioNetHdr bad{};
+  bad.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;  // CSUM was not negotiated
+  std::array<uint8_t, kNetHdrSize> h{};
+  std::memcpy(h.data(), &bad, sizeof bad);
+  send_tx(1, h, make_frame(kBroadcast, 80, 1));
+  ASSERT_TRUE(wait_used(1).has_value());
+  const std::array<uint8_t, kNetHdrSize> ok{};
+  send_tx(1, ok, make_frame(kBroadcast, 3000, 2));  // larger than a port buffer
+  ASSERT_TRUE(wait_used(1).has_value());
+  EXPECT_EQ(ns.dev->net_metrics().tx_dropped->value(), 2u);
+  const auto frame = make_frame(kBroadcast, 90, 3);
+  send_tx(1, ok, frame);
+  auto got = guest_recv(0);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->frame, frame);
+  // A descriptor outside guest memory fails the device, with a reason.
+  const Buf wild{32ull << 20, 64, false};
+  ASSERT_TRUE(queues[1]->drv->add_chain(std::span<const Buf>(&wild, 1)).has_value());
+  kick(1);
+  ASSERT_TRUE(wait_for([&] { return !failures().empty(); }));
+  EXPECT_NE(failures()[0].find("queue 1"), std::string::npos) << failures()[0];
 }
 
 }  // namespace

@@ -43,7 +43,8 @@ VirtioNet::~VirtioNet() {
 
 Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg, MetricsRegistry& metrics,
                                                      std::string name) {
-  const std::string where = name + " (tap '" + cfg.tap + "')";
+  std::string where = name;
+  where += cfg.port ? " (" + cfg.port_name + ")" : " (tap '" + cfg.tap + "')";
   if (cfg.queue_pairs == 0 || cfg.queue_pairs > kMaxQueuePairs) {
     return fail(where + ": queue_pairs must be 1.." + std::to_string(kMaxQueuePairs), EINVAL);
   }
@@ -53,11 +54,16 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg, Metri
   }
   std::unique_ptr<VirtioNet> d(new VirtioNet(cfg, metrics, std::move(name)));
 
-  auto taps = tap::open(cfg.tap, cfg.queue_pairs);
-  if (!taps) return std::unexpected(std::move(taps.error()).context(d->name_));
-  d->taps_ = std::move(*taps);
-  d->tap_attached_.assign(d->taps_.size(), true);
-  d->tap_offloads_ = tap::probe_offloads(d->taps_[0].get());
+  if (cfg.port && cfg.vhost) {
+    return fail(where + ": vhost=on needs a tap, not a packet port", EINVAL);
+  }
+  if (!cfg.port) {
+    auto taps = tap::open(cfg.tap, cfg.queue_pairs);
+    if (!taps) return std::unexpected(std::move(taps.error()).context(d->name_));
+    d->taps_ = std::move(*taps);
+    d->tap_attached_.assign(d->taps_.size(), true);
+    d->tap_offloads_ = tap::probe_offloads(d->taps_[0].get());
+  }
 
   if (cfg.mac) {
     d->mac_ = *cfg.mac;
@@ -75,8 +81,10 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg, Metri
                feature_bit(kMac) | feature_bit(kStatus) | feature_bit(kMrgRxbuf) |
                feature_bit(kCtrlVq);
   if (cfg.queue_pairs > 1) f |= feature_bit(kMq);
-  // The tap takes any virtio_net_hdr on write (the kernel checksums and segments).
-  f |= feature_bit(kCsum) | feature_bit(kHostTso4) | feature_bit(kHostTso6) |
+  // The tap takes any virtio_net_hdr on write (the kernel checksums and segments); a port takes
+  // plain frames, so nothing is offloaded to it.
+  if (!cfg.port)
+    f |= feature_bit(kCsum) | feature_bit(kHostTso4) | feature_bit(kHostTso6) |
        feature_bit(kHostEcn) | feature_bit(kHostUfo);
   // What the guest may receive is what the tap can be told to hand over (TUNSETOFFLOAD).
   const unsigned t = d->tap_offloads_;
@@ -198,6 +206,7 @@ Status VirtioNet::activate(ActivateContext ctx) {
       }
     }
   }
+  if (cfg_.port) return activate_ports(std::move(ctx), std::move(pairs), ctrl);
   for (size_t i = 0; i < pairs.size(); ++i) pairs[i].tap_fd = taps_[i].get();
 
   // What the guest takes on receive decides what the tap may hand over (TUNSETOFFLOAD).
@@ -250,8 +259,29 @@ Status VirtioNet::activate(ActivateContext ctx) {
   return {};
 }
 
+Status VirtioNet::activate_ports(ActivateContext ctx, std::vector<PairQueues> pairs,
+                                 std::optional<ServedQueue> ctrl) {
+  active_pairs_.store(1);
+  std::vector<PairQueues> served;
+  std::vector<std::unique_ptr<PacketPort>> ports;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    if (!pairs[i].rx && !pairs[i].tx && !(i == 0 && ctrl)) continue;
+    auto port = cfg_.port(static_cast<uint16_t>(i), pairs_in_use_);
+    if (!port) return std::unexpected(std::move(port.error()).context(name_));
+    served.push_back(pairs[i]);
+    ports.push_back(std::move(*port));
+  }
+  if (served.empty()) return {};
+  auto b = PortBackend::start(*this, std::move(ctx), std::move(served), std::move(ports), ctrl,
+                              net_metrics_, pairs_in_use_, cfg_.poll_us);
+  if (!b) return std::unexpected(std::move(b.error()).context(name_));
+  port_backend_ = std::move(*b);
+  return {};
+}
+
 void VirtioNet::reset() {
   // Threads first: when this returns nothing of iovirt or the kernel touches the queues.
+  port_backend_.reset();
   tap_backend_.reset();
   ctrl_backend_.reset();
   vhost_backend_.reset();

@@ -9,6 +9,7 @@
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/virtio/device.hpp"
 #include "iovirt/virtio/net.hpp"
+#include "iovirt/virtio/packet_port.hpp"
 
 namespace iovirt::virtio {
 
@@ -53,6 +54,29 @@ class TapBackend final {
  private:
   explicit TapBackend(ActivateContext ctx);
   ActivateContext ctx_;  // the workers read it; outlives them
+  std::vector<std::unique_ptr<Worker>> workers_;
+};
+
+// One thread per queue pair moving frames between the rings and a PacketPort of its own
+// (net_port_backend.cpp); the control queue on the first pair's thread.
+class PortBackend final {
+ public:
+  static Result<std::unique_ptr<PortBackend>> start(VirtioNet& dev, ActivateContext ctx,
+                                                    std::vector<PairQueues> pairs,
+                                                    std::vector<std::unique_ptr<PacketPort>> ports,
+                                                    std::optional<ServedQueue> ctrl,
+                                                    const NetMetrics& nm, uint16_t max_pairs,
+                                                    uint32_t poll_us);
+  ~PortBackend();
+  PortBackend(const PortBackend&) = delete;
+  PortBackend& operator=(const PortBackend&) = delete;
+  void stop();
+
+  struct Worker;
+
+ private:
+  explicit PortBackend(ActivateContext ctx);
+  ActivateContext ctx_;
   std::vector<std::unique_ptr<Worker>> workers_;
 };
 

@@ -159,9 +159,11 @@ Result<bool> parse_ring_option(const std::string& opt, const std::string& key,
   return false;
 }
 
-Result<std::array<uint8_t, 6>> parse_mac(const std::string& v) {
+}  // namespace
+
+Result<std::array<uint8_t, 6>> parse_mac(const std::string& what, const std::string& v) {
   std::array<uint8_t, 6> mac{};
-  auto bad = [&] { return fail("--net: mac='" + v + "' is not six hex bytes like 52:54:00:12:34:56"); };
+  auto bad = [&] { return fail(what + "'" + v + "' is not six hex bytes like 52:54:00:12:34:56"); };
   if (v.size() != 17) return bad();
   for (size_t i = 0; i < 6; ++i) {
     if (i > 0 && v[3 * i - 1] != ':') return bad();
@@ -170,11 +172,9 @@ Result<std::array<uint8_t, 6>> parse_mac(const std::string& v) {
     if (ec != std::errc() || p != v.data() + 3 * i + 2) return bad();
     mac[i] = static_cast<uint8_t>(byte);
   }
-  if (mac[0] & 1) return fail("--net: mac='" + v + "' is a multicast address (first byte odd)");
+  if (mac[0] & 1) return fail(what + "'" + v + "' is a multicast address (first byte odd)");
   return mac;
 }
-
-}  // namespace
 
 Result<DiskOption> parse_disk(const std::string& value) {
   const std::string opt = "--disk";
@@ -243,7 +243,7 @@ Result<NetOption> parse_net(const std::string& value) {
       n.tap = v;
       have_tap = true;
     } else if (k == "mac") {
-      auto m = parse_mac(v);
+      auto m = parse_mac("--net: mac=", v);
       if (!m) return std::unexpected(m.error());
       n.mac = *m;
     } else if (k == "queues") {

@@ -5,6 +5,9 @@
 //     one tap queue fd, zero-copy (writev/readv straight from/into guest memory);
 //   - vhost=on: the kernel's vhost-net moves them; iovirt only programs it (vhost_net.hpp) and
 //     no iovirt thread sits on the data path.
+//   - a PacketPort (NetConfig::port, packet_port.hpp): one iovirt thread per queue pair copies
+//     frames between the rings and the port (loopback, sink, source, DPDK ethdev); the data path
+//     of `iovirt-vhost net`, with optional busy-polling (poll_us).
 // Either way the control queue (section 5.1.6.5) is parsed here, never on a vCPU thread.
 //
 // Queue layout (section 5.1.2): rx0, tx0, rx1, tx1, ..., rx(N-1), tx(N-1), ctrl, where N is
@@ -29,6 +32,7 @@
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/virtio/device.hpp"
+#include "iovirt/virtio/packet_port.hpp"
 #include "iovirt/virtio/ring.hpp"
 #include "iovirt/virtio/split_queue.hpp"
 
@@ -150,7 +154,12 @@ struct CtrlResult {
 Result<std::array<uint8_t, 6>> random_mac();
 
 struct NetConfig {
-  std::string tap;
+  std::string tap;  // ignored when `port` is set
+  // Frames go to ports made by this factory (one per queue pair) instead of a tap. No offloads
+  // are offered then (ports take plain frames).
+  PacketPortFactory port;
+  std::string port_name;  // for logs: "ring-loopback", "dpdk ..."
+  uint32_t poll_us = 0;   // port backend: busy-poll this long after the last work (0: never)
   std::optional<std::array<uint8_t, 6>> mac;
   uint16_t queue_pairs = 1;
   bool vhost = false;
@@ -158,6 +167,9 @@ struct NetConfig {
 };
 
 class TapBackend;
+class PortBackend;
+struct PairQueues;
+struct ServedQueue;
 namespace vhost {
 class VhostNetBackend;
 }
@@ -204,6 +216,8 @@ class VirtioNet final : public VirtioDevice {
  private:
   VirtioNet(NetConfig cfg, MetricsRegistry& metrics, std::string name);
   void set_tap_queues(uint16_t attached);
+  Status activate_ports(ActivateContext ctx, std::vector<PairQueues> pairs,
+                        std::optional<ServedQueue> ctrl);
 
   NetConfig cfg_;
   std::string name_;
@@ -219,6 +233,7 @@ class VirtioNet final : public VirtioDevice {
   NetMetrics net_metrics_;
   std::vector<QueueMetrics> queue_metrics_;
   std::unique_ptr<TapBackend> tap_backend_;
+  std::unique_ptr<PortBackend> port_backend_;
   std::unique_ptr<vhost::VhostNetBackend> vhost_backend_;
   std::unique_ptr<TapBackend> ctrl_backend_;  // vhost=on: the control queue's own thread
 };

@@ -98,6 +98,8 @@ struct ParsedArgs {
 Result<uint32_t> parse_u32(const std::string& opt, const std::string& v);
 // --metrics HOST:PORT: a non-empty host and a port in 0..65535.
 Status check_host_port(const std::string& v);
+// "52:54:00:12:34:56" -> bytes; unicast only. `what` leads the error ("--net: mac=").
+Result<std::array<uint8_t, 6>> parse_mac(const std::string& what, const std::string& v);
 
 // "512M", "2G", "1048576", "64k" -> bytes. Refuses garbage, zero and overflow.
 Result<uint64_t> parse_size(const std::string& s);

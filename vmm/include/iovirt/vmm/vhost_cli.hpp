@@ -2,7 +2,9 @@
 // same devices iovirt runs in process. Kept apart from main() so the parser is unit-tested.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -10,7 +12,7 @@
 
 namespace iovirt {
 
-enum class VhostCommand { Help, Version, Blk };
+enum class VhostCommand { Help, Version, Blk, Net };
 
 struct VhostBlkOptions {
   std::string socket;
@@ -24,9 +26,26 @@ struct VhostBlkOptions {
   std::string metrics;  // HOST:PORT, empty: no metrics endpoint
 };
 
+// Where `iovirt-vhost net` sends the frames (--backend).
+enum class NetBackendKind { Loopback, Sink, Source, Tap, Dpdk };
+
+struct VhostNetOptions {
+  std::string socket;
+  NetBackendKind backend = NetBackendKind::Loopback;
+  std::string tap;         // --backend tap=NAME
+  std::string dpdk;        // --backend dpdk=SPEC (dpdk_port.hpp)
+  uint32_t frame_len = 60;  // --backend source=LEN
+  uint16_t queues = 1;     // queue pairs
+  uint16_t queue_size = 1024;
+  std::optional<std::array<uint8_t, 6>> mac;
+  uint32_t poll_us = 0;
+  std::string metrics;
+};
+
 struct VhostArgs {
   VhostCommand command = VhostCommand::Help;
   VhostBlkOptions blk;
+  VhostNetOptions net;
 };
 
 // args without argv[0]. Errors are one line naming the option (exit status 2 in main()).

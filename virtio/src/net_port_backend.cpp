@@ -1,0 +1,523 @@
+// The packet-port backend of virtio-net (NetConfig::port): one thread per queue pair moving
+// frames between the virtqueues and a PacketPort (packet_port.hpp), the data path of
+// `iovirt-vhost net`.
+//
+// TX (section 5.1.6.2): each chain is checked (check_tx_chain: the header is copied before it is
+// looked at), then the frame's bytes are copied out of guest memory into a port buffer and the
+// chain is returned at once; buffers go to the port in bursts of up to kBurst.
+// RX (section 5.1.6.3): frames from the port are copied into the guest's writable buffers behind
+// a zeroed virtio_net_hdr_v1 whose num_buffers the device fills; with VIRTIO_NET_F_MRG_RXBUF a
+// frame may span several chains. Chains popped but not yet filled wait in a small cache, and
+// frames the guest has no room for yet wait in the burst they came in (the port is not asked for
+// more meanwhile), so a slow refill costs a wait, never a frame.
+//
+// Polling: driver notifications stay disabled while the worker runs; after a round without work
+// it busy-polls for poll_us, then re-enables notifications race-free (enable, re-check) and
+// sleeps in epoll on the kicks. A port whose frames arrive with no fd (a NIC PMD) is polled for
+// ever, as DPDK itself does. Interrupts are decided once per burst (needs_notification).
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "iovirt/core/log.hpp"
+#include "net_backend.hpp"
+
+namespace iovirt::virtio {
+
+namespace {
+
+constexpr uint32_t kTagStop = 0;
+constexpr uint32_t kTagTxKick = 1;
+constexpr uint32_t kTagRxKick = 2;
+constexpr uint32_t kTagPort = 3;
+constexpr uint32_t kTagCtrlKick = 4;
+
+constexpr uint32_t kBurst = 32;
+constexpr unsigned kTxBursts = 8;    // bursts per round before rx gets a turn
+constexpr size_t kMaxRxChains = 64;  // one frame may span this many chains (MRG_RXBUF)
+constexpr unsigned kIdleEventCheck = 1024;  // polling rounds between looks at the control kick
+
+using Clock = std::chrono::steady_clock;
+
+bool drain(int fd) {
+  uint64_t v = 0;
+  return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+}  // namespace
+
+struct PortBackend::Worker {
+  VirtioNet* dev = nullptr;
+  const ActivateContext* ctx = nullptr;
+  const NetMetrics* nm = nullptr;
+  std::unique_ptr<PacketPort> port;
+  PairQueues pq;
+  std::optional<ServedQueue> ctrl;
+  uint16_t max_pairs = 1;
+  uint16_t pair = 0;
+  bool mrg = false;
+  bool mq = false;
+  Clock::duration poll_window{};
+  int port_wake = PacketPort::kRxAfterTransmit;
+  std::atomic<bool> stopping{false};
+  EventFd stop_fd;
+  Fd ep;
+  std::thread thread;
+  bool warned_tx = false;
+
+  // TX: port buffers allocated ahead (tx_free) and the burst being filled (tx_out).
+  std::array<PacketBuf, kBurst> tx_free{};
+  uint32_t tx_nfree = 0;
+  std::array<PacketBuf, kBurst> tx_out{};
+
+  // RX: frames received from the port, [rx_pos, rx_n) not yet delivered.
+  std::array<PacketBuf, kBurst> rx_frames{};
+  uint32_t rx_n = 0;
+  uint32_t rx_pos = 0;
+  bool rx_waiting = false;  // out of guest buffers: sleeping needs the rx kick
+
+  struct RxChain {
+    uint16_t head;
+    uint16_t desc_count;
+    uint32_t wlen;
+    uint32_t first_seg;
+    uint32_t nseg;
+  };
+  std::vector<RxChain> rx_chains;  // cache, size rx_nchains
+  size_t rx_nchains = 0;
+  std::vector<iovec> rx_segs;  // the cached chains' writable segments, size rx_nsegs
+  size_t rx_nsegs = 0;
+  uint64_t rx_bytes_cached = 0;
+
+  explicit Worker(EventFd s) : stop_fd(std::move(s)) {}
+
+  void fail_queue(ServedQueue& s, const std::string& why) {
+    if (s.dead) return;
+    s.dead = true;
+    ctx->fail(std::string(dev->name()) + ": queue " + std::to_string(s.index) + ": " + why);
+    if (s.kick_fd >= 0) (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.kick_fd, nullptr);
+  }
+
+  [[nodiscard]] bool tx_live() const { return pq.tx && !pq.tx->dead; }
+  [[nodiscard]] bool rx_live() const { return pq.rx && !pq.rx->dead; }
+
+  // ---- TX ----
+  void drop_tx(TxDrop why) {
+    nm->tx_dropped->inc();
+    if (!warned_tx) {
+      warned_tx = true;
+      log_warn(std::string(dev->name()) + ": TX frame dropped: " + to_string(why) +
+               " (further drops are only counted)");
+    }
+  }
+
+  // One burst; returns the chains completed, or -1 when the queue broke.
+  int tx_burst() {
+    ServedQueue& s = *pq.tx;
+    const GuestMemory& mem = *ctx->mem;
+    uint32_t nout = 0;
+    uint64_t bytes = 0;
+    int done = 0;
+    while (done < static_cast<int>(kBurst)) {
+      auto chain = s.q->pop(mem);
+      if (!chain) {
+        fail_queue(s, chain.error().message());
+        return -1;
+      }
+      if (!*chain) break;
+      const DescriptorChain& c = **chain;
+      const TxCheck chk = check_tx_chain(mem, c.segments, ctx->features);
+      if (chk.drop != TxDrop::None) {
+        drop_tx(chk.drop);
+      } else if (chk.frame_len > port->max_frame()) {
+        drop_tx(TxDrop::TooLong);
+      } else {
+        if (tx_nfree == 0) tx_nfree = port->alloc(std::span(tx_free.data(), kBurst));
+        if (tx_nfree == 0) {
+          nm->tx_dropped->inc();  // the port is out of buffers: the frame is lost, as on a NIC
+        } else {
+          PacketBuf b = tx_free[--tx_nfree];
+          // Copied out of guest memory into the port's own buffer: the port never sees guest
+          // memory, and the guest may reuse the chain as soon as it is returned.
+          if (gather_chain(mem, c.segments, false, kNetHdrSize,
+                           std::span(b.data, chk.frame_len))) {
+            b.len = chk.frame_len;
+            tx_out[nout++] = b;
+            bytes += chk.frame_len;
+          } else {
+            nm->tx_dropped->inc();
+            tx_free[tx_nfree++] = b;
+          }
+        }
+      }
+      if (auto st = s.q->push(mem, c, 0); !st) {
+        fail_queue(s, st.error().message());
+        return -1;
+      }
+      ++done;
+    }
+    if (nout > 0) port->transmit(std::span(tx_out.data(), nout));
+    if (done > 0) {
+      s.m->chains->inc(static_cast<uint64_t>(done));
+      s.m->bytes->inc(bytes);
+      if (!signal_used(*ctx, s)) {
+        fail_queue(s, "used ring access failed");
+        return -1;
+      }
+    }
+    return done;
+  }
+
+  bool tx_round() {
+    bool work = false;
+    for (unsigned i = 0; i < kTxBursts && tx_live(); ++i) {
+      const int n = tx_burst();
+      if (n > 0) work = true;
+      if (n < static_cast<int>(kBurst)) break;
+    }
+    return work;
+  }
+
+  // ---- RX ----
+  void rx_drop_front(size_t k) {
+    if (k == 0) return;
+    const size_t segs = rx_chains[k - 1].first_seg + rx_chains[k - 1].nseg;
+    for (size_t i = 0; i < k; ++i) rx_bytes_cached -= rx_chains[i].wlen;
+    for (size_t i = k; i < rx_nchains; ++i) {
+      rx_chains[i - k] = rx_chains[i];
+      rx_chains[i - k].first_seg -= static_cast<uint32_t>(segs);
+    }
+    rx_nchains -= k;
+    std::copy(rx_segs.begin() + static_cast<ptrdiff_t>(segs),
+              rx_segs.begin() + static_cast<ptrdiff_t>(rx_nsegs), rx_segs.begin());
+    rx_nsegs -= segs;
+  }
+
+  // Pops chains until the cache holds `need` writable bytes (one chain without MRG_RXBUF).
+  // Returns false when the queue broke; `pushed` is set when an unusable chain went back.
+  bool rx_refill(uint64_t need, bool& pushed) {
+    ServedQueue& s = *pq.rx;
+    const GuestMemory& mem = *ctx->mem;
+    const size_t max_chains = mrg ? kMaxRxChains : 1;
+    while (rx_nchains < max_chains && (rx_nchains == 0 || rx_bytes_cached < need)) {
+      auto chain = s.q->pop(mem);
+      if (!chain) {
+        fail_queue(s, chain.error().message());
+        return false;
+      }
+      if (!*chain) break;
+      const DescriptorChain& c = **chain;
+      // Each buffer must hold at least the header (section 5.1.6.3.1).
+      bool usable = c.writable_len >= kNetHdrSize;
+      uint32_t nseg = 0;
+      for (const Segment& seg : c.segments) {
+        if (!usable) break;
+        if (!seg.write || seg.len == 0) continue;
+        auto sp = mem.span(seg.addr, seg.len);
+        if (!sp) {
+          usable = false;
+          break;
+        }
+        if (rx_nsegs + nseg >= rx_segs.size()) rx_segs.resize(rx_segs.size() * 2);
+        rx_segs[rx_nsegs + nseg] = iovec{sp->data(), sp->size()};
+        ++nseg;
+      }
+      if (!usable) {
+        nm->rx_bad_chains->inc();
+        if (auto st = s.q->push(mem, c, 0); !st) {
+          fail_queue(s, st.error().message());
+          return false;
+        }
+        pushed = true;
+        continue;
+      }
+      rx_chains[rx_nchains++] =
+          RxChain{c.head, c.desc_count, c.writable_len, static_cast<uint32_t>(rx_nsegs), nseg};
+      rx_nsegs += nseg;
+      rx_bytes_cached += c.writable_len;
+    }
+    return true;
+  }
+
+  static void write_iov(const iovec* iov, size_t n, size_t off, const uint8_t* src, size_t len) {
+    for (size_t i = 0; i < n && len > 0; ++i) {
+      if (off >= iov[i].iov_len) {
+        off -= iov[i].iov_len;
+        continue;
+      }
+      const size_t c = std::min(len, iov[i].iov_len - off);
+      std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + off, src, c);
+      src += c;
+      len -= c;
+      off = 0;
+    }
+  }
+
+  // Copies one frame behind its header into the first cached chains and returns them.
+  bool rx_deliver(ServedQueue& s, const PacketBuf& f) {
+    const uint64_t total = kNetHdrSize + uint64_t{f.len};
+    size_t k = 0;
+    for (uint64_t left = total; left > 0; ++k) left -= std::min<uint64_t>(left, rx_chains[k].wlen);
+    VirtioNetHdr hdr{};
+    hdr.num_buffers = static_cast<uint16_t>(k);  // section 5.1.6.4: 1 without MRG_RXBUF
+    const iovec* segs = rx_segs.data();
+    const size_t nsegs = rx_chains[k - 1].first_seg + rx_chains[k - 1].nseg;
+    write_iov(segs, nsegs, 0, reinterpret_cast<const uint8_t*>(&hdr), kNetHdrSize);
+    write_iov(segs, nsegs, kNetHdrSize, f.data, f.len);
+    uint64_t left = total;
+    for (size_t i = 0; i < k; ++i) {
+      const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
+      left -= w;
+      if (auto st = s.q->push(*ctx->mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
+        fail_queue(s, st.error().message());
+        return false;
+      }
+    }
+    s.m->chains->inc(k);
+    rx_drop_front(k);
+    return true;
+  }
+
+  [[nodiscard]] bool rx_cache_capped() const { return rx_nchains == (mrg ? kMaxRxChains : 1); }
+
+  // Returns true when it did something (frames delivered or taken from the port).
+  bool rx_round() {
+    ServedQueue& s = *pq.rx;
+    bool pushed = false;
+    bool work = false;
+    uint64_t bytes = 0;
+    if (rx_pos == rx_n) {
+      rx_pos = rx_n = 0;
+      rx_n = port->receive(std::span(rx_frames.data(), kBurst));
+      if (rx_n == 0) return false;
+      work = true;
+    }
+    const uint32_t first = rx_pos;
+    while (rx_pos < rx_n) {
+      const PacketBuf& f = rx_frames[rx_pos];
+      const uint64_t need = kNetHdrSize + uint64_t{f.len};
+      if (!rx_refill(need, pushed)) return true;
+      if (rx_bytes_cached < need) {
+        if (!rx_cache_capped()) {
+          rx_waiting = true;  // the guest has too few buffers now: wait for more
+          break;
+        }
+        nm->rx_dropped->inc();  // larger than every buffer the device can hold at once
+        ++rx_pos;
+        continue;
+      }
+      if (!rx_deliver(s, f)) return true;
+      bytes += f.len;
+      ++rx_pos;
+      work = true;
+    }
+    if (rx_pos > first) port->release(std::span(rx_frames.data() + first, rx_pos - first));
+    if (rx_pos == rx_n) rx_waiting = false;
+    s.m->bytes->inc(bytes);
+    if ((work || pushed) && !signal_used(*ctx, s)) fail_queue(s, "used ring access failed");
+    return work;
+  }
+
+  // ---- the loop ----
+  void serve_ctrl() {
+    if (ctrl && !ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, *dev, *nm, max_pairs, mq)) {
+      ctrl->dead = true;
+      (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
+    }
+  }
+
+  // Handles ready events; returns false on stop.
+  bool handle_events(int timeout_ms) {
+    epoll_event evs[8];
+    const int n = ::epoll_wait(ep.get(), evs, 8, timeout_ms);
+    if (n < 0) {
+      if (errno == EINTR) return true;
+      ctx->fail(std::string("epoll_wait: ") + std::strerror(errno));
+      return false;
+    }
+    for (int i = 0; i < n; ++i) {
+      switch (evs[i].data.u32) {
+        case kTagStop:
+          return false;
+        case kTagTxKick:
+          if (drain(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
+          break;
+        case kTagRxKick:
+          if (drain(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
+          break;
+        case kTagCtrlKick:
+          if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
+          serve_ctrl();
+          break;
+        default:
+          break;  // the port's fd: the next round receives
+      }
+    }
+    return true;
+  }
+
+  // Re-enables the notifications a sleep depends on; false when work slipped in meanwhile (the
+  // race-free order of section 2.7.10: enable, then look again).
+  bool arm_for_sleep() {
+    const GuestMemory& mem = *ctx->mem;
+    if (tx_live()) {
+      auto more = pq.tx->q->enable_notification(mem);
+      if (!more) {
+        fail_queue(*pq.tx, more.error().message());
+      } else if (*more) {
+        return false;
+      }
+    }
+    if (rx_live() && rx_waiting) {
+      auto more = pq.rx->q->enable_notification(mem);
+      if (!more) {
+        fail_queue(*pq.rx, more.error().message());
+      } else if (*more) {
+        return false;
+      }
+    }
+    // A generator always has frames: it waits for guest buffers only.
+    return true;
+  }
+
+  void quiet_notifications() {
+    const GuestMemory& mem = *ctx->mem;
+    if (tx_live()) {
+      if (auto st = pq.tx->q->disable_notification(mem); !st) fail_queue(*pq.tx, st.error().message());
+    }
+    if (rx_live()) {
+      if (auto st = pq.rx->q->disable_notification(mem); !st) fail_queue(*pq.rx, st.error().message());
+    }
+  }
+
+  void run() {
+    std::string tname(dev->name());
+    tname += "-p";
+    tname += std::to_string(pair);
+    tname.resize(std::min<size_t>(tname.size(), 15));
+    pthread_setname_np(pthread_self(), tname.c_str());
+
+    serve_ctrl();  // requests queued before the thread started
+    quiet_notifications();
+    auto idle_since = Clock::now();
+    unsigned idle_rounds = 0;
+    while (!stopping.load(std::memory_order_relaxed)) {
+      bool work = false;
+      if (tx_live()) work = tx_round();
+      if (rx_live()) work = rx_round() || work;
+      if (work) {
+        idle_rounds = 0;
+        idle_since = Clock::now();
+        continue;
+      }
+      // Idle. A control kick or a stop is looked for now and then without sleeping.
+      if (++idle_rounds % kIdleEventCheck == 0 && !handle_events(0)) return;
+      const bool polled_port = port_wake == PacketPort::kRxPolled && rx_live() && !rx_waiting;
+      if (polled_port || Clock::now() - idle_since < poll_window) {
+        cpu_relax();
+        continue;
+      }
+      if (!arm_for_sleep()) {
+        quiet_notifications();
+        continue;
+      }
+      if (!handle_events(-1)) return;
+      quiet_notifications();
+      idle_since = Clock::now();
+    }
+  }
+
+  void release_all() {
+    if (tx_nfree > 0) port->release(std::span(tx_free.data(), tx_nfree));
+    tx_nfree = 0;
+    if (rx_pos < rx_n) port->release(std::span(rx_frames.data() + rx_pos, rx_n - rx_pos));
+    rx_pos = rx_n = 0;
+  }
+};
+
+Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, ActivateContext ctx,
+                                                        std::vector<PairQueues> pairs,
+                                                        std::vector<std::unique_ptr<PacketPort>> ports,
+                                                        std::optional<ServedQueue> ctrl,
+                                                        const NetMetrics& nm, uint16_t max_pairs,
+                                                        uint32_t poll_us) {
+  std::unique_ptr<PortBackend> b(new PortBackend(std::move(ctx)));
+  const bool mrg = has(b->ctx_.features, net_feature::kMrgRxbuf);
+  const bool mq = has(b->ctx_.features, net_feature::kMq);
+  for (size_t p = 0; p < pairs.size(); ++p) {
+    auto stop = EventFd::create();
+    if (!stop) return std::unexpected(std::move(stop.error()).context("virtio-net stop eventfd"));
+    auto w = std::make_unique<Worker>(std::move(*stop));
+    w->dev = &dev;
+    w->ctx = &b->ctx_;
+    w->nm = &nm;
+    w->port = std::move(ports[p]);
+    w->pq = pairs[p];
+    w->pair = static_cast<uint16_t>(p);
+    w->max_pairs = max_pairs;
+    w->mrg = mrg;
+    w->mq = mq;
+    w->poll_window = std::chrono::microseconds(poll_us);
+    w->port_wake = w->port->rx_wake();
+    if (p == 0) w->ctrl = ctrl;
+    w->rx_chains.resize(kMaxRxChains);
+    w->rx_segs.resize(256);
+
+    w->ep = Fd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!w->ep) return fail_errno("virtio-net: epoll_create1");
+    auto add = [&](int fd, uint32_t tag) -> Status {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u32 = tag;
+      if (::epoll_ctl(w->ep.get(), EPOLL_CTL_ADD, fd, &ev) < 0) {
+        return fail_errno("virtio-net: epoll_ctl add fd " + std::to_string(fd));
+      }
+      return {};
+    };
+    Status st = add(w->stop_fd.fd(), kTagStop);
+    if (st && w->pq.tx) st = add(w->pq.tx->kick_fd, kTagTxKick);
+    if (st && w->pq.rx) st = add(w->pq.rx->kick_fd, kTagRxKick);
+    if (st && w->port_wake >= 0) st = add(w->port_wake, kTagPort);
+    if (st && w->ctrl) st = add(w->ctrl->kick_fd, kTagCtrlKick);
+    if (!st) return std::unexpected(st.error());
+    b->workers_.push_back(std::move(w));
+  }
+  for (auto& w : b->workers_) {
+    Worker* raw = w.get();
+    w->thread = std::thread([raw] { raw->run(); });
+  }
+  return b;
+}
+
+PortBackend::PortBackend(ActivateContext ctx) : ctx_(std::move(ctx)) {}
+
+void PortBackend::stop() {
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) {
+      w->stopping.store(true);
+      (void)w->stop_fd.write();
+      w->thread.join();
+      w->release_all();
+    }
+  }
+}
+
+PortBackend::~PortBackend() {
+  stop();
+}
+
+}  // namespace iovirt::virtio
