@@ -51,6 +51,7 @@ inline std::string allowed_cpus() {
 struct ForwardStats {
   uint64_t rx_packets = 0;
   uint64_t tx_packets = 0;
+  uint64_t tx_dropped = 0;  // the PMD refused them (ring full)
 };
 
 class Testpmd {
@@ -190,7 +191,9 @@ class Testpmd {
     };
     auto rx = field("RX-packets:");
     auto tx = field("TX-packets:");
-    if (!rx || !tx) return std::nullopt;
+    auto tx_dropped = field("TX-dropped:");
+    if (!rx || !tx || !tx_dropped) return std::nullopt;
+    s.tx_dropped = *tx_dropped;
     s.rx_packets = *rx;
     s.tx_packets = *tx;
     return s;
