@@ -25,7 +25,10 @@
 #   fwd  the back-end forwards the frames back: iovirt-vhost --backend ring-loopback vs testpmd
 #        net_vhost io forward; virtio-user io-forwards what it receives back out, primed with
 #        B bursts of 32 frames (start tx_first B), so B*32 frames circulate. Figure: frames per
-#        second through the front-end's rx (each crossed the back-end once).
+#        second through the front-end's rx (each crossed the back-end once). A closed loop: the
+#        figure is bound by the round trip of both sides, so it is the one most disturbed by other
+#        load on the two CPUs (a descheduled side stalls the loop); on a shared machine compare
+#        only figures taken together, and raise --fwd-bursts (at most 7: 224 frames in a 256 ring).
 # Rates are testpmd's own "show port stats" Rx-pps/Tx-pps of the virtio-user port: the second
 # "show" prints the counters' change divided by the TSC time since the first, i.e. exactly the T
 # second window. Both back-ends are measured by the same code in the same process.
