@@ -19,6 +19,7 @@
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/core/metrics_http.hpp"
 #include "iovirt/virtio/blk.hpp"
+#include "iovirt/virtio/dpdk_port.hpp"
 #include "iovirt/virtio/net.hpp"
 #include "iovirt/virtio/packet_port.hpp"
 #include "iovirt/virtio/vhost_user/backend.hpp"
@@ -118,9 +119,12 @@ iovirt::Result<iovirt::virtio::PacketPortFactory> port_factory(const iovirt::Vho
     case NetBackendKind::Tap:
       name = "tap " + o.tap;
       return PacketPortFactory{};
-    case NetBackendKind::Dpdk:
+    case NetBackendKind::Dpdk: {
       name = "dpdk " + o.dpdk;
-      return iovirt::fail("--backend dpdk: this build of iovirt-vhost has no DPDK (install libdpdk-dev and rebuild)");
+      auto f = make_dpdk_port_factory(o.dpdk, o.queues);
+      if (!f) return std::unexpected(std::move(f.error()).context("--backend dpdk"));
+      return std::move(*f);
+    }
   }
   return iovirt::fail("--backend: unknown kind");
 }

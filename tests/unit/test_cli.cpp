@@ -342,6 +342,9 @@ TEST(ParseVhostUser, DiskAndNetTakeASocket) {
   EXPECT_EQ(n->vhost_user, "/run/net.sock");
   ASSERT_TRUE(n->mac);
   EXPECT_EQ((*n->mac)[5], 0x56);
+  auto mq = parse_net("vhost-user=/run/net.sock,queues=4");
+  ASSERT_TRUE(mq) << mq.error().what();
+  EXPECT_EQ(mq->queues, 4);
 }
 
 TEST(ParseVhostUser, OptionsThatBelongToTheBackendAreRefused) {
@@ -351,7 +354,7 @@ TEST(ParseVhostUser, OptionsThatBelongToTheBackendAreRefused) {
     ASSERT_FALSE(d) << v;
     EXPECT_NE(d.error().what().find("--disk"), std::string::npos);
   }
-  for (const char* v : {"vhost-user=/s,tap=tap0", "vhost-user=/s,vhost=on", "vhost-user=/s,queues=2",
+  for (const char* v : {"vhost-user=/s,tap=tap0", "vhost-user=/s,vhost=on", "vhost-user=/s,queues=65",
                         "vhost-user=/s,packed=on"}) {
     auto n = parse_net(v);
     ASSERT_FALSE(n) << v;

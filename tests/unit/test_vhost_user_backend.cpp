@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -35,6 +36,7 @@
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/virtio/blk.hpp"
 #include "iovirt/virtio/blk_request.hpp"
+#include "iovirt/virtio/inflight.hpp"
 #include "iovirt/virtio/ring.hpp"
 #include "iovirt/virtio/testing/driver_packed_queue.hpp"
 #include "iovirt/virtio/testing/driver_queue.hpp"
@@ -397,6 +399,83 @@ TEST_F(VhostUserBackendTest, StoppedRingResumesFromItsBaseWithANewKickFd) {
   ASSERT_TRUE(none.has_value());
   EXPECT_FALSE(none->has_value()) << "a request was served twice";
   EXPECT_EQ(image.read(512, 512), pattern(512, 9));
+  EXPECT_TRUE(f.finish().has_value());
+}
+
+// INFLIGHT_SHMFD: a predecessor popped A, B and C, completed only B (out of order, as io_uring
+// does) and died. Given its inflight area, this back-end resubmits A and C, never B, and the
+// ring goes on after them.
+TEST_F(VhostUserBackendTest, InflightAreaOfADeadBackendIsResubmittedNotReplayed) {
+  Frontend f(*backend);
+  negotiate(f);
+  f.send(make_request(Request::GetInflightFd, Inflight{InflightWire{0, 0, 2, kRingSize, 0}, Fd()}));
+  Message m = f.reply(Request::GetInflightFd);
+  auto* in = std::get_if<Inflight>(&m.body);
+  ASSERT_NE(in, nullptr);
+  ASSERT_TRUE(in->fd.valid());
+  const size_t stride = inflight_split_queue_bytes(kRingSize);
+  ASSERT_EQ(in->info.mmap_size, 2 * stride);
+  void* p = ::mmap(nullptr, in->info.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, in->fd.get(), 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* hdr = static_cast<InflightSplitHeader*>(p);
+  auto* desc = reinterpret_cast<InflightDescSplit*>(static_cast<uint8_t*>(p) + sizeof *hdr);
+
+  // The guest queued three writes; the dead back-end's marks and its one used element (B).
+  Ring r0;
+  r0.layout = layout_for(0);
+  auto d = DriverQueue::create(*f.mem, r0.layout);
+  ASSERT_TRUE(d.has_value());
+  r0.drv.emplace(std::move(*d));
+  uint16_t heads[3];
+  for (uint16_t i = 0; i < 3; ++i) {
+    const uint64_t data = kHighGpa + i * 4096;
+    const uint64_t h = kHighGpa + 3 * kMiB + i * 64;
+    ASSERT_TRUE(f.mem->write(data, pattern(512, static_cast<uint8_t>(i + 1))).has_value());
+    ASSERT_TRUE(f.mem->write_obj(h, BlkReqHeader{blk::VIRTIO_BLK_T_OUT, 0, i}).has_value());
+    const Buf bufs[] = {{h, 16, false}, {data, 512, false}, {h + 32, 1, true}};
+    auto head = r0.drv->add_chain(bufs);
+    ASSERT_TRUE(head.has_value());
+    heads[i] = *head;
+  }
+  ASSERT_TRUE(f.mem->write_obj(r0.layout.used_gpa + 4, VirtqUsedElem{heads[1], 1}).has_value());
+  ASSERT_TRUE(f.mem->write_obj<uint16_t>(r0.layout.used_gpa + 2, 1).has_value());
+  hdr->version = kInflightVersion;
+  hdr->desc_num = kRingSize;
+  hdr->used_idx = 1;
+  desc[heads[0]] = InflightDescSplit{1, {}, 0, 10};
+  desc[heads[2]] = InflightDescSplit{1, {}, 0, 12};
+
+  Inflight set{in->info, Fd(::dup(in->fd.get()))};
+  EXPECT_EQ(f.acked(Request::SetInflightFd, std::move(set)), 0u);
+  start_ring(f, 0, r0, 1);  // QEMU's base after a back-end crash: the used idx
+  const uint64_t one = 1;
+  ASSERT_EQ(::write(r0.kick.get(), &one, sizeof one), 8);
+  std::vector<uint32_t> done;
+  (void)r0.drv->take_used();  // B, published by the dead back-end
+  for (int i = 0; i < 20 && done.size() < 2; ++i) {
+    wait_readable(r0.call.get(), 500);
+    for (;;) {
+      auto u = r0.drv->take_used();
+      if (!u || !*u) break;
+      done.push_back((*u)->id);
+    }
+  }
+  std::sort(done.begin(), done.end());
+  std::vector<uint32_t> want{heads[0], heads[2]};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(done, want);
+  EXPECT_EQ(image.read(0, 512), pattern(512, 1));
+  EXPECT_EQ(image.read(512, 512), std::vector<uint8_t>(512, 0)) << "B, already completed, was replayed";
+  EXPECT_EQ(image.read(1024, 512), pattern(512, 3));
+  EXPECT_EQ(desc[heads[0]].inflight + desc[heads[2]].inflight, 0);
+  // The ring continues after the three.
+  ASSERT_TRUE(f.mem->write(kHighGpa + 5 * 4096, pattern(512, 9)).has_value());
+  EXPECT_EQ(request(f, r0, blk::VIRTIO_BLK_T_OUT, 3, kHighGpa + 5 * 4096, 512).first,
+            blk::VIRTIO_BLK_S_OK);
+  EXPECT_EQ(image.read(3 * 512, 512), pattern(512, 9));
+  f.send(make_request(Request::GetVringBase, VringState{0, 0}));
+  EXPECT_EQ(std::get<VringState>(f.reply(Request::GetVringBase).body).num, 4u);
+  ::munmap(p, in->info.mmap_size);
   EXPECT_TRUE(f.finish().has_value());
 }
 

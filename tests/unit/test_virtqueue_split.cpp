@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/virtio/ring.hpp"
+#include "iovirt/virtio/inflight.hpp"
 #include "iovirt/virtio/split_queue.hpp"
 #include "iovirt/virtio/testing/driver_queue.hpp"
 
@@ -704,6 +706,111 @@ TEST_F(SplitQueueTest, SetAvailEventWritesUsedRingTail) {
   ASSERT_TRUE(q.set_avail_event(mem, 0x1234).has_value());
 
   EXPECT_EQ(drv.avail_event().value_or(0), 0x1234);
+}
+
+// ---- inflight tracking (INFLIGHT_SHMFD, inflight.hpp) ----
+
+class InflightTest : public SplitQueueTest {
+ protected:
+  std::vector<uint8_t> area = std::vector<uint8_t>(inflight_split_queue_bytes(kSize));
+  InflightSplitHeader& hdr() { return *reinterpret_cast<InflightSplitHeader*>(area.data()); }
+  InflightDescSplit& desc(uint16_t i) {
+    return reinterpret_cast<InflightDescSplit*>(area.data() + sizeof(InflightSplitHeader))[i];
+  }
+  uint16_t add(uint64_t off) {
+    const Buf b{kBuf + off, 8, false};
+    auto h = drv.add_chain(std::span<const Buf>(&b, 1));
+    EXPECT_TRUE(h.has_value());
+    return *h;
+  }
+  uint16_t pop_head(SplitQueue& sq) {
+    auto c = sq.pop(mem);
+    EXPECT_TRUE(c.has_value() && c->has_value()) << (c ? "ring empty" : c.error().message());
+    return c && *c ? (*c)->head : 0xffff;
+  }
+};
+
+// A back-end pops A, B, C, completes B and dies; its successor resubmits A then C (the order
+// they were popped), never B, and then carries on with the ring after them.
+TEST_F(InflightTest, SuccessorResubmitsWhatWasInFlightOldestFirst) {
+  ASSERT_TRUE(q.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(hdr().version, kInflightVersion);
+  EXPECT_EQ(hdr().desc_num, kSize);
+  const uint16_t a = add(0), b = add(8), c = add(16);
+  EXPECT_EQ(pop_head(q), a);
+  EXPECT_EQ(pop_head(q), b);
+  EXPECT_EQ(pop_head(q), c);
+  EXPECT_EQ(desc(a).inflight + desc(b).inflight + desc(c).inflight, 3);
+  ASSERT_TRUE(q.push(mem, b, 0).has_value());
+  EXPECT_EQ(desc(b).inflight, 0);
+  EXPECT_EQ(hdr().used_idx, 1);
+
+  SplitQueue next = make_device_queue();  // the new back-end
+  ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(next.resubmit_pending(), 2u);
+  EXPECT_EQ(next.next_avail(), 3);
+  EXPECT_EQ(next.next_used(), 1);
+  EXPECT_EQ(pop_head(next), a);
+  EXPECT_EQ(pop_head(next), c);
+  auto empty = next.pop(mem);
+  ASSERT_TRUE(empty.has_value());
+  EXPECT_FALSE(empty->has_value()) << "B was completed and must not come back";
+  const uint16_t d = add(24);
+  EXPECT_EQ(pop_head(next), d);
+  ASSERT_TRUE(next.push(mem, c, 0).has_value());
+  ASSERT_TRUE(next.push(mem, a, 0).has_value());
+  EXPECT_EQ(desc(a).inflight + desc(c).inflight, 0);
+  EXPECT_EQ(desc(d).inflight, 1);
+}
+
+// Death between publishing a batch's used idx and clearing its marks: the successor finishes the
+// batch from last_batch_head instead of resubmitting completed requests.
+TEST_F(InflightTest, ABatchPublishedButNotClearedIsFinishedOnAttach) {
+  ASSERT_TRUE(q.attach_inflight(mem, area).has_value());
+  const uint16_t a = add(0), b = add(8);
+  pop_head(q);
+  pop_head(q);
+  ASSERT_TRUE(q.push_deferred(mem, a, 0).has_value());
+  ASSERT_TRUE(q.push_deferred(mem, b, 0).has_value());
+  EXPECT_EQ(hdr().last_batch_head, b);
+  EXPECT_EQ(desc(b).next, a);
+  ASSERT_TRUE(q.publish_used(mem).has_value());
+  // Undo what publish_used() did after the used idx store: the marks and used_idx.
+  desc(a).inflight = desc(b).inflight = 1;
+  hdr().used_idx = 0;
+  SplitQueue next = make_device_queue();
+  ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(next.resubmit_pending(), 0u);
+  EXPECT_EQ(desc(a).inflight + desc(b).inflight, 0);
+  EXPECT_EQ(hdr().used_idx, 2);
+  EXPECT_EQ(next.next_avail(), 2);
+}
+
+// The area is the front-end's: one that does not fit the ring is refused, one with a used_idx
+// far from the ring's is refused, and a marked head out of the queue is never walked.
+TEST_F(InflightTest, AHostileAreaIsRefusedOrBounded) {
+  hdr().version = 7;
+  EXPECT_FALSE(q.attach_inflight(mem, area).has_value());
+  hdr().version = kInflightVersion;
+  hdr().desc_num = kSize * 2;
+  auto r = q.attach_inflight(mem, area);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message().find("descriptors"), std::string::npos) << r.error().message();
+  hdr().desc_num = kSize;
+  hdr().used_idx = 100;  // used idx in the ring is 0
+  EXPECT_FALSE(q.attach_inflight(mem, area).has_value());
+  hdr().used_idx = 0;
+  EXPECT_FALSE(q.attach_inflight(mem, std::span<uint8_t>(area.data(), 16)).has_value());
+  // A corrupt batch list (next pointing outside the queue) stops the walk.
+  hdr().used_idx = 0;
+  hdr().last_batch_head = 3;
+  desc(3).next = 0xffff;
+  desc(3).inflight = 1;
+  SplitQueue next = make_device_queue();
+  ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(next.resubmit_pending(), 1u);  // head 3 still marked: resubmitted, walked safely
+  auto c = next.pop(mem);
+  EXPECT_TRUE(c.has_value());  // descriptor 3 is all zeros: a zero-length chain, no fault
 }
 
 }  // namespace

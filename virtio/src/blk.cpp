@@ -189,7 +189,8 @@ struct VirtioBlk::Worker {
     *s.status = status;
     latency[op_index]->observe(std::chrono::duration<double>(Clock::now() - s.start).count());
     if (dead) return;
-    if (auto st = vq->push(*mem, s.head, s.desc_count, used_len); !st) {
+    // Published with the rest of the batch (needs_notification() in notify_if_needed()).
+    if (auto st = vq->push_deferred(*mem, s.head, s.desc_count, used_len); !st) {
       fault(st.error().message());
       return;
     }
@@ -509,7 +510,9 @@ struct VirtioBlk::Worker {
       notify_if_needed();
       if (!more && !dead && poll_window > Clock::duration::zero() && busy_poll(more)) break;
     }
-    // Stop: no more used entries or interrupts; wait for the I/O still writing guest memory.
+    // Stop: what completed before is published (without an interrupt); no more used entries
+    // after; wait for the I/O still writing guest memory.
+    if (!dead) (void)vq->publish_used(*mem);
     stopping = true;
     io_uring_submit(&ring);
     while (inflight > 0) {

@@ -1,10 +1,15 @@
 // Internal to the virtio-net device: the backends behind VirtioNet.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string_view>
 #include <optional>
 #include <thread>
 #include <vector>
+
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/virtio/device.hpp"
@@ -12,6 +17,19 @@
 #include "iovirt/virtio/packet_port.hpp"
 
 namespace iovirt::virtio {
+
+// epoll tags of a pair worker's fds (tap and port backends).
+inline constexpr uint32_t kTagStop = 0;
+inline constexpr uint32_t kTagTxKick = 1;
+inline constexpr uint32_t kTagRxKick = 2;
+inline constexpr uint32_t kTagFrames = 3;  // the tap queue fd, or a port's rx_wake() fd
+inline constexpr uint32_t kTagCtrlKick = 4;
+
+// Consumes an eventfd's count; true when there was one.
+inline bool drain_eventfd(int fd) {
+  uint64_t v = 0;
+  return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
+}
 
 // A queue with its kick fd and counters, as one backend thread serves it.
 struct ServedQueue {
@@ -22,13 +40,60 @@ struct ServedQueue {
   bool dead = false;  // broken: ctx.fail was called, no longer served
 };
 
-// Serves every pending control request of `c` (section 5.1.6.5). Returns false when the queue
-// broke (ctx.fail was called).
-bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, VirtioNet& dev,
-                      const NetMetrics& nm, uint16_t max_pairs, bool mq);
+// Serves every pending control request of `c` (section 5.1.6.5); an accepted VQ_PAIRS_SET is
+// passed to `set_pairs`. `name` leads log lines. Returns false when the queue broke (ctx.fail
+// was called).
+using SetPairs = std::function<void(uint16_t)>;
+bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, std::string_view name,
+                      const SetPairs& set_pairs, const NetMetrics& nm, uint16_t max_pairs, bool mq);
 
 // Decides on and sends the interrupt for queue `s` after a batch of pushes.
 bool signal_used(const ActivateContext& ctx, ServedQueue& s);
+
+// Chains popped from an rx queue and not filled yet, with their writable segments as host
+// iovecs. A frame fills the first chains in order, each before the next (section 5.1.6.4);
+// chains are popped once however many frames pass. Shared by the tap and port backends.
+class RxChainCache {
+ public:
+  // max_segs: refill() stops once this many segments are cached (the tap's readv takes
+  // IOV_MAX); chain_max_segs: the most one chain can have (queue size + indirect entries).
+  RxChainCache(size_t max_chains, size_t max_segs, size_t chain_max_segs);
+
+  // Pops chains while fewer than `chains_limit` are cached and fewer than `need` bytes (at least
+  // one chain). A chain without room for a virtio_net_hdr goes back unused (`returned_unused`,
+  // counted in nm.rx_bad_chains). An error: the queue broke.
+  Status refill(const GuestMemory& mem, Virtqueue& q, const NetMetrics& nm, size_t chains_limit,
+                uint64_t need, bool& returned_unused);
+  [[nodiscard]] uint64_t bytes() const { return bytes_; }
+  [[nodiscard]] size_t chains() const { return nchains_; }
+  [[nodiscard]] size_t segs() const { return nsegs_; }
+  [[nodiscard]] const iovec* iov() const { return segs_.data(); }
+  // No more chains fit (a frame that does not fit now never will).
+  [[nodiscard]] bool capped(size_t chains_limit) const {
+    return nchains_ >= chains_limit || nsegs_ >= max_segs_;
+  }
+  // Copies len bytes to byte `off` of the cached buffers (in chain order).
+  void write(size_t off, const void* src, size_t len) const;
+  // Returns the first chains that hold n bytes to the driver (publication deferred) after
+  // writing num_buffers into the first one's header; counts them in `chains_used`.
+  Status give(const GuestMemory& mem, Virtqueue& q, uint64_t n, uint64_t& chains_used);
+
+ private:
+  struct Chain {
+    uint16_t head;
+    uint16_t desc_count;
+    uint32_t wlen;
+    uint32_t nseg;
+  };
+  void drop_front(size_t k);
+
+  std::vector<Chain> chains_;
+  size_t nchains_ = 0;
+  std::vector<iovec> segs_;
+  size_t nsegs_ = 0;
+  size_t max_segs_;
+  uint64_t bytes_ = 0;
+};
 
 struct PairQueues {
   std::optional<ServedQueue> rx;

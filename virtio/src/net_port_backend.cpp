@@ -34,23 +34,12 @@ namespace iovirt::virtio {
 
 namespace {
 
-constexpr uint32_t kTagStop = 0;
-constexpr uint32_t kTagTxKick = 1;
-constexpr uint32_t kTagRxKick = 2;
-constexpr uint32_t kTagPort = 3;
-constexpr uint32_t kTagCtrlKick = 4;
-
 constexpr uint32_t kBurst = 32;
 constexpr unsigned kTxBursts = 8;    // bursts per round before rx gets a turn
 constexpr size_t kMaxRxChains = 64;  // one frame may span this many chains (MRG_RXBUF)
 constexpr unsigned kIdleEventCheck = 1024;  // polling rounds between looks at the control kick
 
 using Clock = std::chrono::steady_clock;
-
-bool drain(int fd) {
-  uint64_t v = 0;
-  return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
-}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -90,18 +79,7 @@ struct PortBackend::Worker {
   uint32_t rx_pos = 0;
   bool rx_waiting = false;  // out of guest buffers: sleeping needs the rx kick
 
-  struct RxChain {
-    uint16_t head;
-    uint16_t desc_count;
-    uint32_t wlen;
-    uint32_t first_seg;
-    uint32_t nseg;
-  };
-  std::vector<RxChain> rx_chains;  // cache, size rx_nchains
-  size_t rx_nchains = 0;
-  std::vector<iovec> rx_segs;  // the cached chains' writable segments, size rx_nsegs
-  size_t rx_nsegs = 0;
-  uint64_t rx_bytes_cached = 0;
+  std::optional<RxChainCache> rxc;  // popped rx chains not filled yet
 
   explicit Worker(EventFd s) : stop_fd(std::move(s)) {}
 
@@ -164,7 +142,7 @@ struct PortBackend::Worker {
           }
         }
       }
-      if (auto st = s.q->push(mem, c, 0); !st) {
+      if (auto st = s.q->push_deferred(mem, c.head, c.desc_count, 0); !st) {
         fail_queue(s, st.error().message());
         return -1;
       }
@@ -193,106 +171,21 @@ struct PortBackend::Worker {
   }
 
   // ---- RX ----
-  void rx_drop_front(size_t k) {
-    if (k == 0) return;
-    const size_t segs = rx_chains[k - 1].first_seg + rx_chains[k - 1].nseg;
-    for (size_t i = 0; i < k; ++i) rx_bytes_cached -= rx_chains[i].wlen;
-    for (size_t i = k; i < rx_nchains; ++i) {
-      rx_chains[i - k] = rx_chains[i];
-      rx_chains[i - k].first_seg -= static_cast<uint32_t>(segs);
-    }
-    rx_nchains -= k;
-    std::copy(rx_segs.begin() + static_cast<ptrdiff_t>(segs),
-              rx_segs.begin() + static_cast<ptrdiff_t>(rx_nsegs), rx_segs.begin());
-    rx_nsegs -= segs;
-  }
+  [[nodiscard]] size_t rx_chains_limit() const { return mrg ? kMaxRxChains : 1; }
 
-  // Pops chains until the cache holds `need` writable bytes (one chain without MRG_RXBUF).
-  // Returns false when the queue broke; `pushed` is set when an unusable chain went back.
-  bool rx_refill(uint64_t need, bool& pushed) {
-    ServedQueue& s = *pq.rx;
-    const GuestMemory& mem = *ctx->mem;
-    const size_t max_chains = mrg ? kMaxRxChains : 1;
-    while (rx_nchains < max_chains && (rx_nchains == 0 || rx_bytes_cached < need)) {
-      auto chain = s.q->pop(mem);
-      if (!chain) {
-        fail_queue(s, chain.error().message());
-        return false;
-      }
-      if (!*chain) break;
-      const DescriptorChain& c = **chain;
-      // Each buffer must hold at least the header (section 5.1.6.3.1).
-      bool usable = c.writable_len >= kNetHdrSize;
-      uint32_t nseg = 0;
-      for (const Segment& seg : c.segments) {
-        if (!usable) break;
-        if (!seg.write || seg.len == 0) continue;
-        auto sp = mem.span(seg.addr, seg.len);
-        if (!sp) {
-          usable = false;
-          break;
-        }
-        if (rx_nsegs + nseg >= rx_segs.size()) rx_segs.resize(rx_segs.size() * 2);
-        rx_segs[rx_nsegs + nseg] = iovec{sp->data(), sp->size()};
-        ++nseg;
-      }
-      if (!usable) {
-        nm->rx_bad_chains->inc();
-        if (auto st = s.q->push(mem, c, 0); !st) {
-          fail_queue(s, st.error().message());
-          return false;
-        }
-        pushed = true;
-        continue;
-      }
-      rx_chains[rx_nchains++] =
-          RxChain{c.head, c.desc_count, c.writable_len, static_cast<uint32_t>(rx_nsegs), nseg};
-      rx_nsegs += nseg;
-      rx_bytes_cached += c.writable_len;
-    }
-    return true;
-  }
-
-  static void write_iov(const iovec* iov, size_t n, size_t off, const uint8_t* src, size_t len) {
-    for (size_t i = 0; i < n && len > 0; ++i) {
-      if (off >= iov[i].iov_len) {
-        off -= iov[i].iov_len;
-        continue;
-      }
-      const size_t c = std::min(len, iov[i].iov_len - off);
-      std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + off, src, c);
-      src += c;
-      len -= c;
-      off = 0;
-    }
-  }
-
-  // Copies one frame behind its header into the first cached chains and returns them.
+  // Copies one frame behind a fresh header into the first cached chains and returns them.
   bool rx_deliver(ServedQueue& s, const PacketBuf& f) {
-    const uint64_t total = kNetHdrSize + uint64_t{f.len};
-    size_t k = 0;
-    for (uint64_t left = total; left > 0; ++k) left -= std::min<uint64_t>(left, rx_chains[k].wlen);
-    VirtioNetHdr hdr{};
-    hdr.num_buffers = static_cast<uint16_t>(k);  // section 5.1.6.4: 1 without MRG_RXBUF
-    const iovec* segs = rx_segs.data();
-    const size_t nsegs = rx_chains[k - 1].first_seg + rx_chains[k - 1].nseg;
-    write_iov(segs, nsegs, 0, reinterpret_cast<const uint8_t*>(&hdr), kNetHdrSize);
-    write_iov(segs, nsegs, kNetHdrSize, f.data, f.len);
-    uint64_t left = total;
-    for (size_t i = 0; i < k; ++i) {
-      const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
-      left -= w;
-      if (auto st = s.q->push(*ctx->mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
-        fail_queue(s, st.error().message());
-        return false;
-      }
+    const VirtioNetHdr hdr{};  // num_buffers is filled by give()
+    rxc->write(0, &hdr, kNetHdrSize);
+    rxc->write(kNetHdrSize, f.data, f.len);
+    uint64_t chains = 0;
+    if (auto st = rxc->give(*ctx->mem, *s.q, kNetHdrSize + uint64_t{f.len}, chains); !st) {
+      fail_queue(s, st.error().message());
+      return false;
     }
-    s.m->chains->inc(k);
-    rx_drop_front(k);
+    s.m->chains->inc(chains);
     return true;
   }
-
-  [[nodiscard]] bool rx_cache_capped() const { return rx_nchains == (mrg ? kMaxRxChains : 1); }
 
   // Returns true when it did something (frames delivered or taken from the port).
   bool rx_round() {
@@ -310,9 +203,12 @@ struct PortBackend::Worker {
     while (rx_pos < rx_n) {
       const PacketBuf& f = rx_frames[rx_pos];
       const uint64_t need = kNetHdrSize + uint64_t{f.len};
-      if (!rx_refill(need, pushed)) return true;
-      if (rx_bytes_cached < need) {
-        if (!rx_cache_capped()) {
+      if (auto st = rxc->refill(*ctx->mem, *s.q, *nm, rx_chains_limit(), need, pushed); !st) {
+        fail_queue(s, st.error().message());
+        return true;
+      }
+      if (rxc->bytes() < need) {
+        if (!rxc->capped(rx_chains_limit())) {
           rx_waiting = true;  // the guest has too few buffers now: wait for more
           break;
         }
@@ -334,7 +230,8 @@ struct PortBackend::Worker {
 
   // ---- the loop ----
   void serve_ctrl() {
-    if (ctrl && !ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, *dev, *nm, max_pairs, mq)) {
+    if (ctrl && !ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, dev->name(), [d = dev](uint16_t n) { d->set_active_pairs(n); }, *nm,
+                                                   max_pairs, mq)) {
       ctrl->dead = true;
       (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
     }
@@ -354,13 +251,13 @@ struct PortBackend::Worker {
         case kTagStop:
           return false;
         case kTagTxKick:
-          if (drain(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
+          if (drain_eventfd(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
           break;
         case kTagRxKick:
-          if (drain(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
+          if (drain_eventfd(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
           break;
         case kTagCtrlKick:
-          if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
+          if (drain_eventfd(ctrl->kick_fd)) ctrl->m->kicks->inc();
           serve_ctrl();
           break;
         default:
@@ -474,8 +371,9 @@ Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, Activate
     w->poll_window = std::chrono::microseconds(poll_us);
     w->port_wake = w->port->rx_wake();
     if (p == 0) w->ctrl = ctrl;
-    w->rx_chains.resize(kMaxRxChains);
-    w->rx_segs.resize(256);
+    uint32_t qmax = 0;
+    if (w->pq.rx) qmax = w->pq.rx->q->max_size();
+    w->rxc.emplace(kMaxRxChains, 1024, qmax + SplitQueue::kMaxIndirectEntries);
 
     w->ep = Fd(::epoll_create1(EPOLL_CLOEXEC));
     if (!w->ep) return fail_errno("virtio-net: epoll_create1");
@@ -491,7 +389,7 @@ Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, Activate
     Status st = add(w->stop_fd.fd(), kTagStop);
     if (st && w->pq.tx) st = add(w->pq.tx->kick_fd, kTagTxKick);
     if (st && w->pq.rx) st = add(w->pq.rx->kick_fd, kTagRxKick);
-    if (st && w->port_wake >= 0) st = add(w->port_wake, kTagPort);
+    if (st && w->port_wake >= 0) st = add(w->port_wake, kTagFrames);
     if (st && w->ctrl) st = add(w->ctrl->kick_fd, kTagCtrlKick);
     if (!st) return std::unexpected(st.error());
     b->workers_.push_back(std::move(w));

@@ -25,20 +25,9 @@ namespace iovirt::virtio {
 
 namespace {
 
-constexpr uint32_t kTagStop = 0;
-constexpr uint32_t kTagTxKick = 1;
-constexpr uint32_t kTagRxKick = 2;
-constexpr uint32_t kTagTap = 3;
-constexpr uint32_t kTagCtrlKick = 4;
-
 constexpr unsigned kTxBudget = 256;  // chains per round before the other queues get a turn
 constexpr unsigned kRxBudget = 64;   // frames per round
 constexpr size_t kMaxRxChains = 256;
-
-bool drain(int fd) {
-  uint64_t v = 0;
-  return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
-}
 
 }  // namespace
 
@@ -54,15 +43,15 @@ bool signal_used(const ActivateContext& ctx, ServedQueue& s) {
   return true;
 }
 
-bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, VirtioNet& dev,
-                      const NetMetrics& nm, uint16_t max_pairs, bool mq) {
+bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, std::string_view name,
+                      const SetPairs& set_pairs, const NetMetrics& nm, uint16_t max_pairs, bool mq) {
   const GuestMemory& mem = *ctx.mem;
   bool pushed = false;
   // Bounded by the queue size: each pop consumes one avail entry.
   for (uint32_t i = 0; i <= c.q->size(); ++i) {
     auto chain = c.q->pop(mem);
     if (!chain) {
-      ctx.fail(std::string(dev.name()) + ": control queue: " + chain.error().message());
+      ctx.fail(std::string(name) + ": control queue: " + chain.error().message());
       return false;
     }
     if (!*chain) break;
@@ -70,18 +59,18 @@ bool serve_ctrl_queue(const ActivateContext& ctx, ServedQueue& c, VirtioNet& dev
     nm.ctrl_commands->inc();
     if (r.ack != VIRTIO_NET_OK) nm.ctrl_errors->inc();
     if (r.written == 0) {
-      log_warn(std::string(dev.name()) + ": control request without a writable ack byte ignored");
+      log_warn(std::string(name) + ": control request without a writable ack byte ignored");
     }
-    if (r.set_pairs) dev.set_active_pairs(*r.set_pairs);
+    if (r.set_pairs) set_pairs(*r.set_pairs);
     if (auto st = c.q->push(mem, **chain, r.written); !st) {
-      ctx.fail(std::string(dev.name()) + ": control queue: " + st.error().message());
+      ctx.fail(std::string(name) + ": control queue: " + st.error().message());
       return false;
     }
     c.m->chains->inc();
     pushed = true;
   }
   if (pushed && !signal_used(ctx, c)) {
-    ctx.fail(std::string(dev.name()) + ": control queue: used ring access failed");
+    ctx.fail(std::string(name) + ": control queue: used ring access failed");
     return false;
   }
   return true;
@@ -111,23 +100,17 @@ struct TapBackend::Worker {
   std::vector<iovec> tx_iov;
   VirtioNetHdr tx_hdr{};
 
-  // RX cache of popped, still unused chains; their writable segments as host iovecs.
-  struct RxChain {
-    uint16_t head;
-    uint16_t desc_count;
-    uint32_t wlen;
-    uint32_t nseg;
-  };
-  std::vector<RxChain> rx_chains;  // capacity kMaxRxChains, size rx_nchains
-  size_t rx_nchains = 0;
-  std::vector<iovec> rx_segs;  // capacity IOV_MAX + one chain's worst case, size rx_nsegs
-  size_t rx_nsegs = 0;
-  uint64_t rx_bytes_cached = 0;
+  // RX: popped, still unused chains.
+  std::optional<RxChainCache> rxc;
   uint64_t pending_len = 0;     // a frame waiting in `bounce` for enough buffers
   std::vector<iovec> rx_iov;    // readv list: cached segments + the bounce tail
   std::vector<uint8_t> bounce;  // catches the part of a frame the guest's buffers cannot hold
 
   explicit Worker(EventFd s) : stop_fd(std::move(s)) {}
+
+  [[nodiscard]] SetPairs set_pairs() const {
+    return [d = dev](uint16_t n) { d->set_active_pairs(n); };
+  }
 
   void fail_queue(ServedQueue& s, const std::string& why) {
     if (s.dead) return;
@@ -151,7 +134,7 @@ struct TapBackend::Worker {
     if (on == tap_polled || pq.tap_fd < 0 || tap_dead) return;
     epoll_event ev{};
     ev.events = on ? uint32_t{EPOLLIN} : 0u;
-    ev.data.u32 = kTagTap;
+    ev.data.u32 = kTagFrames;
     (void)::epoll_ctl(ep.get(), EPOLL_CTL_MOD, pq.tap_fd, &ev);
     tap_polled = on;
   }
@@ -239,64 +222,11 @@ struct TapBackend::Worker {
   }
 
   // ---- RX ----
-  void rx_drop_front(size_t k) {
-    size_t segs = 0;
-    for (size_t i = 0; i < k; ++i) {
-      segs += rx_chains[i].nseg;
-      rx_bytes_cached -= rx_chains[i].wlen;
-    }
-    std::copy(rx_chains.begin() + static_cast<ptrdiff_t>(k),
-              rx_chains.begin() + static_cast<ptrdiff_t>(rx_nchains), rx_chains.begin());
-    rx_nchains -= k;
-    std::copy(rx_segs.begin() + static_cast<ptrdiff_t>(segs),
-              rx_segs.begin() + static_cast<ptrdiff_t>(rx_nsegs), rx_segs.begin());
-    rx_nsegs -= segs;
-  }
-
   // Pops chains into the cache. Returns false when the queue broke.
   bool rx_refill(bool& pushed_bad) {
-    ServedQueue& s = *pq.rx;
-    const GuestMemory& mem = *ctx->mem;
-    const size_t max_chains = mrg ? kMaxRxChains : 1;
-    while (rx_nchains < max_chains && rx_nsegs < IOV_MAX &&
-           (rx_nchains == 0 || rx_bytes_cached < rx_target)) {
-      auto chain = s.q->pop(mem);
-      if (!chain) {
-        fail_queue(s, chain.error().message());
-        return false;
-      }
-      if (!*chain) break;
-      const DescriptorChain& c = **chain;
-      // Each buffer must hold at least the header (section 5.1.6.3.1); a chain the device cannot
-      // use goes straight back, unused.
-      bool usable = c.writable_len >= kNetHdrSize;
-      const size_t first = rx_nsegs;
-      uint32_t nseg = 0;
-      for (const Segment& seg : c.segments) {
-        if (!usable) break;
-        if (!seg.write || seg.len == 0) continue;
-        auto sp = mem.span(seg.addr, seg.len);
-        if (!sp) {
-          usable = false;
-          break;
-        }
-        rx_segs[first + nseg] = iovec{sp->data(), sp->size()};
-        ++nseg;
-      }
-      if (!usable) {
-        nm->rx_bad_chains->inc();
-        if (auto st = s.q->push(mem, c, 0); !st) {
-          fail_queue(s, st.error().message());
-          return false;
-        }
-        pushed_bad = true;
-        continue;
-      }
-      rx_chains[rx_nchains++] = RxChain{c.head, c.desc_count, c.writable_len, nseg};
-      rx_nsegs += nseg;
-      rx_bytes_cached += c.writable_len;
-    }
-    return true;
+    auto st = rxc->refill(*ctx->mem, *pq.rx->q, *nm, mrg ? kMaxRxChains : 1, rx_target, pushed_bad);
+    if (!st) fail_queue(*pq.rx, st.error().message());
+    return st.has_value();
   }
 
   // Out of (enough) buffers: ask for a kick and stop polling the tap until it comes (section
@@ -314,36 +244,18 @@ struct TapBackend::Worker {
   }
 
   // The cache can take no more chains (a frame that does not fit now never will).
-  [[nodiscard]] bool rx_cache_capped() const {
-    return rx_nchains == (mrg ? kMaxRxChains : 1) || rx_nsegs >= IOV_MAX - 1;
-  }
+  [[nodiscard]] bool rx_cache_capped() const { return rxc->capped(mrg ? kMaxRxChains : 1); }
 
-  // Gives the first chains of the cache, which hold the n bytes of a frame, to the driver.
+  // Gives the first chains of the cache, which hold the n bytes of a frame, to the driver. The
+  // tap skips the num_buffers field; give() fills it (1 without MRG_RXBUF).
   bool rx_deliver(ServedQueue& s, uint64_t n) {
-    // Hand out chains in order, each filled before the next (section 5.1.6.4).
-    size_t k = 0;
-    uint64_t left = n;
-    while (left > 0) {
-      left -= std::min<uint64_t>(left, rx_chains[k].wlen);
-      ++k;
+    uint64_t chains = 0;
+    if (auto st = rxc->give(*ctx->mem, *s.q, n, chains); !st) {
+      fail_queue(s, st.error().message());
+      return false;
     }
-    const auto num_buffers = static_cast<uint16_t>(k);
-    // The tap skips the num_buffers field; it is the device's to fill (1 without MRG_RXBUF).
-    const uint8_t nb[2] = {static_cast<uint8_t>(num_buffers & 0xff),
-                           static_cast<uint8_t>(num_buffers >> 8)};
-    write_iov(rx_segs.data(), rx_chains[0].nseg, kNumBuffersOffset, nb, sizeof nb);
-    left = n;
-    for (size_t i = 0; i < k; ++i) {
-      const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, rx_chains[i].wlen));
-      left -= w;
-      if (auto st = s.q->push(*ctx->mem, rx_chains[i].head, rx_chains[i].desc_count, w); !st) {
-        fail_queue(s, st.error().message());
-        return false;
-      }
-      s.m->chains->inc();
-    }
+    s.m->chains->inc(chains);
     s.m->bytes->inc(n);
-    rx_drop_front(k);
     return true;
   }
 
@@ -358,7 +270,7 @@ struct TapBackend::Worker {
     for (unsigned frames = 0; frames < kRxBudget;) {
       if (!rx_refill(pushed)) return;
       if (pending_len > 0) {
-        if (rx_bytes_cached < pending_len) {
+        if (rxc->bytes() < pending_len) {
           if (!rx_cache_capped()) {
             if (rx_wait_for_buffers(s, ok)) continue;
             if (!ok) return;
@@ -368,7 +280,7 @@ struct TapBackend::Worker {
           pending_len = 0;
           continue;
         }
-        write_iov(rx_segs.data(), rx_nsegs, 0, bounce.data(), pending_len);
+        rxc->write(0, bounce.data(), pending_len);
         const uint64_t n = pending_len;
         pending_len = 0;
         if (!rx_deliver(s, n)) return;
@@ -376,21 +288,21 @@ struct TapBackend::Worker {
         ++frames;
         continue;
       }
-      if (rx_nchains == 0) {
+      if (rxc->chains() == 0) {
         if (rx_wait_for_buffers(s, ok)) continue;
         if (!ok) return;
         break;
       }
       // Zero-copy into the cached buffers, the bounce buffer catching any excess; or, when the
       // cache is short, into the bounce buffer alone.
-      const bool direct = !mrg || rx_bytes_cached >= rx_target || rx_cache_capped();
+      const bool direct = !mrg || rxc->bytes() >= rx_target || rx_cache_capped();
       size_t nseg = 0;
       uint64_t mapped = 0;
       if (direct) {
-        nseg = std::min<size_t>(rx_nsegs, IOV_MAX - 1);
+        nseg = std::min<size_t>(rxc->segs(), IOV_MAX - 1);
         for (size_t i = 0; i < nseg; ++i) {
-          rx_iov[i] = rx_segs[i];
-          mapped += rx_segs[i].iov_len;
+          rx_iov[i] = rxc->iov()[i];
+          mapped += rx_iov[i].iov_len;
         }
       }
       rx_iov[nseg] = iovec{bounce.data(), bounce.size()};
@@ -419,20 +331,6 @@ struct TapBackend::Worker {
       pushed = true;
     }
     if (pushed && !signal_used(*ctx, s)) fail_queue(s, "used ring access failed");
-  }
-
-  static void write_iov(const iovec* iov, size_t n, size_t off, const uint8_t* src, size_t len) {
-    for (size_t i = 0; i < n && len > 0; ++i) {
-      if (off >= iov[i].iov_len) {
-        off -= iov[i].iov_len;
-        continue;
-      }
-      const size_t c = std::min(len, iov[i].iov_len - off);
-      std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + off, src, c);
-      src += c;
-      len -= c;
-      off = 0;
-    }
   }
 
   void on_rx_kick() {
@@ -466,14 +364,14 @@ struct TapBackend::Worker {
           case kTagStop:
             return;
           case kTagTxKick:
-            if (drain(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
+            if (drain_eventfd(pq.tx->kick_fd)) pq.tx->m->kicks->inc();
             tx = true;
             break;
           case kTagRxKick:
-            if (drain(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
+            if (drain_eventfd(pq.rx->kick_fd)) pq.rx->m->kicks->inc();
             on_rx_kick();
             break;
-          case kTagTap:
+          case kTagFrames:
             if ((evs[i].events & (EPOLLERR | EPOLLHUP)) != 0) {
               tap_gone("the tap reported an error or hang-up (was the interface deleted?)");
             } else if (pq.rx && !pq.rx->dead) {
@@ -481,8 +379,8 @@ struct TapBackend::Worker {
             }
             break;
           case kTagCtrlKick:
-            if (drain(ctrl->kick_fd)) ctrl->m->kicks->inc();
-            if (!ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, *dev, *nm, max_pairs, mq)) {
+            if (drain_eventfd(ctrl->kick_fd)) ctrl->m->kicks->inc();
+            if (!ctrl->dead && !serve_ctrl_queue(*ctx, *ctrl, dev->name(), set_pairs(), *nm, max_pairs, mq)) {
               ctrl->dead = true;
               (void)::epoll_ctl(ep.get(), EPOLL_CTL_DEL, ctrl->kick_fd, nullptr);
             }
@@ -525,8 +423,8 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
     if (w->pq.rx) qmax = std::max(qmax, w->pq.rx->q->max_size());
     const size_t chain_max = qmax + SplitQueue::kMaxIndirectEntries;
     w->tx_iov.resize(chain_max + 1);
-    w->rx_chains.resize(kMaxRxChains);
-    w->rx_segs.resize(IOV_MAX + chain_max);
+    // The tap's readv takes IOV_MAX iovecs, one of them the bounce buffer.
+    w->rxc.emplace(kMaxRxChains, IOV_MAX - 1, chain_max);
     w->rx_iov.resize(IOV_MAX);
     w->bounce.resize(kNetHdrSize + kMaxFrame);
 
@@ -552,7 +450,7 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
         return std::unexpected(st.error());
       }
       // Polled from the start: the first empty-ring check turns it off until a kick.
-      if (auto st = add(w->pq.tap_fd, kTagTap, EPOLLIN); !st) return std::unexpected(st.error());
+      if (auto st = add(w->pq.tap_fd, kTagFrames, EPOLLIN); !st) return std::unexpected(st.error());
       w->tap_polled = true;
     }
     if (w->ctrl) {
@@ -569,8 +467,8 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
     w->thread = std::thread([raw] {
       if (raw->ctrl) {
         // Requests queued before the thread started.
-        if (!serve_ctrl_queue(*raw->ctx, *raw->ctrl, *raw->dev, *raw->nm, raw->max_pairs,
-                              raw->mq)) {
+        if (!serve_ctrl_queue(*raw->ctx, *raw->ctrl, raw->dev->name(), raw->set_pairs(), *raw->nm,
+                              raw->max_pairs, raw->mq)) {
           raw->ctrl->dead = true;
           (void)::epoll_ctl(raw->ep.get(), EPOLL_CTL_DEL, raw->ctrl->kick_fd, nullptr);
         }

@@ -39,11 +39,23 @@ class BufferPool {
   std::vector<uint32_t> free_;  // capacity fixed at construction: push_back never allocates
 };
 
-class LoopbackPort final : public PacketPort {
+// A port whose buffers come from its own pool and whose frames are there when asked for.
+class PooledPort : public PacketPort {
  public:
-  explicit LoopbackPort(uint32_t depth) : pool_(depth + 2 * 64), ring_(depth) {}
-  std::string describe() const override { return "ring-loopback"; }
+  explicit PooledPort(uint32_t buffers) : pool_(buffers) {}
   uint32_t alloc(std::span<PacketBuf> bufs) override { return pool_.alloc(bufs); }
+  void release(std::span<PacketBuf> bufs) override { pool_.release(bufs); }
+  int rx_wake() const override { return kRxAfterTransmit; }
+  uint32_t max_frame() const override { return kBufSize; }
+
+ protected:
+  BufferPool pool_;
+};
+
+class LoopbackPort final : public PooledPort {
+ public:
+  explicit LoopbackPort(uint32_t depth) : PooledPort(depth + 2 * 64), ring_(depth) {}
+  std::string describe() const override { return "ring-loopback"; }
   void transmit(std::span<PacketBuf> bufs) override {
     for (const PacketBuf& b : bufs) {
       if (count_ == ring_.size()) {
@@ -63,22 +75,17 @@ class LoopbackPort final : public PacketPort {
     count_ -= n;
     return n;
   }
-  void release(std::span<PacketBuf> bufs) override { pool_.release(bufs); }
-  int rx_wake() const override { return kRxAfterTransmit; }
-  uint32_t max_frame() const override { return kBufSize; }
 
  private:
-  BufferPool pool_;
   std::vector<PacketBuf> ring_;
   size_t head_ = 0;
   size_t count_ = 0;
 };
 
-class SinkPort final : public PacketPort {
+class SinkPort final : public PooledPort {
  public:
-  explicit SinkPort(std::shared_ptr<SinkCounters> c) : pool_(256), counters_(std::move(c)) {}
+  explicit SinkPort(std::shared_ptr<SinkCounters> c) : PooledPort(256), counters_(std::move(c)) {}
   std::string describe() const override { return "sink"; }
-  uint32_t alloc(std::span<PacketBuf> bufs) override { return pool_.alloc(bufs); }
   void transmit(std::span<PacketBuf> bufs) override {
     uint64_t bytes = 0;
     for (const PacketBuf& b : bufs) bytes += b.len;
@@ -89,18 +96,14 @@ class SinkPort final : public PacketPort {
     pool_.release(bufs);
   }
   uint32_t receive(std::span<PacketBuf>) override { return 0; }
-  void release(std::span<PacketBuf> bufs) override { pool_.release(bufs); }
-  int rx_wake() const override { return kRxAfterTransmit; }
-  uint32_t max_frame() const override { return kBufSize; }
 
  private:
-  BufferPool pool_;
   std::shared_ptr<SinkCounters> counters_;
 };
 
-class SourcePort final : public PacketPort {
+class SourcePort final : public PooledPort {
  public:
-  explicit SourcePort(uint32_t len) : pool_(256), len_(len) {
+  explicit SourcePort(uint32_t len) : PooledPort(256), len_(len) {
     // Broadcast Ethernet, IPv4 (0x0800), UDP 9 -> 9 (discard), TTL 64; a sequence number at the
     // start of the payload. Checksums are left 0 (UDP allows it; the IPv4 one is filled in).
     tmpl_.assign(len_, 0);
@@ -131,7 +134,6 @@ class SourcePort final : public PacketPort {
     udp[5] = static_cast<uint8_t>(udp_len);
   }
   std::string describe() const override { return "source (" + std::to_string(len_) + "-byte frames)"; }
-  uint32_t alloc(std::span<PacketBuf> bufs) override { return pool_.alloc(bufs); }
   void transmit(std::span<PacketBuf> bufs) override { pool_.release(bufs); }  // frames sent to it vanish
   uint32_t receive(std::span<PacketBuf> bufs) override {
     const uint32_t n = pool_.alloc(bufs);
@@ -143,12 +145,8 @@ class SourcePort final : public PacketPort {
     }
     return n;
   }
-  void release(std::span<PacketBuf> bufs) override { pool_.release(bufs); }
-  int rx_wake() const override { return kRxAfterTransmit; }
-  uint32_t max_frame() const override { return kBufSize; }
 
  private:
-  BufferPool pool_;
   uint32_t len_;
   std::vector<uint8_t> tmpl_;
   uint64_t seq_ = 0;

@@ -1,6 +1,8 @@
 #include "iovirt/virtio/split_queue.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <functional>
 #include <limits>
 #include <string>
 
@@ -125,7 +127,11 @@ void SplitQueue::reset() {
   size_ = max_size_;
   desc_gpa_ = avail_gpa_ = used_gpa_ = 0;
   ready_ = event_idx_ = indirect_ = false;
-  next_avail_ = next_used_ = 0;
+  next_avail_ = next_used_ = avail_seen_ = published_used_ = 0;
+  inflight_hdr_ = nullptr;
+  inflight_desc_ = nullptr;
+  inflight_batch_.clear();
+  resubmit_.clear();
   signalled_used_ = 0;
   signalled_valid_ = false;
   fault_ = QueueFault::None;
@@ -176,17 +182,28 @@ Result<std::optional<DescriptorChain>> SplitQueue::pop(const GuestMemory& mem) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
   if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
 
-  auto avail_idx = load_avail_idx(mem);
-  if (!avail_idx) return std::unexpected(std::move(avail_idx.error()));
-  const auto pending = static_cast<uint16_t>(*avail_idx - next_avail_);
-  if (pending == 0) return std::optional<DescriptorChain>{};
-  // Section 2.7.6: idx only grows by the number of heads the driver added; more than size
-  // entries at once cannot be real (Firecracker: "avail ring idx too far ahead").
-  if (pending > size_) {
-    return fault(QueueFault::AvailIdxJump, "avail idx " + std::to_string(*avail_idx) + " is " +
-                                               std::to_string(pending) + " past next_avail " +
-                                               std::to_string(next_avail_) + ", queue size " +
-                                               std::to_string(size_));
+  if (!resubmit_.empty()) {  // a predecessor's requests first (attach_inflight)
+    const uint16_t head = resubmit_.back();
+    resubmit_.pop_back();
+    segs_.start();
+    if (auto st = walk_chain(mem, head); !st) return std::unexpected(std::move(st.error()));
+    return std::optional<DescriptorChain>(
+        DescriptorChain{head, 1, segs_.segments(), segs_.readable_len(), segs_.writable_len()});
+  }
+  if (avail_seen_ == next_avail_) {
+    auto avail_idx = load_avail_idx(mem);
+    if (!avail_idx) return std::unexpected(std::move(avail_idx.error()));
+    const auto pending = static_cast<uint16_t>(*avail_idx - next_avail_);
+    if (pending == 0) return std::optional<DescriptorChain>{};
+    // Section 2.7.6: idx only grows by the number of heads the driver added; more than size
+    // entries at once cannot be real (Firecracker: "avail ring idx too far ahead").
+    if (pending > size_) {
+      return fault(QueueFault::AvailIdxJump, "avail idx " + std::to_string(*avail_idx) + " is " +
+                                                 std::to_string(pending) + " past next_avail " +
+                                                 std::to_string(next_avail_) + ", queue size " +
+                                                 std::to_string(size_));
+    }
+    avail_seen_ = *avail_idx;
   }
 
   const uint32_t slot = next_avail_ & (size_ - 1);
@@ -200,6 +217,11 @@ Result<std::optional<DescriptorChain>> SplitQueue::pop(const GuestMemory& mem) {
 
   segs_.start();
   if (auto st = walk_chain(mem, *head); !st) return std::unexpected(std::move(st.error()));
+  if (inflight_hdr_ != nullptr) {  // marked before the device acts on it
+    inflight_desc_[*head].counter = inflight_counter_++;
+    std::atomic_thread_fence(std::memory_order_release);
+    inflight_desc_[*head].inflight = 1;
+  }
 
   ++next_avail_;
   return std::optional<DescriptorChain>(
@@ -313,6 +335,31 @@ Status SplitQueue::append(const GuestMemory& mem, const VirtqDesc& d) {
 }
 
 Status SplitQueue::push(const GuestMemory& mem, uint16_t head, uint32_t written) {
+  if (auto st = push_deferred(mem, head, written); !st) return st;
+  return publish_used(mem);
+}
+
+Status SplitQueue::publish_used(const GuestMemory& mem) {
+  if (published_used_ == next_used_) return {};
+  // Section 2.7.8.2: the elements must be visible before the idx that publishes them.
+  std::atomic_thread_fence(std::memory_order_release);
+  if (auto st = store_u16(mem, used_gpa_ + used_idx_offset(), next_used_); !st) {
+    return fault(QueueFault::RingAccess, "write used idx: " + st.error().message());
+  }
+  published_used_ = next_used_;
+  if (inflight_hdr_ != nullptr) {
+    // The spec's order: used idx published, then the batch's marks cleared, then used_idx: a
+    // crash in between is finished by the next attach_inflight() from last_batch_head.
+    std::atomic_thread_fence(std::memory_order_release);
+    for (uint16_t h : inflight_batch_) inflight_desc_[h].inflight = 0;
+    std::atomic_thread_fence(std::memory_order_release);
+    inflight_hdr_->used_idx = next_used_;
+    inflight_batch_.clear();
+  }
+  return {};
+}
+
+Status SplitQueue::push_deferred(const GuestMemory& mem, uint16_t head, uint32_t written) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
   if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
   if (head >= size_) {
@@ -324,19 +371,80 @@ Status SplitQueue::push(const GuestMemory& mem, uint16_t head, uint32_t written)
   if (auto st = mem.write_obj(used_gpa_ + used_ring_offset(slot), elem); !st) {
     return fault(QueueFault::RingAccess, "write used ring: " + st.error().message());
   }
-  // Section 2.7.8.2: the element must be visible before the idx that publishes it.
-  std::atomic_thread_fence(std::memory_order_release);
-  const auto new_used = static_cast<uint16_t>(next_used_ + 1);
-  if (auto st = store_u16(mem, used_gpa_ + used_idx_offset(), new_used); !st) {
-    return fault(QueueFault::RingAccess, "write used idx: " + st.error().message());
+  next_used_ = static_cast<uint16_t>(next_used_ + 1);
+  if (inflight_hdr_ != nullptr) {
+    inflight_desc_[head].next = inflight_hdr_->last_batch_head;
+    inflight_hdr_->last_batch_head = head;
+    if (inflight_batch_.size() < size_) inflight_batch_.push_back(head);
   }
-  next_used_ = new_used;
+  return {};
+}
+
+Status SplitQueue::attach_inflight(const GuestMemory& mem, std::span<uint8_t> area) {
+  if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
+  const auto qsize = static_cast<uint16_t>(size_);
+  if (area.size() < inflight_split_queue_bytes(qsize)) {
+    return fail("inflight area of " + std::to_string(area.size()) + " bytes is too small for a ring of " +
+                std::to_string(size_), EINVAL);
+  }
+  auto* hdr = reinterpret_cast<InflightSplitHeader*>(area.data());
+  auto* desc = reinterpret_cast<InflightDescSplit*>(area.data() + sizeof(InflightSplitHeader));
+  auto used = load_u16(mem, used_gpa_ + used_idx_offset());
+  if (!used) return fault(QueueFault::RingAccess, "read used idx: " + used.error().message());
+  resubmit_.clear();
+  inflight_batch_.clear();
+  inflight_batch_.reserve(size_);
+  if (hdr->version == 0) {  // fresh: nothing was in flight
+    std::fill(area.begin() + sizeof(InflightSplitHeader), area.end(), uint8_t{0});
+    hdr->desc_num = qsize;
+    hdr->last_batch_head = 0;
+    hdr->used_idx = *used;
+    hdr->version = kInflightVersion;
+    inflight_counter_ = 0;
+  } else {
+    if (hdr->version != kInflightVersion || hdr->desc_num != qsize) {
+      return fail("inflight area: version " + std::to_string(hdr->version) + " for " +
+                      std::to_string(hdr->desc_num) + " descriptors, the ring has " +
+                      std::to_string(size_),
+                  EINVAL);
+    }
+    // A crash between publishing a batch and clearing its marks: clear them now (bounded walk
+    // from last_batch_head; a corrupt list stops at the first head out of range).
+    const auto unfinished = static_cast<uint16_t>(*used - hdr->used_idx);
+    if (unfinished > size_) {
+      return fail("inflight area: used_idx " + std::to_string(hdr->used_idx) +
+                      " is more than a ring behind the used idx " + std::to_string(*used),
+                  EINVAL);
+    }
+    uint16_t h = hdr->last_batch_head;
+    for (uint16_t k = 0; k < unfinished && h < qsize; ++k) {
+      desc[h].inflight = 0;
+      h = desc[h].next;
+    }
+    hdr->used_idx = *used;
+    // Still marked: in flight when the predecessor stopped. Resubmitted oldest first.
+    std::vector<std::pair<uint64_t, uint16_t>> marked;
+    uint64_t top = 0;
+    for (uint16_t i = 0; i < qsize; ++i) {
+      if (desc[i].inflight != 0) marked.emplace_back(desc[i].counter, i);
+      top = std::max(top, desc[i].counter);
+    }
+    std::sort(marked.begin(), marked.end(), std::greater<>());
+    for (const auto& m : marked) resubmit_.push_back(m.second);
+    inflight_counter_ = top + 1;
+  }
+  inflight_hdr_ = hdr;
+  inflight_desc_ = desc;
+  next_used_ = published_used_ = *used;
+  next_avail_ = avail_seen_ = static_cast<uint16_t>(*used + resubmit_.size());
   return {};
 }
 
 Result<bool> SplitQueue::needs_notification(const GuestMemory& mem) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
   if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
+  if (auto st = publish_used(mem); !st) return std::unexpected(std::move(st.error()));
   // The used idx store must be visible before reading the driver's suppression state, or the
   // driver may re-enable interrupts in between and never get one (section 2.7.10).
   std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -62,8 +63,21 @@ void signal_fd(int fd) {
 uint64_t backend_protocol_features() {
   using namespace protocol_feature;  // NOLINT: bit names
   return (uint64_t{1} << kMq) | (uint64_t{1} << kReplyAck) | (uint64_t{1} << kConfig) |
-         (uint64_t{1} << kStatus);
+         (uint64_t{1} << kStatus) | (uint64_t{1} << kInflightShmfd);
 }
+
+struct VhostUserBackend::InflightArea {
+  uint8_t* base = nullptr;
+  size_t size = 0;
+  uint16_t num_queues = 0;
+  size_t stride = 0;
+  InflightArea() = default;
+  InflightArea(const InflightArea&) = delete;
+  InflightArea& operator=(const InflightArea&) = delete;
+  ~InflightArea() {
+    if (base != nullptr) ::munmap(base, size);
+  }
+};
 
 Result<std::unique_ptr<VhostUserBackend>> VhostUserBackend::create(VirtioDevice& dev,
                                                                    MetricsRegistry& metrics,
@@ -197,6 +211,7 @@ void VhostUserBackend::reset_device_state() {
 
 void VhostUserBackend::reset_state() {
   reset_device_state();
+  inflight_.reset();
   protocol_features_ = 0;
   mem_.reset();
   table_.clear();
@@ -253,8 +268,17 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
       protocol_features_ = v;
       return R();
     }
+    case Request::GetInflightFd:
+      return get_inflight_fd(std::get<Inflight>(msg.body).info);
+    case Request::SetInflightFd: {
+      auto& in = std::get<Inflight>(msg.body);
+      IOVIRT_CHECK_CTX(set_inflight_fd(in.info, std::move(in.fd)), "");
+      return R();
+    }
     case Request::GetQueueNum:
-      return R(make_reply(req, U64{dev_.num_queues()}));
+      // net counts queue pairs (how QEMU's and DPDK's net front-ends read it), others queues.
+      return R(make_reply(req, U64{dev_.device_id() == kDeviceIdNet ? dev_.num_queues() / 2u
+                                                                     : dev_.num_queues()}));
     case Request::SetMemTable: {
       auto& t = std::get<MemTable>(msg.body);
       // The device must not touch the old mapping any more, and it is unmapped before the new
@@ -464,12 +488,75 @@ Status VhostUserBackend::apply() {
     }
     IOVIRT_CHECK_CTX(q.set_next_avail(avail_state), where + " base");
     IOVIRT_CHECK_CTX(q.set_next_used(used_state), where + " base");
+    if (inflight_ && !packed && i < inflight_->num_queues) {
+      // Resumes from the marks instead: what was in flight is resubmitted first (inflight.hpp).
+      std::span<uint8_t> area(inflight_->base + i * inflight_->stride, inflight_->stride);
+      if (auto st = q.split().attach_inflight(*mem_, area); !st) {
+        log_warn(where + ": not tracking in-flight requests: " + st.error().message());
+      } else if (q.split().resubmit_pending() > 0) {
+        log_info(where + ": resubmitting " + std::to_string(q.split().resubmit_pending()) +
+                 " request(s) that were in flight");
+      }
+    }
     ctx.queues.push_back(QueueBinding{i, &q, r.kick.get()});
   }
   IOVIRT_CHECK_CTX(dev_.activate(std::move(ctx)), "vhost-user " + std::string(dev_.name()));
   serving_ = std::move(want);
   log_debug("vhost-user " + std::string(dev_.name()) + ": serving " +
             std::to_string(serving_.size()) + " ring(s), features " + hex(features_));
+  return {};
+}
+
+// GET_INFLIGHT_FD: a fresh, zeroed area for num_queues rings of queue_size (the front-end keeps
+// it and hands it to every later back-end with SET_INFLIGHT_FD).
+Result<std::optional<Message>> VhostUserBackend::get_inflight_fd(const InflightWire& w) {
+  const Request r = Request::GetInflightFd;
+  if (w.num_queues > queues_.size())
+    return bad(r, "num_queues " + std::to_string(w.num_queues) + " above the device's " +
+                      std::to_string(queues_.size()));
+  const size_t stride = inflight_split_queue_bytes(w.queue_size);
+  const size_t size = stride * w.num_queues;
+  Fd fd(::memfd_create("iovirt-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd) return fail_errno("GET_INFLIGHT_FD: memfd_create");
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) < 0)
+    return fail_errno("GET_INFLIGHT_FD: ftruncate");
+  // The area must outlive this back-end at its full size: the front-end cannot be shrunk under.
+  (void)::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+  InflightWire reply = w;
+  reply.mmap_size = size;
+  reply.mmap_offset = 0;
+  reply.padding = 0;
+  Message m = make_reply(r, Inflight{reply, std::move(fd)});
+  return std::optional<Message>(std::move(m));
+}
+
+// SET_INFLIGHT_FD: map the area; the rings attach to it when they (re)start.
+Status VhostUserBackend::set_inflight_fd(const InflightWire& w, Fd fd) {
+  const Request r = Request::SetInflightFd;
+  if (w.num_queues > queues_.size())
+    return bad(r, "num_queues " + std::to_string(w.num_queues) + " above the device's " +
+                      std::to_string(queues_.size()));
+  const size_t stride = inflight_split_queue_bytes(w.queue_size);
+  if (w.mmap_size < stride * w.num_queues || w.mmap_size > (64ull << 20))
+    return bad(r, "mmap_size " + std::to_string(w.mmap_size) + " does not hold " +
+                      std::to_string(w.num_queues) + " queue(s) of " + std::to_string(w.queue_size) +
+                      " (or is above 64 MiB)");
+  if ((w.mmap_offset & 4095) != 0) return bad(r, "mmap_offset " + hex(w.mmap_offset) + " is not page aligned");
+  struct stat st{};
+  if (::fstat(fd.get(), &st) < 0) return fail_errno("SET_INFLIGHT_FD: fstat");
+  if (static_cast<uint64_t>(st.st_size) < w.mmap_offset + w.mmap_size)
+    return bad(r, "the file is " + std::to_string(st.st_size) + " bytes, smaller than offset + size");
+  void* p = ::mmap(nullptr, w.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(),
+                   static_cast<off_t>(w.mmap_offset));
+  if (p == MAP_FAILED) return fail_errno("SET_INFLIGHT_FD: mmap");
+  stop_device();  // the serving rings re-attach to the new area
+  auto a = std::make_unique<InflightArea>();
+  a->base = static_cast<uint8_t*>(p);
+  a->size = w.mmap_size;
+  a->num_queues = w.num_queues;
+  a->stride = stride;
+  inflight_ = std::move(a);
+  dirty_ = true;
   return {};
 }
 

@@ -15,12 +15,14 @@
 #include "iovirt/virtio/net.hpp"
 #include "iovirt/virtio/ring.hpp"
 #include "iovirt/virtio/vhost_net.hpp"
+#include "net_backend.hpp"
 
 namespace iovirt::virtio::vhost_user {
 
 namespace {
 
 constexpr uint32_t kNetConfigBytes = 12;  // mac[6], status, max_virtqueue_pairs, mtu
+constexpr uint16_t kMaxQueues = 64;       // blk request queues / net queue pairs
 
 Result<Connection> dial(const std::string& path) {
   sockaddr_un addr{};
@@ -69,8 +71,8 @@ Result<std::unique_ptr<Frontend>> Frontend::connect(FrontendOptions opt, Metrics
   const std::string where = opt.name + " (vhost-user " + opt.socket + ")";
   if (opt.device_id != kDeviceIdBlock && opt.device_id != kDeviceIdNet)
     return fail(where + ": only blk and net devices are supported", EINVAL);
-  if (opt.device_id == kDeviceIdNet && opt.queues != 1)
-    return fail(where + ": vhost-user net supports one queue pair (queues=1)", EINVAL);
+  if (opt.queues == 0 || opt.queues > kMaxQueues)
+    return fail(where + ": queues must be 1.." + std::to_string(kMaxQueues), EINVAL);
   std::unique_ptr<Frontend> f(new Frontend(std::move(opt), metrics));
   Labels l{{"device", f->opt_.name}};
   f->reconnect_counter_ = &metrics.counter("iovirt_vhost_user_reconnects_total",
@@ -95,6 +97,7 @@ Result<std::unique_ptr<Frontend>> Frontend::connect(FrontendOptions opt, Metrics
 }
 
 Frontend::~Frontend() {
+  stop_ctrl();
   if (monitor_.joinable()) {
     (void)stop_->write();
     monitor_.join();
@@ -147,7 +150,11 @@ Result<uint64_t> Frontend::request_u64(Request r) {
 Status Frontend::handshake() {
   IOVIRT_TRY_CTX(features, request_u64(Request::GetFeatures), "");
   uint64_t proto_wanted = (1ull << protocol_feature::kReplyAck) | (1ull << protocol_feature::kMq);
-  if (opt_.device_id == kDeviceIdBlock) proto_wanted |= 1ull << protocol_feature::kConfig;
+  if (opt_.device_id == kDeviceIdBlock) {
+    // CONFIG for the capacity; INFLIGHT_SHMFD so a restarted back-end resubmits exactly what was
+    // in flight (requests complete out of order, so the used index alone cannot say).
+    proto_wanted |= (1ull << protocol_feature::kConfig) | (1ull << protocol_feature::kInflightShmfd);
+  }
   protocol_ = 0;
   if ((features & feature_bit(kFeatureProtocolFeatures)) != 0) {
     IOVIRT_TRY_CTX(proto, request_u64(Request::GetProtocolFeatures), "");
@@ -198,14 +205,32 @@ Status Frontend::handshake() {
     bc.num_queues = queues;
     std::memcpy(config.data(), &bc, sizeof bc);
   } else {
-    if (backend_queues < 2) return fail("the back-end has fewer than the 2 queues of a net pair", EPROTO);
-    queues = 2;
+    // GET_QUEUE_NUM counts queue pairs for net (DPDK's and QEMU's reading); a back-end that
+    // counts rings only looks larger, which is harmless here.
+    const uint16_t pairs = opt_.queues;
+    if (backend_queues < pairs)
+      return fail("the back-end serves at most " + std::to_string(backend_queues) +
+                      " queue pairs; use queues=" + std::to_string(backend_queues),
+                  ENOTSUP);
     using namespace net_feature;
     offered |= feature_bit(kMac) | feature_bit(kStatus);
+    offered &= ~(feature_bit(kMq) | feature_bit(kCtrlVq));
+    queues = 2;
+    if (pairs > 1) {
+      // The control queue is iovirt's own (section 5.1.6.5): VQ_PAIRS_SET becomes
+      // SET_VRING_ENABLE on the pairs' rings, as QEMU does; the back-end never sees it.
+      if ((protocol_ & (1ull << protocol_feature::kMq)) == 0)
+        return fail("queues=" + std::to_string(pairs) +
+                        " needs VHOST_USER_PROTOCOL_F_MQ, which the back-end does not offer",
+                    ENOTSUP);
+      offered |= feature_bit(kMq) | feature_bit(kCtrlVq);
+      queues = static_cast<uint16_t>(2 * pairs + 1);
+    }
     config.assign(kNetConfigBytes, 0);
     std::memcpy(config.data(), opt_.mac.data(), opt_.mac.size());
     config[6] = static_cast<uint8_t>(VIRTIO_NET_S_LINK_UP);
-    config[8] = 1;
+    config[8] = static_cast<uint8_t>(pairs & 0xff);
+    config[9] = static_cast<uint8_t>(pairs >> 8);
     config[10] = 1500 & 0xff;
     config[11] = 1500 >> 8;
   }
@@ -244,9 +269,8 @@ Status Frontend::negotiate(uint64_t features) {
 // positions come from guest memory (the used index its predecessor published).
 Status Frontend::program_rings(bool restore) {
   const ActivateContext& ctx = *active_;
-  // Only what the back-end offered: the net bits iovirt serves itself from its own config space
-  // (MAC, STATUS) are acked by the driver but are not the back-end's to accept. A back-end that
-  // does not offer them (DPDK's vhost library) refuses a SET_FEATURES that carries them.
+  // Only bits the back-end offered: MAC, STATUS, MQ and CTRL_VQ may be iovirt's own (config space
+  // and control queue emulated here) and must not reach a back-end that never offered them.
   uint64_t f = acked_ & backend_features_;
   if ((backend_features_ & feature_bit(kFeatureProtocolFeatures)) != 0)
     f |= feature_bit(kFeatureProtocolFeatures);
@@ -260,8 +284,12 @@ Status Frontend::program_rings(bool restore) {
     table.fds.push_back(std::move(dup));
   }
   IOVIRT_CHECK_CTX(send(make_request(Request::SetMemTable, std::move(table))), "");
+  if ((protocol_ & (1ull << protocol_feature::kInflightShmfd)) != 0) {
+    IOVIRT_CHECK_CTX(share_inflight(), "inflight area");
+  }
 
   for (const QueueBinding& b : ctx.queues) {
+    if (ctrl_index_ && b.index == *ctrl_index_) continue;  // served here (serve_ctrl)
     const std::string q = "queue " + std::to_string(b.index);
     const Virtqueue& vq = *b.queue;
     auto addrs = vhost::ring_user_addrs(*ctx.mem, vq);
@@ -286,8 +314,12 @@ Status Frontend::program_rings(bool restore) {
     if (!callfd || !kickfd) return fail_errno(q + ": dup of the kick/call eventfd");
     IOVIRT_CHECK_CTX(send(make_request(Request::SetVringCall, VringFd{b.index, std::move(callfd)})), q);
     IOVIRT_CHECK_CTX(send(make_request(Request::SetVringKick, VringFd{b.index, std::move(kickfd)})), q);
-    if ((backend_features_ & feature_bit(kFeatureProtocolFeatures)) != 0)
-      IOVIRT_CHECK_CTX(send(make_request(Request::SetVringEnable, VringState{b.index, 1})), q);
+    if ((backend_features_ & feature_bit(kFeatureProtocolFeatures)) != 0) {
+      // net: only the pairs the driver enabled (section 5.1.6.5.5: the first one until
+      // VQ_PAIRS_SET).
+      const bool on = opt_.device_id != kDeviceIdNet || b.index / 2 < active_pairs_;
+      IOVIRT_CHECK_CTX(send(make_request(Request::SetVringEnable, VringState{b.index, on ? 1u : 0u})), q);
+    }
     // The old back-end may have missed kicks while it was going away: one more costs nothing.
     if (restore) {
       const uint64_t one = 1;
@@ -297,9 +329,39 @@ Status Frontend::program_rings(bool restore) {
   return {};
 }
 
+// The inflight area lives as long as the driver's device (QEMU's rule: a device reset drops it):
+// the first back-end makes it (GET_INFLIGHT_FD), every back-end after a reconnect gets the same
+// one (SET_INFLIGHT_FD) and resubmits what its predecessor left in flight.
+Status Frontend::share_inflight() {
+  if (!inflight_fd_) {
+    const InflightWire ask{0, 0, num_queues_, opt_.queue_size, 0};
+    IOVIRT_TRY_CTX(reply, request(Request::GetInflightFd, Inflight{ask, Fd()}), "");
+    auto* in = std::get_if<Inflight>(&reply.body);
+    if (in == nullptr || !in->fd || in->info.mmap_size == 0)
+      return fail("GET_INFLIGHT_FD: the back-end's reply has no area", EPROTO);
+    inflight_info_ = in->info;
+    inflight_fd_ = std::move(in->fd);
+  }
+  Fd dup(::fcntl(inflight_fd_.get(), F_DUPFD_CLOEXEC, 0));
+  if (!dup) return fail_errno("dup of the inflight fd");
+  return send(make_request(Request::SetInflightFd, Inflight{inflight_info_, std::move(dup)}));
+}
+
 Status Frontend::activate(ActivateContext ctx) {
+  stop_ctrl();
   std::lock_guard lock(mu_);
   active_.emplace(std::move(ctx));
+  active_pairs_ = 1;
+  ctrl_index_.reset();
+  if (opt_.device_id == kDeviceIdNet && has(acked_, net_feature::kCtrlVq)) {
+    const uint16_t pairs = has(acked_, net_feature::kMq) ? opt_.queues : 1;
+    for (const QueueBinding& b : active_->queues) {
+      if (b.index == 2 * pairs) ctrl_index_ = b.index;
+    }
+  }
+  if (ctrl_index_) {
+    IOVIRT_CHECK_CTX(start_ctrl(), opt_.name + ": control queue");
+  }
   if (!conn_) {
     log_warn(opt_.name + ": driver ready while the back-end is away; rings go to it on reconnect");
     return {};
@@ -310,12 +372,72 @@ Status Frontend::activate(ActivateContext ctx) {
   return {};
 }
 
+// The control queue's own thread: requests parsed by the same code as the in-process device's
+// (serve_ctrl_queue), never on a vCPU thread; VQ_PAIRS_SET enables or disables the pairs' rings
+// in the back-end.
+Status Frontend::start_ctrl() {
+  // active_ is set and mu_ held.
+  const QueueBinding* ctrl = nullptr;
+  for (const QueueBinding& b : active_->queues) {
+    if (b.index == *ctrl_index_) ctrl = &b;
+  }
+  IOVIRT_TRY_CTX(stop, EventFd::create(), "stop eventfd");
+  ctrl_stop_.emplace(std::move(stop));
+  if (!ctrl_metrics_) {
+    ctrl_metrics_.emplace(QueueMetrics::create(metrics_, opt_.name, *ctrl_index_));
+    net_metrics_.emplace(NetMetrics::create(metrics_, opt_.name));
+  }
+  ServedQueue q{ctrl->index, ctrl->queue, ctrl->kick_fd, &*ctrl_metrics_, false};
+  const bool mq = has(acked_, net_feature::kMq);
+  ctrl_thread_ = std::thread([this, q, mq, ctx = &*active_, stopfd = ctrl_stop_->fd()]() mutable {
+    const SetPairs set = [this](uint16_t n) { set_pairs(n); };
+    pollfd p[2] = {{stopfd, POLLIN, 0}, {q.kick_fd, POLLIN, 0}};
+    // Requests queued before DRIVER_OK are served at once.
+    bool ok = serve_ctrl_queue(*ctx, q, opt_.name, set, *net_metrics_, opt_.queues, mq);
+    while (ok) {
+      if (::poll(p, 2, -1) < 0 && errno != EINTR) break;
+      if (p[0].revents != 0) break;
+      if (p[1].revents != 0) {
+        uint64_t v = 0;
+        if (::read(q.kick_fd, &v, sizeof v) == sizeof v) q.m->kicks->inc();
+        ok = serve_ctrl_queue(*ctx, q, opt_.name, set, *net_metrics_, opt_.queues, mq);
+      }
+    }
+  });
+  return {};
+}
+
+void Frontend::stop_ctrl() {
+  if (ctrl_thread_.joinable()) {
+    (void)ctrl_stop_->write();
+    ctrl_thread_.join();
+  }
+}
+
+void Frontend::set_pairs(uint16_t n) {
+  std::lock_guard lock(mu_);
+  if (n == active_pairs_) return;
+  active_pairs_ = n;
+  if (!conn_ || !active_ || (backend_features_ & feature_bit(kFeatureProtocolFeatures)) == 0) return;
+  for (const QueueBinding& b : active_->queues) {
+    if (ctrl_index_ && b.index == *ctrl_index_) continue;
+    const uint32_t on = b.index / 2 < n ? 1 : 0;
+    if (auto st = send(make_request(Request::SetVringEnable, VringState{b.index, on})); !st) {
+      drop_connection("enabling queue pairs: " + st.error().what());  // reconnect re-applies n
+      return;
+    }
+  }
+  log_info(opt_.name + ": " + std::to_string(n) + " queue pair(s) enabled");
+}
+
 void Frontend::reset() {
+  stop_ctrl();
   std::lock_guard lock(mu_);
   if (!active_) return;
   if (conn_) {
     // GET_VRING_BASE stops each ring in the back-end (the spec's "stopped" state).
     for (const QueueBinding& b : active_->queues) {
+      if (ctrl_index_ && b.index == *ctrl_index_) continue;
       auto r = request(Request::GetVringBase, VringState{b.index, 0});
       if (!r) {
         drop_connection("stopping queue " + std::to_string(b.index) + ": " + r.error().what());
@@ -324,6 +446,7 @@ void Frontend::reset() {
     }
   }
   active_.reset();
+  inflight_fd_.reset();  // a reset device has nothing in flight
 }
 
 void Frontend::drop_connection(const std::string& why) {

@@ -60,7 +60,7 @@ std::string usage() {
          "  --net tap=NAME[,mac=52:54:00:xx:xx:xx][,queues=N][,vhost=on]\n"
          "                       virtio-net on tap NAME (queues = queue pairs, multiqueue tap);\n"
          "                       vhost=on hands the rings to the kernel's vhost-net\n"
-         "  --net vhost-user=SOCKET[,mac=..]\n"
+         "  --net vhost-user=SOCKET[,mac=..][,queues=N]\n"
          "                       virtio-net served by a vhost-user back-end (DPDK net_vhost,\n"
          "                       OVS-DPDK, iovirt-vhost net); reconnects if it restarts\n"
          "  --device path=/sys/bus/pci/devices/DDDD:BB:DD.F\n"
@@ -263,7 +263,6 @@ Result<NetOption> parse_net(const std::string& value) {
   if (!n.vhost_user.empty()) {
     if (have_tap || n.vhost)
       return fail("--net: vhost-user= and tap=/vhost= are two different back-ends: give one");
-    if (n.queues != 1) return fail("--net: vhost-user supports one queue pair (queues=1)");
     if (n.ring.packed)
       return fail("--net: packed=on is not available with vhost-user (reconnect restores split "
                   "rings only)");

@@ -41,6 +41,7 @@ Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_net(const NetOption& o
     f.socket = opt.vhost_user;
     f.name = name;
     f.device_id = virtio::kDeviceIdNet;
+    f.queues = opt.queues;
     f.queue_size = opt.ring.queue_size;
     if (opt.mac) {
       f.mac = *opt.mac;

@@ -18,6 +18,7 @@
 
 #include "iovirt/core/error.hpp"
 #include "iovirt/core/guest_memory.hpp"
+#include "iovirt/virtio/inflight.hpp"
 #include "iovirt/virtio/ring.hpp"
 
 namespace iovirt::virtio {
@@ -151,8 +152,8 @@ class SplitQueue final {
   [[nodiscard]] uint16_t next_avail() const { return next_avail_; }
   [[nodiscard]] uint16_t next_used() const { return next_used_; }
   // Restore indices (migration, vhost-user GET/SET_VRING_BASE).
-  void set_next_avail(uint16_t v) { next_avail_ = v; }
-  void set_next_used(uint16_t v) { next_used_ = v; }
+  void set_next_avail(uint16_t v) { next_avail_ = avail_seen_ = v; }
+  void set_next_used(uint16_t v) { next_used_ = published_used_ = v; }
   [[nodiscard]] bool broken() const { return fault_ != QueueFault::None; }
   [[nodiscard]] QueueFault fault() const { return fault_; }
 
@@ -163,6 +164,11 @@ class SplitQueue final {
   Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem);
   // Return a chain: used element, then used idx with release ordering (section 2.7.8).
   Status push(const GuestMemory& mem, uint16_t head, uint32_t written);
+  // The used element only; publish_used() (or the next push() or needs_notification()) makes
+  // it and every deferred one visible with one used idx store — a burst costs the driver one
+  // cache line transfer of the index instead of one per chain.
+  Status push_deferred(const GuestMemory& mem, uint16_t head, uint32_t written);
+  Status publish_used(const GuestMemory& mem);
   // Whether to interrupt the driver now for the used entries pushed since the last decision
   // (section 2.7.10): used_event with EVENT_IDX, else the avail ring's NO_INTERRUPT flag.
   Result<bool> needs_notification(const GuestMemory& mem);
@@ -173,6 +179,17 @@ class SplitQueue final {
   Result<bool> enable_notification(const GuestMemory& mem);
   Status disable_notification(const GuestMemory& mem);
   Status set_avail_event(const GuestMemory& mem, uint16_t v);
+
+  // Inflight tracking (inflight.hpp) in `area` (inflight_split_queue_bytes(size()) bytes at
+  // least), after the ring is set up and validated. A fresh area is initialised; an area a
+  // previous back-end left behind is recovered: its last batch's marks are finished, and pop()
+  // then first returns the heads still marked, oldest first, and continues the avail ring after
+  // them (next_avail = used idx + their count; next_used = used idx). An area that does not fit
+  // this ring is an error and the queue goes on untracked.
+  Status attach_inflight(const GuestMemory& mem, std::span<uint8_t> area);
+  [[nodiscard]] bool inflight_attached() const { return inflight_hdr_ != nullptr; }
+  // Heads recovered from the area still to be returned by pop().
+  [[nodiscard]] size_t resubmit_pending() const { return resubmit_.size(); }
 
  private:
   explicit SplitQueue(uint32_t max_size);
@@ -192,7 +209,18 @@ class SplitQueue final {
   bool event_idx_ = false;
   bool indirect_ = false;
   uint16_t next_avail_ = 0;
+  // The driver's avail idx as last read: entries below it are popped without reading the index
+  // again (it shares a cache line the driver keeps writing).
+  uint16_t avail_seen_ = 0;
   uint16_t next_used_ = 0;
+  uint16_t published_used_ = 0;  // the used idx the driver can see
+  // Inflight tracking: the shared area (null: off), the next pop's counter, the heads pushed
+  // since the last publication (a batch), and recovered heads to resubmit (oldest last).
+  InflightSplitHeader* inflight_hdr_ = nullptr;
+  InflightDescSplit* inflight_desc_ = nullptr;
+  uint64_t inflight_counter_ = 0;
+  std::vector<uint16_t> inflight_batch_;
+  std::vector<uint16_t> resubmit_;
   // used idx at the last needs_notification() decision (EVENT_IDX old_idx).
   uint16_t signalled_used_ = 0;
   bool signalled_valid_ = false;

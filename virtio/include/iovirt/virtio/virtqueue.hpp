@@ -146,6 +146,16 @@ class Virtqueue final {
     return packed() ? packed_.push(mem, head, desc_count, written)
                     : split_.push(mem, head, written);
   }
+  // A burst of returns published once (split: one used idx store in publish_used(), which
+  // needs_notification() also does; packed: each descriptor is its own publication).
+  Status push_deferred(const GuestMemory& mem, uint16_t head, uint16_t desc_count,
+                       uint32_t written) {
+    return packed() ? packed_.push(mem, head, desc_count, written)
+                    : split_.push_deferred(mem, head, written);
+  }
+  Status publish_used(const GuestMemory& mem) {
+    return packed() ? Status{} : split_.publish_used(mem);
+  }
   Result<bool> needs_notification(const GuestMemory& mem) {
     return packed() ? packed_.needs_notification(mem) : split_.needs_notification(mem);
   }

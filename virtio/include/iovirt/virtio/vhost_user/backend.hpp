@@ -25,9 +25,11 @@
 // used ring in guest memory. A live ring that lacks SET_VRING_NUM, SET_VRING_ADDR or a memory
 // table is a protocol error. Front-ends (QEMU's vhost_dev_start) configure every ring before
 // enabling any, so in practice the device is activated once per start.
-// Limitation: requests in flight when the device is reset are completed by the device but not
-// returned to the driver (virtio reset semantics); a front-end that restarts rings under I/O
-// loses them until INFLIGHT_SHMFD is implemented.
+// Requests in flight when the device is reset are completed by the device but not returned to
+// the driver (virtio reset semantics). With INFLIGHT_SHMFD (split rings) they stay marked in the
+// front-end's inflight area and are resubmitted when the ring starts again — by this back-end or
+// by the next one after a crash (inflight.hpp); without it a front-end that restarts rings under
+// I/O loses them.
 //
 // GET_VRING_BASE stops the ring: the device is reset first, so the returned index is final.
 //
@@ -46,7 +48,7 @@
 // flight), as those front-ends assume. Without SET_VRING_BASE a packed ring starts at position
 // 0 with wrap counter 1.
 //
-// Not implemented yet: INFLIGHT_SHMFD, the back-end request channel (config change
+// Not implemented yet: inflight tracking of packed rings, the back-end request channel (config change
 // notifications), ADD/REM_MEM_REG, dirty logging (LOG_ALL), polling-mode kicks (NOFD kick).
 #pragma once
 
@@ -76,7 +78,7 @@ struct BackendOptions {
   uint32_t max_mem_slots = kMaxMemTableRegions;
 };
 
-// Protocol features this back-end offers: MQ, REPLY_ACK, CONFIG, STATUS.
+// Protocol features this back-end offers: MQ, REPLY_ACK, CONFIG, STATUS, INFLIGHT_SHMFD.
 uint64_t backend_protocol_features();
 
 class VhostUserBackend final : private VirtioInterrupt {
@@ -156,6 +158,12 @@ class VhostUserBackend final : private VirtioInterrupt {
   uint8_t status_ = 0;
   std::optional<GuestMemory> mem_;
   std::vector<MemRegion> table_;  // the front-end's regions, for uaddr -> gpa
+  // INFLIGHT_SHMFD: the front-end's inflight area (inflight.hpp), one stride per queue; split
+  // rings track their heads in it. Kept until the connection ends.
+  struct InflightArea;
+  std::unique_ptr<InflightArea> inflight_;
+  Result<std::optional<Message>> get_inflight_fd(const InflightWire& w);
+  Status set_inflight_fd(const InflightWire& w, Fd fd);
   std::vector<Ring> rings_;
   std::vector<Virtqueue> queues_;
   std::vector<uint16_t> serving_;  // rings the device was activated with (sorted)

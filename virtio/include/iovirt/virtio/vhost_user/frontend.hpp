@@ -11,10 +11,11 @@
 // backoff and NO time limit, repeats the handshake, and when the device was running programs the
 // rings again with each split ring's base = the used index in guest memory, so the new back-end
 // takes again every chain the old one had not completed (nothing is lost; verified against
-// qemu-storage-daemon killed with SIGKILL in tests/interop). That is exact for a back-end that
-// completes in order; one that completed out of order could complete a chain twice — closing that
-// needs INFLIGHT_SHMFD (not implemented yet). The packed ring is not offered: its restore point
-// cannot be read back from guest memory the same way.
+// qemu-storage-daemon killed with SIGKILL in tests/interop). That alone is exact only for a
+// back-end that completes in order; for blk, whose back-ends complete out of order, iovirt asks
+// for INFLIGHT_SHMFD: the back-end marks what it has in flight in an area iovirt keeps and hands
+// to the next back-end, which resubmits exactly those (inflight.hpp). The packed ring is not
+// offered: its restore point cannot be read back from guest memory the same way.
 //
 // The back-end is hostile: every reply is parsed by the protocol library's validator (sizes,
 // counts), feature bits outside what was offered by the back-end are never set, and a config
@@ -35,6 +36,7 @@
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/virtio/device.hpp"
+#include "iovirt/virtio/net.hpp"
 #include "iovirt/virtio/vhost_user/protocol.hpp"
 
 namespace iovirt::virtio::vhost_user {
@@ -43,7 +45,7 @@ struct FrontendOptions {
   std::string socket;       // the back-end's listening socket
   std::string name;         // "blk0", "net0"
   uint16_t device_id = 0;   // kDeviceIdBlock / kDeviceIdNet
-  uint16_t queues = 1;      // blk: request queues; net: queue pairs (1 supported)
+  uint16_t queues = 1;      // blk: request queues; net: queue pairs (1..64)
   uint16_t queue_size = 256;
   // net only: the MAC in the device's config space (the back-end has no say in it).
   std::array<uint8_t, 6> mac{};
@@ -87,6 +89,11 @@ class Frontend final : public VirtioDevice {
   Status program_rings(bool restore);
   void monitor_loop();
   void drop_connection(const std::string& why);
+  // net with more than one pair: the control queue is served here.
+  Status start_ctrl();
+  void stop_ctrl();
+  void set_pairs(uint16_t n);
+  Status share_inflight();
 
   FrontendOptions opt_;
   MetricsRegistry& metrics_;
@@ -99,6 +106,14 @@ class Frontend final : public VirtioDevice {
   uint16_t num_queues_ = 0;
   std::vector<uint8_t> config_;
   std::optional<ActivateContext> active_;
+  uint16_t active_pairs_ = 1;             // net: pairs enabled by VQ_PAIRS_SET
+  std::optional<uint16_t> ctrl_index_;    // net: the control queue, when the driver has one
+  std::optional<EventFd> ctrl_stop_;
+  std::optional<QueueMetrics> ctrl_metrics_;
+  std::optional<NetMetrics> net_metrics_;
+  std::thread ctrl_thread_;
+  Fd inflight_fd_;  // INFLIGHT_SHMFD area, kept across reconnects, dropped at device reset
+  InflightWire inflight_info_{};
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> reconnects_{0};
   Counter* reconnect_counter_ = nullptr;

@@ -1,0 +1,221 @@
+#!/bin/bash
+# vhost-user-net benchmark (issue 4): iovirt-vhost net vs DPDK's own vhost back-end (dpdk-testpmd
+# --vdev net_vhost0), both driven by the same front-end: dpdk-testpmd --vdev net_virtio_user0
+# (DPDK's virtio-net driver in user space), 64-byte frames, 1 queue pair.
+#
+#   sudo deploy/bench/vhost-net-bench.sh [--build DIR] [--runs N] [--seconds T] [--warmup W]
+#        [--modes "tx rx fwd"] [--backends "iovirt dpdk"] [--poll-us N] [--pkt-len L]
+#        [--gen-cpu C] [--backend-cpu S] [--no-huge] [--fwd-bursts B]
+#
+# Environment overrides: BENCH_RUNS, BENCH_SECONDS (e.g. BENCH_RUNS=1 BENCH_SECONDS=3 for a quick
+# check), BENCH_WARMUP, BENCH_MODES, BENCH_BACKENDS, BENCH_POLL_US.
+#
+# Build first (an optimised build): cmake -S . -B build-rel -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+#   && ninja -C build-rel -j2 iovirt-vhost
+#
+# Modes (each: RUNS runs of T seconds after W seconds of warm-up, alternating the back-ends, every
+# process started fresh; the generator pinned to --gen-cpu, the back-end to --backend-cpu):
+#   tx   the front-end sends: virtio-user txonly -> back-end drops every frame after copying it out of
+#        guest memory (iovirt-vhost --backend sink; testpmd net_vhost rxonly, whose dequeue copies into
+#        mbufs). Figure: frames the front-end got into the tx ring per second; the ring is full all
+#        the time (the generator is faster), so that is the rate the back-end takes them out (the
+#        difference is at most one ring, 256 frames, per window).
+#   rx   the back-end generates: iovirt-vhost --backend source=LEN vs testpmd net_vhost txonly,
+#        virtio-user rxonly. Figure: frames the front-end received per second.
+#   fwd  the back-end forwards the frames back: iovirt-vhost --backend ring-loopback vs testpmd
+#        net_vhost io forward; virtio-user io-forwards what it receives back out, primed with
+#        B bursts of 32 frames (start tx_first B), so B*32 frames circulate. Figure: frames per
+#        second through the front-end's rx (each crossed the back-end once). A closed loop: the
+#        figure is bound by the round trip of both sides, so it is the one most disturbed by other
+#        load on the two CPUs (a descheduled side stalls the loop); on a shared machine compare
+#        only figures taken together, and raise --fwd-bursts (at most 7: 224 frames in a 256 ring).
+# Rates are testpmd's own "show port stats" Rx-pps/Tx-pps of the virtio-user port: the second
+# "show" prints the counters' change divided by the TSC time since the first, i.e. exactly the T
+# second window. Both back-ends are measured by the same code in the same process.
+#
+# Memory: hugepages by default (2 MiB, --in-memory: no files left in /dev/hugepages; the script
+# raises vm.nr_hugepages if fewer than 512 are free and mounts hugetlbfs if absent), so the guest
+# memory virtio-user shares with the back-end is hugepage-backed for both back-ends; --no-huge uses
+# 4 KiB pages for everything. Runs as root; needs 2 CPUs for the pinning.
+set -euo pipefail
+
+BUILD=build-rel
+RUNS=${BENCH_RUNS:-5}
+SECS=${BENCH_SECONDS:-10}
+WARMUP=${BENCH_WARMUP:-1}
+MODES=${BENCH_MODES:-"tx rx fwd"}
+BACKENDS=${BENCH_BACKENDS:-"iovirt dpdk"}
+POLL_US=${BENCH_POLL_US:-1000}
+PKT_LEN=64
+GEN_CPU=0
+BACKEND_CPU=1
+HUGE=1
+FWD_BURSTS=4
+TESTPMD=/usr/bin/dpdk-testpmd
+
+usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) BUILD=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --seconds) SECS=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --modes) MODES=$2; shift 2 ;;
+    --backends) BACKENDS=$2; shift 2 ;;
+    --poll-us) POLL_US=$2; shift 2 ;;
+    --pkt-len) PKT_LEN=$2; shift 2 ;;
+    --gen-cpu) GEN_CPU=$2; shift 2 ;;
+    --backend-cpu) BACKEND_CPU=$2; shift 2 ;;
+    --no-huge) HUGE=0; shift ;;
+    --fwd-bursts) FWD_BURSTS=$2; shift 2 ;;
+    -h|--help) usage ;;
+    *) echo "vhost-net-bench: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+VHOST=$BUILD/vmm/iovirt-vhost
+[ -x "$TESTPMD" ] || { echo "vhost-net-bench: $TESTPMD missing (apt-get install dpdk-dev)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "vhost-net-bench: python3 missing" >&2; exit 1; }
+case " $BACKENDS " in
+  *" iovirt "*)
+    [ -x "$VHOST" ] || { echo "vhost-net-bench: $VHOST not built (ninja -C $BUILD iovirt-vhost), or pass --backends dpdk" >&2; exit 1; }
+    "$VHOST" net --help >/dev/null 2>&1 || { echo "vhost-net-bench: $VHOST has no 'net' command (too old a build?)" >&2; exit 1; } ;;
+esac
+[ "$(id -u)" = 0 ] || { echo "vhost-net-bench: run as root (hugepages, CPU pinning)" >&2; exit 1; }
+
+# DPDK EAL memory options shared by both testpmd instances.
+if [ "$HUGE" = 1 ]; then
+  mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages; mount -t hugetlbfs nodev /dev/hugepages; }
+  free_pages=$(awk '/^HugePages_Free/ {print $2}' /proc/meminfo)
+  if [ "$free_pages" -lt 512 ]; then
+    total=$(cat /proc/sys/vm/nr_hugepages)
+    echo $((total + 512 - free_pages)) > /proc/sys/vm/nr_hugepages
+    free_pages=$(awk '/^HugePages_Free/ {print $2}' /proc/meminfo)
+    [ "$free_pages" -ge 512 ] || { echo "vhost-net-bench: only $free_pages free 2 MiB hugepages after raising vm.nr_hugepages (need 512); free memory or use --no-huge" >&2; exit 1; }
+  fi
+  MEM_ARGS=(-m 512 --in-memory)
+else
+  MEM_ARGS=(-m 512 --no-huge)
+fi
+
+WORK=$(mktemp -d /tmp/iovirt-net-bench.XXXXXX)
+SOCK=$WORK/net.sock
+RES=$WORK/results
+PREFIX=iovirt-net-bench-$$
+BACKEND_PID=
+cleanup() {
+  if [ -n "$BACKEND_PID" ]; then kill "$BACKEND_PID" 2>/dev/null || true; wait "$BACKEND_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK" "/var/run/dpdk/$PREFIX-be" "/var/run/dpdk/$PREFIX-gen"
+}
+trap cleanup EXIT
+: > "$RES"
+
+# The back-end's DPDK (testpmd) or iovirt role per mode.
+dpdk_mode() { case $1 in tx) echo rxonly ;; rx) echo txonly ;; fwd) echo io ;; esac; }
+iovirt_backend() { case $1 in tx) echo sink ;; rx) echo "source=$PKT_LEN" ;; fwd) echo ring-loopback ;; esac; }
+gen_mode() { case $1 in tx) echo txonly ;; rx) echo rxonly ;; fwd) echo io ;; esac; }
+
+start_backend() {  # backend mode
+  rm -f "$SOCK"
+  if [ "$1" = iovirt ]; then
+    IOVIRT_LOG=warn taskset -c "$BACKEND_CPU" "$VHOST" net --socket "$SOCK" --backend "$(iovirt_backend "$2")" \
+      --poll-us "$POLL_US" >"$WORK/backend.log" 2>&1 &
+  else
+    # --stats-period: runs until SIGINT without reading stdin; the period is longer than any run.
+    "$TESTPMD" --lcores "0@$BACKEND_CPU,1@$BACKEND_CPU" "${MEM_ARGS[@]}" --no-pci --no-telemetry \
+      --file-prefix "$PREFIX-be" --vdev "net_vhost0,iface=$SOCK" -- --forward-mode="$(dpdk_mode "$2")" \
+      --txpkts="$PKT_LEN" --auto-start --nb-cores=1 --total-num-mbufs=8192 --stats-period 86400 \
+      >"$WORK/backend.log" 2>&1 </dev/null &
+  fi
+  BACKEND_PID=$!
+  # net_vhost binds the socket when the port is created but listens only once it has started, and
+  # virtio-user does not retry: for testpmd, wait for forwarding to have started.
+  local ready="[ -S $SOCK ]"
+  [ "$1" = dpdk ] && ready="grep -q 'forwards packets on' $WORK/backend.log"
+  for _ in $(seq 1 400); do eval "$ready" && return 0; sleep 0.025; done
+  echo "vhost-net-bench: the $1 back-end is not serving $SOCK after 10 s; its log:" >&2
+  cat "$WORK/backend.log" >&2
+  return 1
+}
+
+stop_backend() {
+  kill -INT "$BACKEND_PID" 2>/dev/null || true
+  wait "$BACKEND_PID" 2>/dev/null || true
+  BACKEND_PID=
+  rm -rf "/var/run/dpdk/$PREFIX-be"
+}
+
+# The generator: interactive testpmd fed a timed script; prints the window's pps.
+generate() {  # backend mode
+  local mode=$2 start=start field=Tx-pps
+  [ "$mode" = fwd ] && start="start tx_first $FWD_BURSTS"
+  [ "$mode" != tx ] && field=Rx-pps
+  {
+    echo "$start"
+    sleep "$WARMUP"
+    echo "show port stats 0"
+    sleep "$SECS"
+    echo "show port stats 0"
+    echo "stop"
+    sleep 0.3
+    echo "quit"
+  } | taskset -c "$GEN_CPU" "$TESTPMD" --lcores "0@$GEN_CPU,1@$GEN_CPU" "${MEM_ARGS[@]}" --single-file-segments \
+        --no-pci --no-telemetry --file-prefix "$PREFIX-gen" \
+        --vdev "net_virtio_user0,path=$SOCK,queues=1,queue_size=256" -- -i --forward-mode="$(gen_mode "$mode")" \
+        --txpkts="$PKT_LEN" --nb-cores=1 --total-num-mbufs=8192 >"$WORK/gen.log" 2>&1 || true
+  rm -rf "/var/run/dpdk/$PREFIX-gen"
+  local pps
+  pps=$(grep -o "$field: *[0-9]*" "$WORK/gen.log" | tail -n 1 | grep -o '[0-9]*$' || true)
+  if [ -z "$pps" ] || [ "$(grep -c "$field" "$WORK/gen.log")" -lt 2 ]; then
+    echo "vhost-net-bench: no $field from the generator against $1 ($mode); generator log:" >&2
+    tail -n 30 "$WORK/gen.log" >&2
+    echo "back-end log:" >&2
+    tail -n 30 "$WORK/backend.log" >&2
+    return 1
+  fi
+  echo "$1 $mode $pps" | tee -a "$RES" >&2
+}
+
+echo "vhost-net-bench: modes [$MODES], back-ends [$BACKENDS], $RUNS runs x $SECS s (+$WARMUP s warm-up)," \
+     "$PKT_LEN-byte frames, generator on CPU $GEN_CPU, back-end on CPU $BACKEND_CPU," \
+     "$([ "$HUGE" = 1 ] && echo hugepages || echo 4 KiB pages)" >&2
+for mode in $MODES; do
+  for r in $(seq 1 "$RUNS"); do
+    for be in $BACKENDS; do
+      echo "vhost-net-bench: $mode run $r/$RUNS: $be" >&2
+      start_backend "$be" "$mode"
+      generate "$be" "$mode" || { stop_backend; exit 1; }
+      stop_backend
+    done
+  done
+done
+
+python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$PKT_LEN" "$FWD_BURSTS" <<'EOF'
+import statistics, sys
+res, runs, secs, poll_us, pkt_len, bursts = sys.argv[1:]
+rows = {}
+for line in open(res):
+    be, mode, pps = line.split()
+    rows.setdefault((mode, be), []).append(float(pps))
+def med(k):
+    v = rows.get(k, [])
+    return statistics.median(v) / 1e6 if v else float("nan")
+what = {
+    "tx": "front-end txonly -> back-end drop (sink / rxonly)",
+    "rx": "back-end generates (source / txonly) -> front-end rxonly",
+    "fwd": f"back-end forwards back (ring-loopback / io), {int(bursts) * 32} frames circulating",
+}
+print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair; front-end: DPDK "
+      f"virtio-user (testpmd); iovirt-vhost --poll-us {poll_us}")
+print()
+print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK |")
+print("|---|---|---|---|")
+for mode in ("tx", "rx", "fwd"):
+    if not any(k[0] == mode for k in rows):
+        continue
+    i, d = med((mode, "iovirt")), med((mode, "dpdk"))
+    ratio = f"{i / d:.2f}x" if i == i and d == d and d > 0 else "n/a"
+    fi = f"{i:.2f}" if i == i else "n/a"
+    fd = f"{d:.2f}" if d == d else "n/a"
+    print(f"| {mode}: {what[mode]} | {fi} | {fd} | {ratio} |")
+EOF
