@@ -103,12 +103,13 @@ if [[ $DISK == on ]]; then
 fi
 lab_l2_cmd "$vmm" "$CPUS" "iovirt.test=net iovirt.ip=$L2_IP/24 iovirt.peer=$L1_IP iovirt.net_mib=$MIB$extra" || exit 2
 lab_l2_add_net "$vmm" "$TAP" "$MAC" || { lab_vnet_stop; exit 1; }
-[[ $DISK == off ]] || lab_l2_add_disk "$vmm" "$img" ""
+[[ $DISK == off ]] || lab_l2_add_disk "$vmm" "$img" "" || { lab_vnet_stop; exit 1; }
 lab_log "running: ${L2_CMD[*]@Q}"
 LAB_LINE_HOOK=on_line lab_run_vmm "L2 net" "$log" "${L2_CMD[@]}"
 rc=$?
 cp "$log" "$LAB_RESULTS/virtio-net.console" 2>/dev/null
 lab_log "virtio-net: $vmm exited $VMM_RC after $(lab_us_to_s "$VMM_TOTAL_US")s"
+[[ $DISK == off ]] || lab_vu_stop # a vhost-user disk's back-end (LAB_BLK_BACKEND)
 if [[ $LAB_NET_BACKEND != tap ]]; then
     lab_vnet_stop
     lab_log "virtio-net: the $LAB_NET_BACKEND back-end's log (last lines; all of it in net-backend.log):"
