@@ -38,6 +38,7 @@ constexpr uint32_t kBurst = 32;
 constexpr unsigned kTxBursts = 8;    // bursts per round before rx gets a turn
 constexpr size_t kMaxRxChains = 64;  // one frame may span this many chains (MRG_RXBUF)
 constexpr unsigned kIdleEventCheck = 1024;  // polling rounds between looks at the control kick
+constexpr unsigned kClockEvery = 32;        // idle rounds between looks at the clock
 
 using Clock = std::chrono::steady_clock;
 
@@ -311,20 +312,22 @@ struct PortBackend::Worker {
     serve_ctrl();  // requests queued before the thread started
     quiet_notifications();
     auto idle_since = Clock::now();
-    unsigned idle_rounds = 0;
+    unsigned idle_rounds = 0;  // rounds without work since the last work (no clock read per round)
     while (!stopping.load(std::memory_order_relaxed)) {
       bool work = false;
       if (tx_live()) work = tx_round();
       if (rx_live()) work = rx_round() || work;
       if (work) {
         idle_rounds = 0;
-        idle_since = Clock::now();
         continue;
       }
+      if (++idle_rounds == 1) idle_since = Clock::now();
       // Idle. A control kick or a stop is looked for now and then without sleeping.
-      if (++idle_rounds % kIdleEventCheck == 0 && !handle_events(0)) return;
+      if (idle_rounds % kIdleEventCheck == 0 && !handle_events(0)) return;
       const bool polled_port = port_wake == PacketPort::kRxPolled && rx_live() && !rx_waiting;
-      if (polled_port || Clock::now() - idle_since < poll_window) {
+      const bool in_window = poll_window > Clock::duration::zero() &&
+                             (idle_rounds % kClockEvery != 0 || Clock::now() - idle_since < poll_window);
+      if (polled_port || in_window) {
         cpu_relax();
         continue;
       }
@@ -334,7 +337,7 @@ struct PortBackend::Worker {
       }
       if (!handle_events(-1)) return;
       quiet_notifications();
-      idle_since = Clock::now();
+      idle_rounds = 0;
     }
   }
 
