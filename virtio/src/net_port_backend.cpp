@@ -177,8 +177,12 @@ struct PortBackend::Worker {
       it.desc_count = c.desc_count;
       it.nseg = static_cast<uint8_t>(c.segments.size());
       std::copy(c.segments.begin(), c.segments.end(), it.segs.begin());
-      if (!c.segments.empty()) {
-        if (auto sp = mem.span(c.segments[0].addr, 1)) __builtin_prefetch(sp->data());
+      for (const Segment& seg : c.segments) {  // a short frame's lines: its first and last
+        if (seg.len == 0) continue;
+        if (auto sp = mem.span(seg.addr, seg.len)) {
+          __builtin_prefetch(sp->data());
+          __builtin_prefetch(sp->data() + std::min<size_t>(sp->size() - 1, 127));
+        }
       }
     }
     for (size_t i = 0; i < nitems; ++i) {
