@@ -43,6 +43,7 @@ declare -A FUZZ_TARGETS=(
   [fuzz_net_header]=30
   [fuzz_vhost_user_msg]=30
   [fuzz_passthrough_config]=30
+  [fuzz_vhost_user_backend]=30
 )
 FUZZ_CXX=""
 for c in clang++-19 clang++-18 clang++-17 clang++; do

@@ -225,7 +225,7 @@ const GuestRegion* GuestMemory::find_region(uint64_t gpa) const {
   return &*it;
 }
 
-Result<std::span<uint8_t>> GuestMemory::span(uint64_t gpa, uint64_t len) const {
+Result<std::span<uint8_t>> GuestMemory::span_slow(uint64_t gpa, uint64_t len) const {
   const GuestRegion* r = find_region(gpa);
   if (r == nullptr) return fail("guest memory: " + range_name(gpa, len) + ": not in guest RAM");
   const uint64_t off = gpa - r->gpa;

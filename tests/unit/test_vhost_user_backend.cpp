@@ -701,6 +701,32 @@ TEST_F(HostileTest, RegionLargerThanItsFile) {
   expect_closed(f, "shorter than mmap_offset");
 }
 
+// SET_INFLIGHT_FD: an area too small for the queues it claims, a file shorter than it, an
+// unaligned offset, more queues than the device has: each closes the connection with a reason.
+TEST_F(HostileTest, InflightAreaThatDoesNotHoldWhatItClaims) {
+  struct Case {
+    InflightWire w;
+    off_t file_size;
+    const char* why;
+  };
+  const uint64_t one = inflight_split_queue_bytes(kRingSize);
+  const Case cases[] = {
+      {{one, 0, 2, kRingSize, 0}, static_cast<off_t>(2 * one), "does not hold 2 queue(s)"},
+      {{2 * one, 0, 2, kRingSize, 0}, static_cast<off_t>(one), "smaller than offset + size"},
+      {{one, 100, 1, kRingSize, 0}, static_cast<off_t>(2 * one), "not page aligned"},
+      {{8 * one, 0, 8, kRingSize, 0}, static_cast<off_t>(8 * one), "num_queues 8 out of range 1..2"},
+  };
+  for (const Case& c : cases) {
+    Frontend f(*backend);
+    negotiate(f);
+    Fd fd(::memfd_create("hostile-inflight", MFD_CLOEXEC));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(::ftruncate(fd.get(), c.file_size), 0);
+    f.send(make_request(Request::SetInflightFd, Inflight{c.w, std::move(fd)}));
+    expect_closed(f, c.why);
+  }
+}
+
 TEST_F(HostileTest, RingAddressOutsideSharedMemory) {
   Frontend f(*backend);
   negotiate(f);

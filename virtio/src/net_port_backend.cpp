@@ -38,6 +38,7 @@ constexpr uint32_t kBurst = 32;
 constexpr unsigned kTxBursts = 8;    // bursts per round before rx gets a turn
 constexpr size_t kMaxRxChains = 64;  // one frame may span this many chains (MRG_RXBUF)
 constexpr unsigned kIdleEventCheck = 1024;  // polling rounds between looks at the control kick
+constexpr unsigned kClockEvery = 32;        // idle rounds between looks at the clock
 
 using Clock = std::chrono::steady_clock;
 
@@ -103,12 +104,56 @@ struct PortBackend::Worker {
     }
   }
 
-  // One burst; returns the chains completed, or -1 when the queue broke.
+  // One popped chain waiting for phase 2 of a burst: its segments (copied: a chain's segment
+  // list lives only until the next pop).
+  static constexpr size_t kInlineSegs = 4;
+  struct TxItem {
+    uint16_t head;
+    uint16_t desc_count;
+    uint8_t nseg;
+    std::array<Segment, kInlineSegs> segs;
+  };
+  std::array<TxItem, kBurst> tx_items{};
+
+  // Checks one frame and copies it into a port buffer (queued in tx_out).
+  void tx_copy(std::span<const Segment> segs, uint32_t& nout, uint64_t& bytes) {
+    const GuestMemory& mem = *ctx->mem;
+    const TxCheck chk = check_tx_chain(mem, segs, ctx->features);
+    if (chk.drop != TxDrop::None) {
+      drop_tx(chk.drop);
+      return;
+    }
+    if (chk.frame_len > port->max_frame()) {
+      drop_tx(TxDrop::TooLong);
+      return;
+    }
+    if (tx_nfree == 0) tx_nfree = port->alloc(std::span(tx_free.data(), kBurst));
+    if (tx_nfree == 0) {
+      nm->tx_dropped->inc();  // the port is out of buffers: the frame is lost, as on a NIC
+      return;
+    }
+    PacketBuf b = tx_free[--tx_nfree];
+    // Copied out of guest memory into the port's own buffer: the port never sees guest memory,
+    // and the guest may reuse the chain as soon as it is returned.
+    if (gather_chain(mem, segs, false, kNetHdrSize, std::span(b.data, chk.frame_len))) {
+      b.len = chk.frame_len;
+      tx_out[nout++] = b;
+      bytes += chk.frame_len;
+    } else {
+      nm->tx_dropped->inc();
+      tx_free[tx_nfree++] = b;
+    }
+  }
+
+  // One burst in two phases: pop up to kBurst chains and prefetch their first buffer, then check
+  // and copy each, so the cache misses on the guest's fresh buffers overlap instead of queueing
+  // one behind the other. Returns the chains completed, or -1 when the queue broke.
   int tx_burst() {
     ServedQueue& s = *pq.tx;
     const GuestMemory& mem = *ctx->mem;
     uint32_t nout = 0;
     uint64_t bytes = 0;
+    size_t nitems = 0;
     int done = 0;
     while (done < static_cast<int>(kBurst)) {
       auto chain = s.q->pop(mem);
@@ -118,35 +163,35 @@ struct PortBackend::Worker {
       }
       if (!*chain) break;
       const DescriptorChain& c = **chain;
-      const TxCheck chk = check_tx_chain(mem, c.segments, ctx->features);
-      if (chk.drop != TxDrop::None) {
-        drop_tx(chk.drop);
-      } else if (chk.frame_len > port->max_frame()) {
-        drop_tx(TxDrop::TooLong);
-      } else {
-        if (tx_nfree == 0) tx_nfree = port->alloc(std::span(tx_free.data(), kBurst));
-        if (tx_nfree == 0) {
-          nm->tx_dropped->inc();  // the port is out of buffers: the frame is lost, as on a NIC
-        } else {
-          PacketBuf b = tx_free[--tx_nfree];
-          // Copied out of guest memory into the port's own buffer: the port never sees guest
-          // memory, and the guest may reuse the chain as soon as it is returned.
-          if (gather_chain(mem, c.segments, false, kNetHdrSize,
-                           std::span(b.data, chk.frame_len))) {
-            b.len = chk.frame_len;
-            tx_out[nout++] = b;
-            bytes += chk.frame_len;
-          } else {
-            nm->tx_dropped->inc();
-            tx_free[tx_nfree++] = b;
-          }
+      ++done;
+      if (c.segments.size() > kInlineSegs) {  // rare: handled at once
+        tx_copy(c.segments, nout, bytes);
+        if (auto st = s.q->push_deferred(mem, c.head, c.desc_count, 0); !st) {
+          fail_queue(s, st.error().message());
+          return -1;
+        }
+        continue;
+      }
+      TxItem& it = tx_items[nitems++];
+      it.head = c.head;
+      it.desc_count = c.desc_count;
+      it.nseg = static_cast<uint8_t>(c.segments.size());
+      std::copy(c.segments.begin(), c.segments.end(), it.segs.begin());
+      for (const Segment& seg : c.segments) {  // a short frame's lines: its first and last
+        if (seg.len == 0) continue;
+        if (auto sp = mem.span(seg.addr, seg.len)) {
+          __builtin_prefetch(sp->data());
+          __builtin_prefetch(sp->data() + std::min<size_t>(sp->size() - 1, 127));
         }
       }
-      if (auto st = s.q->push_deferred(mem, c.head, c.desc_count, 0); !st) {
+    }
+    for (size_t i = 0; i < nitems; ++i) {
+      const TxItem& it = tx_items[i];
+      tx_copy(std::span<const Segment>(it.segs.data(), it.nseg), nout, bytes);
+      if (auto st = s.q->push_deferred(mem, it.head, it.desc_count, 0); !st) {
         fail_queue(s, st.error().message());
         return -1;
       }
-      ++done;
     }
     if (nout > 0) port->transmit(std::span(tx_out.data(), nout));
     if (done > 0) {
@@ -311,20 +356,22 @@ struct PortBackend::Worker {
     serve_ctrl();  // requests queued before the thread started
     quiet_notifications();
     auto idle_since = Clock::now();
-    unsigned idle_rounds = 0;
+    unsigned idle_rounds = 0;  // rounds without work since the last work (no clock read per round)
     while (!stopping.load(std::memory_order_relaxed)) {
       bool work = false;
       if (tx_live()) work = tx_round();
       if (rx_live()) work = rx_round() || work;
       if (work) {
         idle_rounds = 0;
-        idle_since = Clock::now();
         continue;
       }
+      if (++idle_rounds == 1) idle_since = Clock::now();
       // Idle. A control kick or a stop is looked for now and then without sleeping.
-      if (++idle_rounds % kIdleEventCheck == 0 && !handle_events(0)) return;
+      if (idle_rounds % kIdleEventCheck == 0 && !handle_events(0)) return;
       const bool polled_port = port_wake == PacketPort::kRxPolled && rx_live() && !rx_waiting;
-      if (polled_port || Clock::now() - idle_since < poll_window) {
+      const bool in_window = poll_window > Clock::duration::zero() &&
+                             (idle_rounds % kClockEvery != 0 || Clock::now() - idle_since < poll_window);
+      if (polled_port || in_window) {
         cpu_relax();
         continue;
       }
@@ -334,7 +381,7 @@ struct PortBackend::Worker {
       }
       if (!handle_events(-1)) return;
       quiet_notifications();
-      idle_since = Clock::now();
+      idle_rounds = 0;
     }
   }
 

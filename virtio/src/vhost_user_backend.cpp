@@ -272,7 +272,8 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
       return get_inflight_fd(std::get<Inflight>(msg.body).info);
     case Request::SetInflightFd: {
       auto& in = std::get<Inflight>(msg.body);
-      IOVIRT_CHECK_CTX(set_inflight_fd(in.info, std::move(in.fd)), "");
+      if (auto st = set_inflight_fd(in.info, std::move(in.fd)); !st)
+        return std::unexpected(std::move(st.error()));
       return R();
     }
     case Request::GetQueueNum:

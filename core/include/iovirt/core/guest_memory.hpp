@@ -76,7 +76,16 @@ class GuestMemory final {
 
   // Const means the region map is fixed; the guest's bytes are always writable through it.
   // len == 0 succeeds iff gpa lies inside a region.
-  [[nodiscard]] Result<std::span<uint8_t>> span(uint64_t gpa, uint64_t len) const;
+  [[nodiscard]] Result<std::span<uint8_t>> span(uint64_t gpa, uint64_t len) const {
+    // Fast path, inline: inside the first region (all of RAM below the PCI hole on most VMs,
+    // every ring and buffer of a small one). Everything else, errors included, out of line.
+    if (!regions_.empty()) {
+      const GuestRegion& r = regions_.front();
+      if (gpa >= r.gpa && gpa - r.gpa < r.size && len <= r.size - (gpa - r.gpa))
+        return std::span<uint8_t>(r.host + (gpa - r.gpa), static_cast<size_t>(len));
+    }
+    return span_slow(gpa, len);
+  }
   [[nodiscard]] Result<uint8_t*> host_ptr(uint64_t gpa, uint64_t len) const;
   Status read(uint64_t gpa, std::span<uint8_t> out) const;
   Status write(uint64_t gpa, std::span<const uint8_t> in) const;
@@ -105,6 +114,7 @@ class GuestMemory final {
   [[nodiscard]] const GuestRegion* find_region(uint64_t gpa) const;
 
  private:
+  [[nodiscard]] Result<std::span<uint8_t>> span_slow(uint64_t gpa, uint64_t len) const;
   GuestMemory(std::vector<GuestRegion> regions, MemoryBacking backing);
   void release();
 
