@@ -115,6 +115,16 @@ struct PortBackend::Worker {
   };
   std::array<TxItem, kBurst> tx_items{};
 
+  // Returns a chain of the burst (publication deferred to the burst's end). Chains are returned
+  // in the order they were popped, as VIRTIO_F_IN_ORDER requires.
+  bool tx_return(ServedQueue& s, uint16_t head, uint16_t desc_count) {
+    if (auto st = s.q->push_deferred(*ctx->mem, head, desc_count, 0); !st) {
+      fail_queue(s, st.error().message());
+      return false;
+    }
+    return true;
+  }
+
   // Checks one frame and copies it into a port buffer (queued in tx_out).
   void tx_copy(std::span<const Segment> segs, uint32_t& nout, uint64_t& bytes) {
     const GuestMemory& mem = *ctx->mem;
@@ -165,11 +175,14 @@ struct PortBackend::Worker {
       const DescriptorChain& c = **chain;
       ++done;
       if (c.segments.size() > kInlineSegs) {  // rare: handled at once
-        tx_copy(c.segments, nout, bytes);
-        if (auto st = s.q->push_deferred(mem, c.head, c.desc_count, 0); !st) {
-          fail_queue(s, st.error().message());
-          return -1;
+        // The items before it are returned first (VIRTIO_F_IN_ORDER): copy them now too.
+        for (size_t i = 0; i < nitems; ++i) {
+          tx_copy(std::span<const Segment>(tx_items[i].segs.data(), tx_items[i].nseg), nout, bytes);
+          if (!tx_return(s, tx_items[i].head, tx_items[i].desc_count)) return -1;
         }
+        nitems = 0;
+        tx_copy(c.segments, nout, bytes);
+        if (!tx_return(s, c.head, c.desc_count)) return -1;
         continue;
       }
       TxItem& it = tx_items[nitems++];
@@ -188,10 +201,7 @@ struct PortBackend::Worker {
     for (size_t i = 0; i < nitems; ++i) {
       const TxItem& it = tx_items[i];
       tx_copy(std::span<const Segment>(it.segs.data(), it.nseg), nout, bytes);
-      if (auto st = s.q->push_deferred(mem, it.head, it.desc_count, 0); !st) {
-        fail_queue(s, st.error().message());
-        return -1;
-      }
+      if (!tx_return(s, it.head, it.desc_count)) return -1;
     }
     if (nout > 0) port->transmit(std::span(tx_out.data(), nout));
     if (done > 0) {
