@@ -228,17 +228,17 @@ struct PortBackend::Worker {
   // ---- RX ----
   [[nodiscard]] size_t rx_chains_limit() const { return mrg ? kMaxRxChains : 1; }
 
-  // Copies one frame behind a fresh header into the first cached chains and returns them.
-  bool rx_deliver(ServedQueue& s, const PacketBuf& f) {
+  // Copies one frame behind a fresh header into the first cached chains and returns them;
+  // counts them in `chains` (the metric is bumped once per burst: a locked add per frame
+  // would wait for every store into the guest's buffers before it).
+  bool rx_deliver(ServedQueue& s, const PacketBuf& f, uint64_t& chains) {
     const VirtioNetHdr hdr{};  // num_buffers is filled by give()
     rxc->write(0, &hdr, kNetHdrSize);
     rxc->write(kNetHdrSize, f.data, f.len);
-    uint64_t chains = 0;
     if (auto st = rxc->give(*ctx->mem, *s.q, kNetHdrSize + uint64_t{f.len}, chains); !st) {
       fail_queue(s, st.error().message());
       return false;
     }
-    s.m->chains->inc(chains);
     return true;
   }
 
@@ -248,6 +248,7 @@ struct PortBackend::Worker {
     bool pushed = false;
     bool work = false;
     uint64_t bytes = 0;
+    uint64_t chains = 0;
     if (rx_pos == rx_n) {
       rx_pos = rx_n = 0;
       rx_n = port->receive(std::span(rx_frames.data(), kBurst));
@@ -271,13 +272,14 @@ struct PortBackend::Worker {
         ++rx_pos;
         continue;
       }
-      if (!rx_deliver(s, f)) return true;
+      if (!rx_deliver(s, f, chains)) return true;
       bytes += f.len;
       ++rx_pos;
       work = true;
     }
     if (rx_pos > first) port->release(std::span(rx_frames.data() + first, rx_pos - first));
     if (rx_pos == rx_n) rx_waiting = false;
+    s.m->chains->inc(chains);
     s.m->bytes->inc(bytes);
     if ((work || pushed) && !signal_used(*ctx, s)) fail_queue(s, "used ring access failed");
     return work;
