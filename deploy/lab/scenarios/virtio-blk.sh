@@ -9,7 +9,7 @@
 # the ring format and EVENT_IDX the knobs asked for, and the image's first 16 MiB in L1 are exactly
 # the pattern (L1 generates it with the same busybox awk). Knobs: LAB_RING, LAB_EVENT_IDX,
 # LAB_QUEUES, LAB_BLK_DIRECT, LAB_BLK_BACKEND (vhost-user back-ends), LAB_BLK_KILL (l1/lib.sh).
-# lab-retries-on-hang: 2
+# lab-retries-on-hang: 3
 set -uo pipefail
 # shellcheck source-path=SCRIPTDIR source=../l1/lib.sh
 source "$LAB_DIR/l1/lib.sh"

@@ -19,7 +19,7 @@
 # network part it writes an 8 MiB pattern there, flushes and reads it back; the scenario then
 # checks that L1's image holds exactly that pattern (deploy/run.sh: both devices in one guest).
 # Kernel vhost-net (6.1) has no packed ring: LAB_NET_VHOST=on with LAB_RING=packed cannot pass.
-# lab-retries-on-hang: 2
+# lab-retries-on-hang: 3
 set -uo pipefail
 # shellcheck source-path=SCRIPTDIR source=../l1/lib.sh
 source "$LAB_DIR/l1/lib.sh"
