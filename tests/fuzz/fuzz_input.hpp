@@ -3,6 +3,8 @@
 // input is itself a valid input).
 #pragma once
 
+#include <dirent.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -12,6 +14,17 @@ namespace iovirt::fuzz {
 // A broken invariant: trap so libFuzzer (and the corpus replay) report the input.
 inline void check(bool ok) {
   if (!ok) __builtin_trap();
+}
+
+// Open file descriptors of this process: equal before and after an input, or the code under test
+// leaked one.
+inline size_t open_fds() {
+  DIR* d = ::opendir("/proc/self/fd");
+  check(d != nullptr);
+  size_t n = 0;
+  while (::readdir(d) != nullptr) ++n;
+  ::closedir(d);
+  return n;
 }
 
 class Reader {

@@ -9,7 +9,6 @@
 // Invariants (violation -> trap): serve() returns (the connection ends however the peer
 // behaved), and no fd leaks: every fd the back-end received is closed once serve() returned.
 // Memory errors are ASan's.
-#include <dirent.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -35,21 +34,13 @@ namespace {
 
 namespace vu = iovirt::virtio::vhost_user;
 using iovirt::Fd;
+using iovirt::fuzz::open_fds;
 using iovirt::fuzz::check;
 using iovirt::fuzz::Reader;
 
 constexpr uint64_t kRegion = 256 * 1024;   // each memfd region
 constexpr uint64_t kUaddrBase = 0x7f0000000000ull;  // the front-end's "virtual" addresses
 constexpr uint16_t kPairs = 2;
-
-size_t open_fds() {
-  DIR* d = ::opendir("/proc/self/fd");
-  check(d != nullptr);
-  size_t n = 0;
-  while (::readdir(d) != nullptr) ++n;
-  ::closedir(d);
-  return n;
-}
 
 Fd memfd(uint64_t size) {
   Fd f(::memfd_create("fuzz-guest", MFD_CLOEXEC));

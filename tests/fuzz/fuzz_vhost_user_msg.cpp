@@ -12,7 +12,6 @@
 // every input), an accepted message obeys every limit (region count and fds, no wrap, no overlap,
 // vring index < max_queues, NOFD <=> no fd, config within 256 bytes) and re-encodes to a message
 // that parses again to the same bytes; a refused one has a "vhost-user" error line.
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -23,6 +22,7 @@
 #include <span>
 #include <vector>
 
+#include "fuzz_input.hpp"
 #include "iovirt/virtio/vhost_user/protocol.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
@@ -31,18 +31,10 @@ namespace {
 
 namespace vu = iovirt::virtio::vhost_user;
 using iovirt::Fd;
+using iovirt::fuzz::open_fds;
 
 void check(bool ok) {
   if (!ok) __builtin_trap();
-}
-
-size_t open_fds() {
-  DIR* d = ::opendir("/proc/self/fd");
-  check(d != nullptr);
-  size_t n = 0;
-  while (::readdir(d) != nullptr) ++n;
-  ::closedir(d);
-  return n;
 }
 
 void check_accepted(const vu::Message& m, const vu::Limits& lim) {

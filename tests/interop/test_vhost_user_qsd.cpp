@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "call_interrupt.hpp"
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/core/metrics.hpp"
@@ -44,18 +45,7 @@ constexpr uint16_t kQueueSize = 64;
 
 const char* kQsd = "/usr/bin/qemu-storage-daemon";
 
-// The call fd the back-end writes: an eventfd the test reads, standing in for KVM's irqfd.
-class CallInterrupt final : public VirtioInterrupt {
- public:
-  explicit CallInterrupt(EventFd fd) : fd_(std::move(fd)) {}
-  void notify_queue(uint16_t) override {}
-  void notify_config() override {}
-  int queue_irqfd(uint16_t) override { return fd_.fd(); }
-  int fd() const { return fd_.fd(); }
-
- private:
-  EventFd fd_;
-};
+using testing::CallInterrupt;  // the call fd the back-end writes (call_interrupt.hpp)
 
 class QsdTest : public ::testing::Test {
  protected:

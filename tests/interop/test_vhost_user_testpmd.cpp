@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "call_interrupt.hpp"
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/core/metrics.hpp"
@@ -53,18 +54,7 @@ constexpr uint64_t kTxBufBase = 0x200000;
 constexpr uint32_t kBufSize = 2048;  // one whole frame per rx buffer (no MRG_RXBUF)
 constexpr std::array<uint8_t, 6> kMac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 
-// Both queues' call fd: an eventfd the test polls, standing in for KVM's irqfd.
-class CallInterrupt final : public VirtioInterrupt {
- public:
-  explicit CallInterrupt(EventFd fd) : fd_(std::move(fd)) {}
-  void notify_queue(uint16_t) override {}
-  void notify_config() override {}
-  int queue_irqfd(uint16_t) override { return fd_.fd(); }
-  int fd() const { return fd_.fd(); }
-
- private:
-  EventFd fd_;
-};
+using testing::CallInterrupt;  // the call fd the back-end writes (call_interrupt.hpp)
 
 // Frame `seq`: to the guest's MAC, from a made-up one, EtherType 0x88b5 (IEEE local experimental),
 // then the sequence number and bytes that depend on it; lengths vary from 60 to 1514.

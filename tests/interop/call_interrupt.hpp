@@ -1,0 +1,22 @@
+// The call fd a vhost-user back-end writes, for interop tests that play the guest driver: one
+// eventfd the test polls, standing in for KVM's irqfd.
+#pragma once
+
+#include "iovirt/core/eventfd.hpp"
+#include "iovirt/virtio/device.hpp"
+
+namespace iovirt::virtio::testing {
+
+class CallInterrupt final : public VirtioInterrupt {
+ public:
+  explicit CallInterrupt(EventFd fd) : fd_(std::move(fd)) {}
+  void notify_queue(uint16_t) override {}
+  void notify_config() override {}
+  int queue_irqfd(uint16_t) override { return fd_.fd(); }
+  int fd() const { return fd_.fd(); }
+
+ private:
+  EventFd fd_;
+};
+
+}  // namespace iovirt::virtio::testing
