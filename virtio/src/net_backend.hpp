@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/epoll.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -29,6 +30,17 @@ inline constexpr uint32_t kTagCtrlKick = 4;
 inline bool drain_eventfd(int fd) {
   uint64_t v = 0;
   return ::read(fd, &v, sizeof v) == static_cast<ssize_t>(sizeof v);
+}
+
+// Adds fd to a pair worker's epoll set with `tag` as its data.
+inline Status epoll_add_tagged(int ep, int fd, uint32_t tag, uint32_t events = EPOLLIN) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u32 = tag;
+  if (::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    return fail_errno("virtio-net: epoll_ctl add fd " + std::to_string(fd));
+  }
+  return {};
 }
 
 // A queue with its kick fd and counters, as one backend thread serves it.

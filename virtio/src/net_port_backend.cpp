@@ -436,15 +436,7 @@ Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, Activate
 
     w->ep = Fd(::epoll_create1(EPOLL_CLOEXEC));
     if (!w->ep) return fail_errno("virtio-net: epoll_create1");
-    auto add = [&](int fd, uint32_t tag) -> Status {
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ev.data.u32 = tag;
-      if (::epoll_ctl(w->ep.get(), EPOLL_CTL_ADD, fd, &ev) < 0) {
-        return fail_errno("virtio-net: epoll_ctl add fd " + std::to_string(fd));
-      }
-      return {};
-    };
+    auto add = [&](int fd, uint32_t tag) { return epoll_add_tagged(w->ep.get(), fd, tag); };
     Status st = add(w->stop_fd.fd(), kTagStop);
     if (st && w->pq.tx) st = add(w->pq.tx->kick_fd, kTagTxKick);
     if (st && w->pq.rx) st = add(w->pq.rx->kick_fd, kTagRxKick);

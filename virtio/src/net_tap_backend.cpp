@@ -430,14 +430,8 @@ Result<std::unique_ptr<TapBackend>> TapBackend::start(VirtioNet& dev, ActivateCo
 
     w->ep = Fd(::epoll_create1(EPOLL_CLOEXEC));
     if (!w->ep) return fail_errno("virtio-net: epoll_create1");
-    auto add = [&](int fd, uint32_t tag, uint32_t events) -> Status {
-      epoll_event ev{};
-      ev.events = events;
-      ev.data.u32 = tag;
-      if (::epoll_ctl(w->ep.get(), EPOLL_CTL_ADD, fd, &ev) < 0) {
-        return fail_errno("virtio-net: epoll_ctl add fd " + std::to_string(fd));
-      }
-      return {};
+    auto add = [&](int fd, uint32_t tag, uint32_t events) {
+      return epoll_add_tagged(w->ep.get(), fd, tag, events);
     };
     if (auto st = add(w->stop_fd.fd(), kTagStop, EPOLLIN); !st) return std::unexpected(st.error());
     if (w->pq.tx) {
