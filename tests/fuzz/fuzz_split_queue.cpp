@@ -13,6 +13,7 @@
 // Invariants (violation -> __builtin_trap): popped segments lie inside one guest memory region,
 // chain lengths add up without overflow, segment count bounded, readable before writable,
 // head < size, a broken queue stays broken with the same fault until reset().
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -164,8 +165,26 @@ void run_ops(Reader& in, SplitQueue& q, const GuestMemory& mem, const Layout& l)
     const bool was_broken = q.broken();
     const QueueFault was_fault = q.fault();
     switch (in.u8() % 13) {
-      case 0:
-      case 1: {  // pop (twice as likely)
+      case 1: {  // pop_direct, a burst of 1..16: every chain it returns is one direct descriptor
+        std::array<DirectChain, 16> out{};
+        const size_t n = 1 + in.u8() % out.size();
+        auto r = q.pop_direct(mem, std::span(out.data(), n));
+        if (r) {
+          check(!was_broken);
+          check(r->count <= n);
+          for (uint32_t i = 0; i < r->count; ++i) {
+            check(out[i].head < q.size());
+            auto sp = mem.span(out[i].seg.addr, out[i].seg.len);
+            check(sp.has_value());
+            check(sp->data() == out[i].host);
+            last_head = out[i].head;
+          }
+        } else {
+          check(q.broken() || !q.ready());
+        }
+        break;
+      }
+      case 0: {  // pop
         auto r = q.pop(mem);
         if (r) {
           check(!was_broken);

@@ -4,12 +4,14 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/virtio/ring.hpp"
 #include "iovirt/virtio/inflight.hpp"
 #include "iovirt/virtio/split_queue.hpp"
+#include "iovirt/virtio/virtqueue.hpp"
 #include "iovirt/virtio/testing/driver_queue.hpp"
 
 namespace iovirt::virtio {
@@ -811,6 +813,199 @@ TEST_F(InflightTest, AHostileAreaIsRefusedOrBounded) {
   EXPECT_EQ(next.resubmit_pending(), 1u);  // head 3 still marked: resubmitted, walked safely
   auto c = next.pop(mem);
   EXPECT_TRUE(c.has_value());  // descriptor 3 is all zeros: a zero-length chain, no fault
+}
+
+
+// --- pop_direct: the burst form of pop() ---
+
+// Pops the queue dry with pop_direct() (bursts of `burst`) and pop() where it stops, and lists
+// what came out: head and segments, in order.
+struct Popped {
+  uint16_t head;
+  std::vector<std::tuple<uint64_t, uint32_t, bool>> segs;
+  bool operator==(const Popped&) const = default;
+};
+
+std::vector<Popped> drain(SplitQueue& sq, const GuestMemory& mem, bool direct, size_t burst) {
+  std::vector<Popped> out;
+  std::vector<DirectChain> dc(burst);
+  for (int guard = 0; guard < 1000; ++guard) {
+    if (direct) {
+      auto d = sq.pop_direct(mem, dc);
+      EXPECT_TRUE(d.has_value()) << d.error().message();
+      if (!d) return out;
+      for (uint32_t i = 0; i < d->count; ++i) {
+        EXPECT_EQ(dc[i].host, mem.span(dc[i].seg.addr, dc[i].seg.len)->data());
+        out.push_back({dc[i].head, {{dc[i].seg.addr, dc[i].seg.len, dc[i].seg.write}}});
+      }
+      if (d->count > 0 && !d->blocked) continue;
+      if (d->count == 0 && !d->blocked) return out;
+    }
+    auto c = sq.pop(mem);
+    EXPECT_TRUE(c.has_value()) << c.error().message();
+    if (!c || !*c) return out;
+    Popped p{(*c)->head, {}};
+    for (const Segment& sg : (*c)->segments) p.segs.emplace_back(sg.addr, sg.len, sg.write);
+    out.push_back(p);
+  }
+  ADD_FAILURE() << "the queue never ran dry";
+  return out;
+}
+
+// A ring mixing one-descriptor chains (readable, writable, zero-length), longer chains and
+// indirect tables comes out of pop_direct() + pop() exactly as out of pop() alone, whatever the
+// burst size; pop_direct() stops at each chain of another shape.
+TEST_F(SplitQueueIndirectTest, PopDirectReturnsWhatPopReturnsInTheSameOrder) {
+  for (size_t burst : {1u, 3u, 16u}) {
+    GuestMemory m = make_memory();
+    DriverQueue d = make_driver_queue(m);
+    uint64_t addr = kBuf;
+    auto one = [&](uint32_t len, bool write) {
+      const Buf b[] = {{addr, len, write}};
+      addr += 0x100;
+      ASSERT_TRUE(d.add_chain(b).has_value());
+    };
+    one(64, false);
+    one(76, false);
+    one(2048, true);
+    {
+      const Buf b[] = {{addr, 12, false}, {addr + 0x40, 64, false}};
+      addr += 0x100;
+      ASSERT_TRUE(d.add_chain(b).has_value());
+    }
+    one(0, false);
+    one(1, true);
+    {
+      const Buf b[] = {{addr, 100, false}};
+      addr += 0x100;
+      ASSERT_TRUE(d.add_indirect_chain(b, kTable).has_value());
+    }
+    one(60, false);
+    SplitQueue a = make_device_queue(false, true);
+    SplitQueue b = make_device_queue(false, true);
+    const auto want = drain(a, m, false, burst);
+    const auto got = drain(b, m, true, burst);
+    ASSERT_EQ(want.size(), 8u);
+    EXPECT_EQ(got, want) << "burst " << burst;
+    EXPECT_EQ(b.next_avail(), a.next_avail());
+    EXPECT_FALSE(b.broken());
+  }
+}
+
+TEST_F(SplitQueueTest, PopDirectStopsAtTheBurstSizeAndReadsOnAcrossTheWrap) {
+  std::vector<DirectChain> dc(4);
+  for (int lap = 0; lap < 5; ++lap) {  // 5 x 6 chains through a ring of 16
+    std::vector<uint16_t> heads;
+    for (int i = 0; i < 6; ++i) {
+      const Buf b[] = {{kBuf + 0x100u * static_cast<unsigned>(i), 64, false}};
+      auto h = drv.add_chain(b);
+      ASSERT_TRUE(h.has_value());
+      heads.push_back(*h);
+    }
+    auto r = q.pop_direct(mem, dc);
+    ASSERT_TRUE(r.has_value()) << r.error().message();
+    EXPECT_EQ(r->count, 4u);
+    EXPECT_FALSE(r->blocked);
+    for (size_t i = 0; i < 4; ++i) EXPECT_EQ(dc[i].head, heads[i]);
+    r = q.pop_direct(mem, dc);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->count, 2u);
+    EXPECT_EQ(dc[1].head, heads[5]);
+    r = q.pop_direct(mem, dc);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->count, 0u) << "ring empty";
+    for (uint16_t h : heads) ASSERT_TRUE(q.push_deferred(mem, h, 0).has_value());
+    ASSERT_TRUE(q.publish_used(mem).has_value());
+    for (uint16_t h : heads) {  // the driver gets its descriptors back, in order
+      auto u = drv.take_used();
+      ASSERT_TRUE(u.has_value() && u->has_value());
+      EXPECT_EQ((*u)->id, h);
+    }
+  }
+}
+
+// The faults pop() would record, recorded by pop_direct() too.
+TEST_F(SplitQueueTest, PopDirectFaultsOnAHeadOutOfRange) {
+  const Buf b[] = {{kBuf, 64, false}};
+  ASSERT_TRUE(drv.add_chain(b).has_value());
+  ASSERT_TRUE(drv.publish_head(kSize).has_value());
+  std::vector<DirectChain> dc(8);
+  auto r = q.pop_direct(mem, dc);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(q.fault(), QueueFault::HeadOutOfRange);
+  EXPECT_NE(r.error().message().find("head 16"), std::string::npos) << r.error().message();
+  EXPECT_FALSE(q.pop_direct(mem, dc).has_value()) << "a broken queue stays broken";
+}
+
+TEST_F(SplitQueueTest, PopDirectFaultsOnABufferOutsideMemory) {
+  const Buf ok[] = {{kBuf, 64, false}};
+  ASSERT_TRUE(drv.add_chain(ok).has_value());
+  const Buf wild[] = {{kMiB - 4, 8, true}};
+  ASSERT_TRUE(drv.add_chain(wild).has_value());
+  std::vector<DirectChain> dc(8);
+  auto r = q.pop_direct(mem, dc);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(q.fault(), QueueFault::BufferOutsideMemory);
+  EXPECT_TRUE(q.broken());
+}
+
+TEST_F(SplitQueueTest, PopDirectFaultsOnAnAvailIndexJump) {
+  ASSERT_TRUE(drv.set_avail_idx(kSize + 1).has_value());
+  std::vector<DirectChain> dc(8);
+  EXPECT_FALSE(q.pop_direct(mem, dc).has_value());
+  EXPECT_EQ(q.fault(), QueueFault::AvailIdxJump);
+}
+
+// An indirect descriptor without the feature is not a one-descriptor chain: pop_direct() leaves
+// it to pop(), which faults as before.
+TEST_F(SplitQueueTest, PopDirectLeavesAnUnnegotiatedIndirectToPop) {
+  const Buf b[] = {{kBuf, 10, false}};
+  ASSERT_TRUE(drv.add_indirect_chain(b, kTable).has_value());
+  std::vector<DirectChain> dc(8);
+  auto r = q.pop_direct(mem, dc);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->count, 0u);
+  EXPECT_TRUE(r->blocked);
+  EXPECT_EQ(pop_fault(), QueueFault::IndirectNotNegotiated);
+}
+
+TEST_F(SplitQueueTest, PopDirectOnAPackedFormatQueueIsLeftToPop) {
+  auto vq = Virtqueue::create(kSize);
+  ASSERT_TRUE(vq.has_value());
+  ASSERT_TRUE(vq->set_format(RingFormat::Packed).has_value());
+  std::vector<DirectChain> dc(8);
+  auto r = vq->pop_direct(mem, dc);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->count, 0u);
+  EXPECT_TRUE(r->blocked);
+}
+
+// pop_direct() marks what it takes in the inflight area as pop() does, and leaves heads a
+// predecessor left in flight to pop(), which resubmits them first.
+TEST_F(InflightTest, PopDirectMarksWhatItTakesAndLeavesResubmissionsToPop) {
+  ASSERT_TRUE(q.attach_inflight(mem, area).has_value());
+  const uint16_t a = add(0), b = add(8), c = add(16);
+  std::vector<DirectChain> dc(2);
+  auto r = q.pop_direct(mem, dc);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->count, 2u);
+  EXPECT_EQ(desc(a).inflight + desc(b).inflight, 2);
+  EXPECT_LT(desc(a).counter, desc(b).counter);
+  EXPECT_EQ(desc(c).inflight, 0);
+  ASSERT_TRUE(q.push(mem, a, 0).has_value());
+
+  SplitQueue next = make_device_queue();  // b was in flight when the back-end died
+  ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+  r = next.pop_direct(mem, dc);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->count, 0u);
+  EXPECT_TRUE(r->blocked);
+  EXPECT_EQ(pop_head(next), b);
+  r = next.pop_direct(mem, dc);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->count, 1u);
+  EXPECT_EQ(dc[0].head, c);
+  EXPECT_EQ(desc(c).inflight, 1);
 }
 
 }  // namespace

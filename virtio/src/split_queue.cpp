@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -191,41 +192,119 @@ Result<std::optional<DescriptorChain>> SplitQueue::pop(const GuestMemory& mem) {
         DescriptorChain{head, 1, segs_.segments(), segs_.readable_len(), segs_.writable_len()});
   }
   if (avail_seen_ == next_avail_) {
-    auto avail_idx = load_avail_idx(mem);
-    if (!avail_idx) return std::unexpected(std::move(avail_idx.error()));
-    const auto pending = static_cast<uint16_t>(*avail_idx - next_avail_);
-    if (pending == 0) return std::optional<DescriptorChain>{};
-    // Section 2.7.6: idx only grows by the number of heads the driver added; more than size
-    // entries at once cannot be real (Firecracker: "avail ring idx too far ahead").
-    if (pending > size_) {
-      return fault(QueueFault::AvailIdxJump, "avail idx " + std::to_string(*avail_idx) + " is " +
-                                                 std::to_string(pending) + " past next_avail " +
-                                                 std::to_string(next_avail_) + ", queue size " +
-                                                 std::to_string(size_));
-    }
-    avail_seen_ = *avail_idx;
+    auto pending = refresh_avail(mem);
+    if (!pending) return std::unexpected(std::move(pending.error()));
+    if (*pending == 0) return std::optional<DescriptorChain>{};
   }
 
   const uint32_t slot = next_avail_ & (size_ - 1);
   auto head = mem.read_obj<uint16_t>(avail_gpa_ + avail_ring_offset(slot));
   if (!head) return fault(QueueFault::RingAccess, "read avail ring: " + head.error().message());
-  if (*head >= size_) {
-    return fault(QueueFault::HeadOutOfRange, "head " + std::to_string(*head) + " in avail slot " +
-                                                 std::to_string(slot) + ", queue size " +
-                                                 std::to_string(size_));
-  }
+  if (*head >= size_) return head_fault(*head, slot);
 
   segs_.start();
   if (auto st = walk_chain(mem, *head); !st) return std::unexpected(std::move(st.error()));
-  if (inflight_hdr_ != nullptr) {  // marked before the device acts on it
-    inflight_desc_[*head].counter = inflight_counter_++;
-    std::atomic_thread_fence(std::memory_order_release);
-    inflight_desc_[*head].inflight = 1;
-  }
-
+  mark_inflight(*head);
   ++next_avail_;
   return std::optional<DescriptorChain>(
       DescriptorChain{*head, 1, segs_.segments(), segs_.readable_len(), segs_.writable_len()});
+}
+
+Result<uint16_t> SplitQueue::refresh_avail(const GuestMemory& mem) {
+  auto avail_idx = load_avail_idx(mem);
+  if (!avail_idx) return std::unexpected(std::move(avail_idx.error()));
+  const auto pending = static_cast<uint16_t>(*avail_idx - next_avail_);
+  // Section 2.7.6: idx only grows by the number of heads the driver added; more than size
+  // entries at once cannot be real (Firecracker: "avail ring idx too far ahead").
+  if (pending > size_) {
+    return fault(QueueFault::AvailIdxJump, "avail idx " + std::to_string(*avail_idx) + " is " +
+                                               std::to_string(pending) + " past next_avail " +
+                                               std::to_string(next_avail_) + ", queue size " +
+                                               std::to_string(size_));
+  }
+  avail_seen_ = *avail_idx;
+  return pending;
+}
+
+std::unexpected<Error> SplitQueue::head_fault(uint16_t head, uint32_t slot) {
+  return fault(QueueFault::HeadOutOfRange, "head " + std::to_string(head) + " in avail slot " +
+                                               std::to_string(slot) + ", queue size " +
+                                               std::to_string(size_));
+}
+
+void SplitQueue::mark_inflight(uint16_t head) {
+  if (inflight_hdr_ == nullptr) return;
+  // Marked before the device acts on it.
+  inflight_desc_[head].counter = inflight_counter_++;
+  std::atomic_thread_fence(std::memory_order_release);
+  inflight_desc_[head].inflight = 1;
+}
+
+Result<DirectPop> SplitQueue::pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
+                                         uint32_t prefetch_from) {
+  if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
+  if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
+  DirectPop r;
+  if (!resubmit_.empty()) {  // pop() returns those first
+    r.blocked = true;
+    return r;
+  }
+  auto pending = static_cast<uint16_t>(avail_seen_ - next_avail_);
+  if (pending < out.size()) {  // the index shares a line the driver keeps writing: read it only
+    auto p = refresh_avail(mem);  // when the entries seen so far do not fill the burst
+    if (!p) return std::unexpected(std::move(p.error()));
+    pending = *p;
+  }
+  const uint32_t n = std::min<uint32_t>(pending, static_cast<uint32_t>(out.size()));
+  if (n == 0) return r;
+  // validate() put both areas inside guest memory; a failure here means the map changed.
+  auto ring = mem.span(avail_gpa_ + avail_ring_offset(0), 2ull * size_);
+  if (!ring) return fault(QueueFault::RingAccess, "read avail ring: " + ring.error().message());
+  auto table = mem.span(desc_gpa_, 16ull * size_);
+  if (!table) return fault(QueueFault::RingAccess, "read descriptor: " + table.error().message());
+  const uint32_t mask = size_ - 1;
+  // Pass 1: the heads, each checked, and their descriptors prefetched.
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t slot = (next_avail_ + i) & mask;
+    uint16_t head;
+    std::memcpy(&head, ring->data() + 2ull * slot, sizeof head);
+    if (head >= size_) {
+      // The chains before it are not taken: the queue is broken, nothing is returned.
+      return head_fault(head, slot);
+    }
+    out[i].head = head;
+    __builtin_prefetch(table->data() + 16ull * head);
+  }
+  // Pass 2: each descriptor read once (a copy: the driver may rewrite it) and checked as
+  // walk_chain() and ChainSegments::append() check a one-descriptor chain.
+  for (uint32_t i = 0; i < n; ++i) {
+    VirtqDesc d;
+    std::memcpy(&d, table->data() + 16ull * out[i].head, sizeof d);
+    if ((d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) != 0) {
+      r.blocked = true;
+      break;
+    }
+    auto buf = mem.span(d.addr, d.len);
+    if (!buf) {
+      std::string detail = "[";
+      detail += hex(d.addr);
+      detail += ", +";
+      detail += hex(d.len);
+      detail += ") at descriptor 0";
+      return fault(QueueFault::BufferOutsideMemory, detail);
+    }
+    const bool write = (d.flags & VIRTQ_DESC_F_WRITE) != 0;
+    out[i].seg = Segment{d.addr, d.len, write};
+    out[i].host = buf->data();
+    if (prefetch_from != kNoPrefetch && !write && d.len > prefetch_from) {
+      __builtin_prefetch(buf->data() + prefetch_from);
+      __builtin_prefetch(buf->data() + std::min<uint32_t>(d.len - 1, prefetch_from + 127));
+    }
+    mark_inflight(out[i].head);
+    ++next_avail_;
+    ++r.count;
+  }
+  return r;
 }
 
 // Section 2.7.5: follow NEXT through the table; at most size descriptors (2.7.5.2: a chain is

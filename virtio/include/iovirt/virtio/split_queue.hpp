@@ -78,6 +78,21 @@ struct DescriptorChain {
   uint32_t writable_len;              // sum of device-writable segment lengths
 };
 
+// A chain of exactly one direct descriptor (neither NEXT nor INDIRECT): the shape virtio-net
+// drivers give small frames and receive buffers in. pop_direct() returns these by value.
+struct DirectChain {
+  uint16_t head;
+  Segment seg;
+  uint8_t* host;  // seg.addr in this process (valid while the memory map is)
+};
+
+// What pop_direct() did: `count` chains popped; `blocked` when it stopped before a chain of
+// another shape (pop() takes that one), as opposed to an empty ring or a full `out`.
+struct DirectPop {
+  uint32_t count = 0;
+  bool blocked = false;
+};
+
 // The buffers of one chain as the device walks it, shared by both ring formats (the packed
 // queue uses it too): the rules every buffer keeps are the same in both rings, only the way the
 // walk finds the next descriptor differs. Sized once for the worst-case chain and never
@@ -162,6 +177,17 @@ class SplitQueue final {
   Status validate(const GuestMemory& mem);
   // Next available chain, or nullopt when the ring is empty (section 2.7.13 device side).
   Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem);
+  // A burst of pop(): up to out.size() chains that are one direct descriptor each, read the way
+  // DPDK's vhost reads a burst — the avail entries in one pass, every descriptor prefetched
+  // before the first is looked at — so the cache misses on the driver's fresh descriptors
+  // overlap. Same checks and faults as pop(); a chain of any other shape stops the burst (left
+  // for pop(), `blocked`), and so do heads recovered by attach_inflight(). With `prefetch_from`
+  // (a device about to read the buffers), each device-readable buffer's lines at that offset and
+  // at its last byte (at most 127 bytes further) are prefetched as soon as its descriptor is
+  // read.
+  static constexpr uint32_t kNoPrefetch = UINT32_MAX;
+  Result<DirectPop> pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
+                               uint32_t prefetch_from = kNoPrefetch);
   // Return a chain: used element, then used idx with release ordering (section 2.7.8).
   Status push(const GuestMemory& mem, uint16_t head, uint32_t written);
   // The used element only; publish_used() (or the next push() or needs_notification()) makes
@@ -196,6 +222,10 @@ class SplitQueue final {
 
   std::unexpected<Error> fault(QueueFault f, const std::string& detail);
   Result<uint16_t> load_avail_idx(const GuestMemory& mem);
+  // Reads avail idx into avail_seen_ (AvailIdxJump checked); the chains pending after it.
+  Result<uint16_t> refresh_avail(const GuestMemory& mem);
+  std::unexpected<Error> head_fault(uint16_t head, uint32_t slot);
+  void mark_inflight(uint16_t head);
   Status walk_chain(const GuestMemory& mem, uint16_t head);
   Status walk_indirect(const GuestMemory& mem, const VirtqDesc& table);
   Status append(const GuestMemory& mem, const VirtqDesc& d);

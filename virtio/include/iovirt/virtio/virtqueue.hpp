@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 
 #include "iovirt/core/error.hpp"
 #include "iovirt/core/guest_memory.hpp"
@@ -135,6 +136,12 @@ class Virtqueue final {
   }
   Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem) {
     return packed() ? packed_.pop(mem) : split_.pop(mem);
+  }
+  // Split ring: SplitQueue::pop_direct(). Packed ring: nothing, `blocked` (pop() serves it).
+  Result<DirectPop> pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
+                               uint32_t prefetch_from = SplitQueue::kNoPrefetch) {
+    if (packed()) return DirectPop{0, true};
+    return split_.pop_direct(mem, out, prefetch_from);
   }
   // Gives a chain back with `written` bytes written into its device-writable buffers.
   Status push(const GuestMemory& mem, const DescriptorChain& chain, uint32_t written) {
