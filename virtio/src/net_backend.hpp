@@ -1,6 +1,7 @@
 // Internal to the virtio-net device: the backends behind VirtioNet.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <string_view>
@@ -71,6 +72,13 @@ class RxChainCache {
   // IOV_MAX); chain_max_segs: the most one chain can have (queue size + indirect entries).
   RxChainCache(size_t max_chains, size_t max_segs, size_t chain_max_segs);
 
+  // VIRTIO_F_IN_ORDER negotiated: chains must go back in the order they were taken, so a chain
+  // without room for the header cannot be returned ahead of cached ones (the queue fails).
+  void set_in_order(bool on) { in_order_ = on; }
+  // Chains that are one writable buffer each are taken a burst at a time (pop_direct) while more
+  // than one chain may be cached (MRG_RXBUF): the extra ones serve the frames that follow.
+  static constexpr size_t kBatch = 32;
+
   // Pops chains while fewer than `chains_limit` are cached and fewer than `need` bytes (at least
   // one chain). A chain without room for a virtio_net_hdr goes back unused (`returned_unused`,
   // counted in nm.rx_bad_chains). An error: the queue broke.
@@ -79,7 +87,7 @@ class RxChainCache {
   [[nodiscard]] uint64_t bytes() const { return bytes_; }
   [[nodiscard]] size_t chains() const { return nchains_; }
   [[nodiscard]] size_t segs() const { return nsegs_; }
-  [[nodiscard]] const iovec* iov() const { return segs_.data(); }
+  [[nodiscard]] const iovec* iov() const { return segs_.data() + seg0_; }
   // No more chains fit (a frame that does not fit now never will).
   [[nodiscard]] bool capped(size_t chains_limit) const {
     return nchains_ >= chains_limit || nsegs_ >= max_segs_;
@@ -98,13 +106,27 @@ class RxChainCache {
     uint32_t nseg;
   };
   void drop_front(size_t k);
+  // Moves the cached entries to the front of their arrays (they are consumed from the front by
+  // advancing chain0_/seg0_, and appended at the back).
+  void compact();
+  // A popped chain: cached, or returned unused when it has no room for the header.
+  Status take(const GuestMemory& mem, Virtqueue& q, const NetMetrics& nm, uint16_t head,
+              uint16_t desc_count, uint32_t writable_len, std::span<const Segment> segs,
+              bool& returned_unused);
+  Status refill_batch(const GuestMemory& mem, Virtqueue& q, const NetMetrics& nm, size_t room,
+                      bool& returned_unused, bool& more);
 
-  std::vector<Chain> chains_;
+  std::vector<Chain> chains_;  // [chain0_, chain0_ + nchains_)
+  size_t chain0_ = 0;
   size_t nchains_ = 0;
-  std::vector<iovec> segs_;
+  size_t max_chains_;
+  std::vector<iovec> segs_;  // [seg0_, seg0_ + nsegs_)
+  size_t seg0_ = 0;
   size_t nsegs_ = 0;
   size_t max_segs_;
   uint64_t bytes_ = 0;
+  bool in_order_ = false;
+  std::array<DirectChain, kBatch> direct_{};
 };
 
 struct PairQueues {

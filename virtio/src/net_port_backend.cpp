@@ -2,9 +2,10 @@
 // frames between the virtqueues and a PacketPort (packet_port.hpp), the data path of
 // `iovirt-vhost net`.
 //
-// TX (section 5.1.6.2): each chain is checked (check_tx_chain: the header is copied before it is
-// looked at), then the frame's bytes are copied out of guest memory into a port buffer and the
-// chain is returned at once; buffers go to the port in bursts of up to kBurst.
+// TX (section 5.1.6.2): the frame's bytes after the virtio_net_hdr are copied out of guest
+// memory into a port buffer (the header itself asks nothing of a port: no offload is offered)
+// and the chain is returned; buffers go to the port in bursts of up to kBurst, and one-buffer
+// chains are popped a burst at a time (SplitQueue::pop_direct).
 // RX (section 5.1.6.3): frames from the port are copied into the guest's writable buffers behind
 // a zeroed virtio_net_hdr_v1 whose num_buffers the device fills; with VIRTIO_NET_F_MRG_RXBUF a
 // frame may span several chains. Chains popped but not yet filled wait in a small cache, and
@@ -105,15 +106,18 @@ struct PortBackend::Worker {
   }
 
   // One popped chain waiting for phase 2 of a burst: its segments (copied: a chain's segment
-  // list lives only until the next pop).
+  // list lives only until the next pop), or for a chain of one readable buffer its host address.
   static constexpr size_t kInlineSegs = 4;
   struct TxItem {
     uint16_t head;
     uint16_t desc_count;
     uint8_t nseg;
+    const uint8_t* host;  // non-null: one readable buffer of `len` bytes (the fast path)
+    uint32_t len;
     std::array<Segment, kInlineSegs> segs;
   };
   std::array<TxItem, kBurst> tx_items{};
+  std::array<DirectChain, kBurst> tx_direct{};
 
   // Returns a chain of the burst (publication deferred to the burst's end). Chains are returned
   // in the order they were popped, as VIRTIO_F_IN_ORDER requires.
@@ -125,39 +129,72 @@ struct PortBackend::Worker {
     return true;
   }
 
-  // Checks one frame and copies it into a port buffer (queued in tx_out).
-  void tx_copy(std::span<const Segment> segs, uint32_t& nout, uint64_t& bytes) {
-    const GuestMemory& mem = *ctx->mem;
-    const TxCheck chk = check_tx_chain(mem, segs, ctx->features);
-    if (chk.drop != TxDrop::None) {
-      drop_tx(chk.drop);
-      return;
-    }
-    if (chk.frame_len > port->max_frame()) {
+  // Takes a port buffer for a frame of `len` bytes, or counts the drop (false).
+  bool tx_take(uint64_t len, PacketBuf& b) {
+    if (len > port->max_frame()) {
       drop_tx(TxDrop::TooLong);
-      return;
+      return false;
     }
     if (tx_nfree == 0) tx_nfree = port->alloc(std::span(tx_free.data(), kBurst));
     if (tx_nfree == 0) {
       nm->tx_dropped->inc();  // the port is out of buffers: the frame is lost, as on a NIC
+      return false;
+    }
+    b = tx_free[--tx_nfree];
+    return true;
+  }
+
+  // Copies one frame into a port buffer (queued in tx_out). Its virtio_net_hdr is not read: a
+  // port is offered no offload, so no field of it asks anything of the device (flags it did not
+  // offer are ignored, section 5.1.6.2.2), and the port takes plain frames. Not reading it
+  // saves the line it sits in, which the driver has just written on another CPU (DPDK's vhost
+  // skips it too). Only the length is checked.
+  void tx_copy(std::span<const Segment> segs, uint32_t& nout, uint64_t& bytes) {
+    uint64_t readable = 0;
+    for (const Segment& sg : segs) {
+      if (!sg.write) readable += sg.len;  // writable parts of a TX chain are ignored
+    }
+    if (readable < kNetHdrSize) {
+      drop_tx(TxDrop::ShortHeader);
       return;
     }
-    PacketBuf b = tx_free[--tx_nfree];
+    const uint64_t frame_len = readable - kNetHdrSize;
+    PacketBuf b;
+    if (!tx_take(frame_len, b)) return;
     // Copied out of guest memory into the port's own buffer: the port never sees guest memory,
     // and the guest may reuse the chain as soon as it is returned.
-    if (gather_chain(mem, segs, false, kNetHdrSize, std::span(b.data, chk.frame_len))) {
-      b.len = chk.frame_len;
+    const auto len = static_cast<uint32_t>(frame_len);
+    if (gather_chain(*ctx->mem, segs, false, kNetHdrSize, std::span(b.data, len))) {
+      b.len = len;
       tx_out[nout++] = b;
-      bytes += chk.frame_len;
+      bytes += len;
     } else {
       nm->tx_dropped->inc();
       tx_free[tx_nfree++] = b;
     }
   }
 
-  // One burst in two phases: pop up to kBurst chains and prefetch their first buffer, then check
-  // and copy each, so the cache misses on the guest's fresh buffers overlap instead of queueing
-  // one behind the other. Returns the chains completed, or -1 when the queue broke.
+  // The same for a frame in one readable buffer of `len` bytes (header included) at `p`,
+  // already inside guest memory (pop_direct checked it).
+  void tx_copy_one(const uint8_t* p, uint32_t len, uint32_t& nout, uint64_t& bytes) {
+    if (len < kNetHdrSize) {
+      drop_tx(TxDrop::ShortHeader);
+      return;
+    }
+    const uint32_t frame_len = len - kNetHdrSize;
+    PacketBuf b;
+    if (!tx_take(frame_len, b)) return;
+    std::memcpy(b.data, p + kNetHdrSize, frame_len);
+    b.len = frame_len;
+    tx_out[nout++] = b;
+    bytes += frame_len;
+  }
+
+  // One burst in two phases, as DPDK's vhost dequeue does it: pop up to kBurst chains (a run of
+  // one-descriptor chains at once, pop_direct) and prefetch their buffers, then check and copy
+  // each, then return them all, so the cache misses on the driver's fresh descriptors and
+  // buffers overlap instead of queueing one behind the other. Returns the chains completed, or
+  // -1 when the queue broke.
   int tx_burst() {
     ServedQueue& s = *pq.tx;
     const GuestMemory& mem = *ctx->mem;
@@ -165,7 +202,24 @@ struct PortBackend::Worker {
     uint64_t bytes = 0;
     size_t nitems = 0;
     int done = 0;
-    while (done < static_cast<int>(kBurst)) {
+    auto direct = s.q->pop_direct(mem, std::span(tx_direct.data(), kBurst), kNetHdrSize);
+    if (!direct) {
+      fail_queue(s, direct.error().message());
+      return -1;
+    }
+    for (uint32_t i = 0; i < direct->count; ++i) {
+      const DirectChain& c = tx_direct[i];
+      TxItem& it = tx_items[nitems++];
+      it.head = c.head;
+      it.desc_count = 1;
+      it.nseg = 1;
+      it.segs[0] = c.seg;
+      it.host = c.seg.write ? nullptr : c.host;  // no readable bytes: tx_copy drops it
+      it.len = c.seg.len;
+    }
+    done = static_cast<int>(direct->count);
+    const bool more = direct->blocked;
+    while (more && done < static_cast<int>(kBurst)) {
       auto chain = s.q->pop(mem);
       if (!chain) {
         fail_queue(s, chain.error().message());
@@ -176,10 +230,7 @@ struct PortBackend::Worker {
       ++done;
       if (c.segments.size() > kInlineSegs) {  // rare: handled at once
         // The items before it are returned first (VIRTIO_F_IN_ORDER): copy them now too.
-        for (size_t i = 0; i < nitems; ++i) {
-          tx_copy(std::span<const Segment>(tx_items[i].segs.data(), tx_items[i].nseg), nout, bytes);
-          if (!tx_return(s, tx_items[i].head, tx_items[i].desc_count)) return -1;
-        }
+        if (!tx_finish(s, nitems, nout, bytes)) return -1;
         nitems = 0;
         tx_copy(c.segments, nout, bytes);
         if (!tx_return(s, c.head, c.desc_count)) return -1;
@@ -189,20 +240,17 @@ struct PortBackend::Worker {
       it.head = c.head;
       it.desc_count = c.desc_count;
       it.nseg = static_cast<uint8_t>(c.segments.size());
+      it.host = nullptr;
       std::copy(c.segments.begin(), c.segments.end(), it.segs.begin());
-      for (const Segment& seg : c.segments) {  // a short frame's lines: its first and last
-        if (seg.len == 0) continue;
+      for (const Segment& seg : c.segments) {  // first and last line of each
+        if (seg.len == 0 || seg.write) continue;
         if (auto sp = mem.span(seg.addr, seg.len)) {
           __builtin_prefetch(sp->data());
           __builtin_prefetch(sp->data() + std::min<size_t>(sp->size() - 1, 127));
         }
       }
     }
-    for (size_t i = 0; i < nitems; ++i) {
-      const TxItem& it = tx_items[i];
-      tx_copy(std::span<const Segment>(it.segs.data(), it.nseg), nout, bytes);
-      if (!tx_return(s, it.head, it.desc_count)) return -1;
-    }
+    if (!tx_finish(s, nitems, nout, bytes)) return -1;
     if (nout > 0) port->transmit(std::span(tx_out.data(), nout));
     if (done > 0) {
       s.m->chains->inc(static_cast<uint64_t>(done));
@@ -213,6 +261,22 @@ struct PortBackend::Worker {
       }
     }
     return done;
+  }
+
+  // Phase 2 of a burst: copies the first n items, then returns them in order.
+  bool tx_finish(ServedQueue& s, size_t n, uint32_t& nout, uint64_t& bytes) {
+    for (size_t i = 0; i < n; ++i) {
+      const TxItem& it = tx_items[i];
+      if (it.host != nullptr) {
+        tx_copy_one(it.host, it.len, nout, bytes);
+      } else {
+        tx_copy(std::span<const Segment>(it.segs.data(), it.nseg), nout, bytes);
+      }
+    }
+    for (size_t i = 0; i < n; ++i) {
+      if (!tx_return(s, tx_items[i].head, tx_items[i].desc_count)) return false;
+    }
+    return true;
   }
 
   bool tx_round() {
@@ -433,6 +497,7 @@ Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, Activate
     uint32_t qmax = 0;
     if (w->pq.rx) qmax = w->pq.rx->q->max_size();
     w->rxc.emplace(kMaxRxChains, 1024, qmax + SplitQueue::kMaxIndirectEntries);
+    w->rxc->set_in_order(has(b->ctx_.features, VIRTIO_F_IN_ORDER));
 
     w->ep = Fd(::epoll_create1(EPOLL_CLOEXEC));
     if (!w->ep) return fail_errno("virtio-net: epoll_create1");

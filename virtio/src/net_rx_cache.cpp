@@ -6,48 +6,114 @@
 
 namespace iovirt::virtio {
 
+// Twice the room the limits allow, so the arrays are compacted only now and then.
 RxChainCache::RxChainCache(size_t max_chains, size_t max_segs, size_t chain_max_segs)
-    : chains_(max_chains), segs_(max_segs + chain_max_segs), max_segs_(max_segs) {}
+    : chains_(2 * max_chains),
+      max_chains_(max_chains),
+      segs_(2 * (max_segs + chain_max_segs)),
+      max_segs_(max_segs) {}
+
+void RxChainCache::compact() {
+  if (chain0_ > 0) {
+    std::copy_n(chains_.begin() + static_cast<ptrdiff_t>(chain0_), nchains_, chains_.begin());
+    chain0_ = 0;
+  }
+  if (seg0_ > 0) {
+    std::copy_n(segs_.begin() + static_cast<ptrdiff_t>(seg0_), nsegs_, segs_.begin());
+    seg0_ = 0;
+  }
+}
 
 Status RxChainCache::refill(const GuestMemory& mem, Virtqueue& q, const NetMetrics& nm,
                             size_t chains_limit, uint64_t need, bool& returned_unused) {
-  chains_limit = std::min(chains_limit, chains_.size());
+  chains_limit = std::min(chains_limit, max_chains_);
+  bool batch = chains_limit > 1;  // a frame may span chains: cached extras are used next
   while (nchains_ < chains_limit && nsegs_ < max_segs_ && (nchains_ == 0 || bytes_ < need)) {
+    if (batch) {
+      const size_t room = std::min(chains_limit - nchains_, max_segs_ - nsegs_);
+      bool more = false;
+      const size_t before = nchains_;
+      if (auto st = refill_batch(mem, q, nm, room, returned_unused, more); !st) return st;
+      if (!more) break;  // the ring is empty
+      if (nchains_ > before) continue;
+      batch = false;  // a chain of another shape is next: pop() takes it
+    }
     auto chain = q.pop(mem);
     if (!chain) return std::unexpected(std::move(chain.error()));
     if (!*chain) break;
     const DescriptorChain& c = **chain;
-    // Each buffer must hold at least the header (section 5.1.6.3.1); a chain the device cannot
-    // use goes straight back, unused.
-    bool usable = c.writable_len >= kNetHdrSize;
-    uint32_t nseg = 0;
-    for (const Segment& seg : c.segments) {
-      if (!usable) break;
-      if (!seg.write || seg.len == 0) continue;
-      auto sp = mem.span(seg.addr, seg.len);
-      if (!sp || nsegs_ + nseg >= segs_.size()) {
-        usable = false;
-        break;
-      }
-      segs_[nsegs_ + nseg] = iovec{sp->data(), sp->size()};
-      ++nseg;
-    }
-    if (!usable) {
-      nm.rx_bad_chains->inc();
-      if (auto st = q.push(mem, c, 0); !st) return st;
-      returned_unused = true;
+    if (auto st = take(mem, q, nm, c.head, c.desc_count, c.writable_len, c.segments, returned_unused);
+        !st)
+      return st;
+    batch = chains_limit > 1;
+  }
+  return {};
+}
+
+// Pops up to `room` one-buffer chains into the cache; `more` unless the ring was found empty.
+Status RxChainCache::refill_batch(const GuestMemory& mem, Virtqueue& q, const NetMetrics& nm,
+                                  size_t room, bool& returned_unused, bool& more) {
+  room = std::min(room, direct_.size());
+  if (chain0_ + nchains_ + room > chains_.size() || seg0_ + nsegs_ + room > segs_.size()) compact();
+  auto d = q.pop_direct(mem, std::span(direct_.data(), room));
+  if (!d) return std::unexpected(std::move(d.error()));
+  for (uint32_t i = 0; i < d->count; ++i) {
+    const DirectChain& c = direct_[i];
+    if (c.seg.write && c.seg.len >= kNetHdrSize) {  // the common case
+      chains_[chain0_ + nchains_++] = Chain{c.head, 1, c.seg.len, 1};
+      segs_[seg0_ + nsegs_++] = iovec{c.host, c.seg.len};
+      bytes_ += c.seg.len;
       continue;
     }
-    chains_[nchains_++] = Chain{c.head, c.desc_count, c.writable_len, nseg};
-    nsegs_ += nseg;
-    bytes_ += c.writable_len;
+    const uint32_t wlen = c.seg.write ? c.seg.len : 0;
+    if (auto st = take(mem, q, nm, c.head, 1, wlen, std::span(&c.seg, 1), returned_unused); !st)
+      return st;
   }
+  more = d->count > 0 || d->blocked;
+  return {};
+}
+
+Status RxChainCache::take(const GuestMemory& mem, Virtqueue& q, const NetMetrics& nm,
+                          uint16_t head, uint16_t desc_count, uint32_t writable_len,
+                          std::span<const Segment> segments, bool& returned_unused) {
+  // Each buffer must hold at least the header (section 5.1.6.3.1); a chain the device cannot
+  // use goes straight back, unused.
+  bool usable = writable_len >= kNetHdrSize;
+  if (usable && (chain0_ + nchains_ >= chains_.size() || seg0_ > 0)) compact();
+  uint32_t nseg = 0;
+  for (const Segment& seg : segments) {
+    if (!usable) break;
+    if (!seg.write || seg.len == 0) continue;
+    auto sp = mem.span(seg.addr, seg.len);
+    if (!sp || nsegs_ + nseg >= segs_.size()) {
+      usable = false;
+      break;
+    }
+    segs_[nsegs_ + nseg] = iovec{sp->data(), sp->size()};
+    ++nseg;
+  }
+  if (!usable) {
+    nm.rx_bad_chains->inc();
+    if (in_order_ && nchains_ > 0) {
+      // Returning it now would overtake the cached chains taken before it.
+      return fail("rx buffer " + std::to_string(head) +
+                      " has no room for the virtio-net header, behind buffers still in use "
+                      "(VIRTIO_F_IN_ORDER: it cannot be returned out of order)",
+                  EINVAL);
+    }
+    if (auto st = q.push(mem, head, desc_count, 0); !st) return st;
+    returned_unused = true;
+    return {};
+  }
+  chains_[chain0_ + nchains_++] = Chain{head, desc_count, writable_len, nseg};
+  nsegs_ += nseg;
+  bytes_ += writable_len;
   return {};
 }
 
 void RxChainCache::write(size_t off, const void* src, size_t len) const {
   const auto* from = static_cast<const uint8_t*>(src);
-  for (size_t i = 0; i < nsegs_ && len > 0; ++i) {
+  for (size_t i = seg0_; i < seg0_ + nsegs_ && len > 0; ++i) {
     if (off >= segs_[i].iov_len) {
       off -= segs_[i].iov_len;
       continue;
@@ -61,18 +127,19 @@ void RxChainCache::write(size_t off, const void* src, size_t len) const {
 }
 
 Status RxChainCache::give(const GuestMemory& mem, Virtqueue& q, uint64_t n, uint64_t& chains_used) {
+  const Chain* chains = chains_.data() + chain0_;
   size_t k = 0;
   for (uint64_t left = n; left > 0 && k < nchains_; ++k)
-    left -= std::min<uint64_t>(left, chains_[k].wlen);
+    left -= std::min<uint64_t>(left, chains[k].wlen);
   const auto num_buffers = static_cast<uint16_t>(k);
   const uint8_t nb[2] = {static_cast<uint8_t>(num_buffers & 0xff),
                          static_cast<uint8_t>(num_buffers >> 8)};
   write(kNumBuffersOffset, nb, sizeof nb);
   uint64_t left = n;
   for (size_t i = 0; i < k; ++i) {
-    const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, chains_[i].wlen));
+    const auto w = static_cast<uint32_t>(std::min<uint64_t>(left, chains[i].wlen));
     left -= w;
-    if (auto st = q.push_deferred(mem, chains_[i].head, chains_[i].desc_count, w); !st) return st;
+    if (auto st = q.push_deferred(mem, chains[i].head, chains[i].desc_count, w); !st) return st;
   }
   chains_used += k;
   drop_front(k);
@@ -81,16 +148,15 @@ Status RxChainCache::give(const GuestMemory& mem, Virtqueue& q, uint64_t n, uint
 
 void RxChainCache::drop_front(size_t k) {
   size_t segs = 0;
-  for (size_t i = 0; i < k; ++i) {
+  for (size_t i = chain0_; i < chain0_ + k; ++i) {
     segs += chains_[i].nseg;
     bytes_ -= chains_[i].wlen;
   }
-  std::copy(chains_.begin() + static_cast<ptrdiff_t>(k),
-            chains_.begin() + static_cast<ptrdiff_t>(nchains_), chains_.begin());
+  chain0_ += k;
   nchains_ -= k;
-  std::copy(segs_.begin() + static_cast<ptrdiff_t>(segs),
-            segs_.begin() + static_cast<ptrdiff_t>(nsegs_), segs_.begin());
+  seg0_ += segs;
   nsegs_ -= segs;
+  if (nchains_ == 0) chain0_ = seg0_ = 0;
 }
 
 }  // namespace iovirt::virtio
