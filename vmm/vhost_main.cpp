@@ -83,6 +83,7 @@ int run_blk(const iovirt::VhostBlkOptions& o) {
   cfg.path = o.file;
   cfg.readonly = o.readonly;
   cfg.direct = o.direct;
+  cfg.io = virtio::parse_blk_io(o.io).value_or(virtio::BlkIo::Auto);
   cfg.queues = o.queues;
   cfg.queue_size = o.queue_size;
   cfg.serial = o.serial;

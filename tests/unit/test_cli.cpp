@@ -208,7 +208,7 @@ namespace {
 TEST(ParseDevices, DiskWithEveryKey) {
   auto r = parse_args({"run", "--kernel", "/k", "--disk",
                        "path=/d/a.img,readonly=on,direct=on,queues=4,serial=SN1,packed=on,"
-                       "event_idx=off,indirect=off,queue_size=1024",
+                       "event_idx=off,indirect=off,queue_size=1024,io=sync",
                        "--disk=path=/d/b.img"});
   ASSERT_TRUE(r) << r.error().message();
   ASSERT_EQ(r->vm.disks.size(), 2u);
@@ -222,7 +222,9 @@ TEST(ParseDevices, DiskWithEveryKey) {
   EXPECT_FALSE(a.ring.event_idx);
   EXPECT_FALSE(a.ring.indirect);
   EXPECT_EQ(a.ring.queue_size, 1024);
+  EXPECT_EQ(a.io, "sync");
   const DiskOption& b = r->vm.disks[1];
+  EXPECT_EQ(b.io, "auto");
   EXPECT_EQ(b.path, "/d/b.img");
   EXPECT_FALSE(b.readonly);
   EXPECT_EQ(b.queues, 1);
@@ -268,6 +270,8 @@ TEST(ParseDevices, MistakesAreOneLineNamingTheKey) {
       {"--disk", "path=a,queue_size=65536", "queue_size=65536"},
       {"--disk", "path=a,serial=123456789012345678901", "longer than 20"},
       {"--disk", "path=a,colour=red", "unknown key 'colour'"},
+      {"--disk", "path=a,io=threads", "io='threads' is not auto, io_uring or sync"},
+      {"--disk", "vhost-user=s,io=sync", "give path/readonly/direct/serial/io to it"},
       {"--net", "mac=52:54:00:00:00:01", "tap=NAME is required"},
       {"--net", "tap=", "not an interface name"},
       {"--net", "tap=a-very-long-name0", "not an interface name"},

@@ -23,7 +23,7 @@ void expect_error(std::vector<std::string> a, const std::string& part) {
 TEST(VhostCli, BlkWithEveryOption) {
   auto r = parse({"blk", "--socket", "/run/b.sock", "--file=disk.img", "--direct", "--readonly",
                   "--queues", "4", "--queue-size=256", "--serial", "abc",
-                  "--metrics", "127.0.0.1:9100", "--poll-us", "50"});
+                  "--metrics", "127.0.0.1:9100", "--poll-us", "50", "--io", "io_uring"});
   ASSERT_TRUE(r.has_value()) << r.error().message();
   EXPECT_EQ(r->command, VhostCommand::Blk);
   EXPECT_EQ(r->blk.socket, "/run/b.sock");
@@ -35,6 +35,7 @@ TEST(VhostCli, BlkWithEveryOption) {
   EXPECT_EQ(r->blk.serial, "abc");
   EXPECT_EQ(r->blk.metrics, "127.0.0.1:9100");
   EXPECT_EQ(r->blk.poll_us, 50u);
+  EXPECT_EQ(r->blk.io, "io_uring");
 }
 
 TEST(VhostCli, NetWithEveryOption) {
@@ -79,6 +80,7 @@ TEST(VhostCli, Defaults) {
   EXPECT_EQ(r->blk.queue_size, 1024);
   EXPECT_TRUE(r->blk.metrics.empty());
   EXPECT_EQ(r->blk.poll_us, 0u);
+  EXPECT_EQ(r->blk.io, "auto");
 }
 
 TEST(VhostCli, HelpAndVersion) {
@@ -118,6 +120,7 @@ TEST(VhostCli, Refusals) {
                "longer than 20");
   expect_error({"blk", "--socket", "s", "--file", "f", "--direct=on"}, "takes no value");
   expect_error({"blk", "--socket", "s", "--file", "f", "--bogus"}, "unknown option '--bogus'");
+  expect_error({"blk", "--socket", "s", "--file", "f", "--io", "aio"}, "--io: 'aio' is not auto");
   expect_error({"blk", "--socket"}, "--socket needs a value");
   expect_error({"blk", "--socket", "", "--file", "f"}, "empty path");
 }

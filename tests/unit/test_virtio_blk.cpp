@@ -1,6 +1,8 @@
 // virtio-blk through the VirtioDevice contract: a real image file, real io_uring, real backend
 // threads; the test plays the driver with DriverQueue on a split ring and a recording interrupt.
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/statfs.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -87,6 +89,10 @@ struct Cfg {
     c.poll_us = us;
     return *this;
   }
+  Cfg& io(BlkIo m) {
+    c.io = m;
+    return *this;
+  }
 };
 
 class RecordingInterrupt final : public VirtioInterrupt {
@@ -154,6 +160,8 @@ struct Req {
 
 class BlkTest : public ::testing::Test {
  protected:
+  BlkIo io_mode_ = BlkIo::Auto;  // make_device()'s BlkConfig::io unless the test sets one
+
   void SetUp() override {
     const RegionSpec specs[] = {{0, kMemSize}};
     auto m = GuestMemory::create(specs);
@@ -166,6 +174,7 @@ class BlkTest : public ::testing::Test {
 
   void make_device(Cfg cfg = {}) {
     if (cfg.c.path.empty()) cfg.c.path = image.path();
+    if (cfg.c.io == BlkIo::Auto) cfg.c.io = io_mode_;
     auto d = VirtioBlk::create(cfg.c, metrics, "blk0");
     ASSERT_TRUE(d.has_value()) << d.error().message();
     dev = std::move(*d);
@@ -414,7 +423,17 @@ TEST_F(BlkTest, CreateRefusesBadConfigs) {
   EXPECT_NE(r.error().message().find("smaller than one 512-byte sector"), std::string::npos);
 }
 
-TEST_F(BlkTest, WriteThenReadBack) {
+// The request paths below run with both ways to the file (BlkConfig::io): io_uring, and sync
+// (inline preadv/pwritev/fdatasync; discard and write zeroes still go through io_uring).
+class BlkIoTest : public BlkTest, public ::testing::WithParamInterface<BlkIo> {
+ protected:
+  BlkIoTest() { io_mode_ = GetParam(); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Io, BlkIoTest, ::testing::Values(BlkIo::Uring, BlkIo::Sync),
+                         [](const auto& p) { return std::string(to_string(p.param)); });
+
+TEST_P(BlkIoTest, WriteThenReadBack) {
   make_device();
   make_queues(1, 64);
   ASSERT_TRUE(activate().has_value());
@@ -459,7 +478,7 @@ TEST_F(BlkTest, WriteThenReadBack) {
 
 // Section 2.6.4: no framing assumptions. The header is split over two descriptors, the data
 // shares a descriptor with the header tail, and the status byte shares one with read data.
-TEST_F(BlkTest, FramingIndependent) {
+TEST_P(BlkIoTest, FramingIndependent) {
   make_device();
   make_queues(1, 64);
   ASSERT_TRUE(activate().has_value());
@@ -489,7 +508,7 @@ TEST_F(BlkTest, FramingIndependent) {
   EXPECT_EQ(guest_bytes(rbuf + 1024, 1)[0], VIRTIO_BLK_S_OK);
 }
 
-TEST_F(BlkTest, FlushAndGetId) {
+TEST_P(BlkIoTest, FlushAndGetId) {
   make_device(Cfg().serial("disk-serial-1"));
   make_queues(1, 64);
   ASSERT_TRUE(activate().has_value());
@@ -513,7 +532,7 @@ TEST_F(BlkTest, DefaultSerialIsStableAndTwentyBytes) {
   EXPECT_EQ((*again)->serial(), dev->serial());
 }
 
-TEST_F(BlkTest, DiscardAndWriteZeroesChangeTheFile) {
+TEST_P(BlkIoTest, DiscardAndWriteZeroesChangeTheFile) {
   make_device();
   make_queues(1, 64);
   ASSERT_TRUE(activate().has_value());
@@ -562,7 +581,7 @@ TEST_F(BlkTest, DiscardNotNegotiatedIsUnsupported) {
   EXPECT_EQ(image.read(8 * 512, 4096), std::vector<uint8_t>(4096, 0x11));
 }
 
-TEST_F(BlkTest, OutOfRangeAndMisalignedAreIoErr) {
+TEST_P(BlkIoTest, OutOfRangeAndMisalignedAreIoErr) {
   make_device();
   make_queues(1, 64);
   ASSERT_TRUE(activate().has_value());
@@ -583,7 +602,7 @@ TEST_F(BlkTest, OutOfRangeAndMisalignedAreIoErr) {
 
 // The image shrinks under the device (another process truncates it): reads past the new end
 // come back short from the kernel and complete with IOERR, not with stale or partial data.
-TEST_F(BlkTest, ShortReadIsIoErr) {
+TEST_P(BlkIoTest, ShortReadIsIoErr) {
   make_device();
   make_queues(1, 64);
   ASSERT_TRUE(activate().has_value());
@@ -598,7 +617,7 @@ TEST_F(BlkTest, ShortReadIsIoErr) {
   EXPECT_EQ(QueueMetrics::create(metrics, "blk0", 0).bytes->value(), 2048u) << "only the full read";
 }
 
-TEST_F(BlkTest, ReadOnlyRefusesWrites) {
+TEST_P(BlkIoTest, ReadOnlyRefusesWrites) {
   make_device(Cfg().readonly());
   make_queues(1, 64);
   ASSERT_TRUE(activate().has_value());
@@ -714,7 +733,7 @@ TEST_F(BlkTest, HeadReusedWhileInFlightFailsTheDevice) {
   EXPECT_EQ(run1(VIRTIO_BLK_T_FLUSH, 0, 0, false).status, VIRTIO_BLK_S_OK);
 }
 
-TEST_F(BlkTest, FullQueueOfRequestsInFlight) {
+TEST_P(BlkIoTest, FullQueueOfRequestsInFlight) {
   constexpr uint16_t kSize = 128;
   make_device(Cfg().queue_size(kSize));
   make_queues(1, kSize);
@@ -790,7 +809,7 @@ TEST_F(BlkTest, MultiqueueServesEachQueueOnItsOwnThread) {
   EXPECT_EQ(std::find(after.begin(), after.end(), "blk0-q0"), after.end()) << "threads joined";
 }
 
-TEST_F(BlkTest, ResetWithRequestsInFlightThenReactivate) {
+TEST_P(BlkIoTest, ResetWithRequestsInFlightThenReactivate) {
   constexpr uint16_t kSize = 64;
   make_device(Cfg().queue_size(kSize));
   make_queues(1, kSize);
@@ -943,6 +962,41 @@ TEST_F(BlkTest, DirectIo) {
   EXPECT_EQ(status_of(r), VIRTIO_BLK_S_OK);
   EXPECT_EQ(guest_bytes(r.data, 8192), data);
   EXPECT_EQ(run1(VIRTIO_BLK_T_FLUSH, 0, 0, false).status, VIRTIO_BLK_S_OK);
+}
+
+// Auto picks sync for a RAM-backed file (io_uring would punt every request on it to a kernel
+// worker) and io_uring elsewhere; an explicit mode is kept; the resolved mode is what runs.
+TEST_F(BlkTest, AutoIoIsSyncOnTmpfsAndIoUringElsewhere) {
+  auto on_disk = VirtioBlk::create(Cfg().path(image.path()).c, metrics, "blk0");
+  ASSERT_TRUE(on_disk.has_value()) << on_disk.error().message();
+  EXPECT_EQ((*on_disk)->io_mode(), BlkIo::Uring) << image.path() << " is not RAM-backed";
+  auto forced = VirtioBlk::create(Cfg().path(image.path()).io(BlkIo::Sync).c, metrics, "blk1");
+  ASSERT_TRUE(forced.has_value());
+  EXPECT_EQ((*forced)->io_mode(), BlkIo::Sync);
+
+  struct statfs sfs {};
+  if (::statfs("/dev/shm", &sfs) != 0 || sfs.f_type != TMPFS_MAGIC) {
+    GTEST_SKIP() << "/dev/shm is not tmpfs here";
+  }
+  char tmpl[] = "/dev/shm/iovirt-blk-XXXXXX";
+  const int fd = ::mkstemp(tmpl);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 1 << 20), 0);
+  ::close(fd);
+  auto ram = VirtioBlk::create(Cfg().path(tmpl).c, metrics, "blk2");
+  auto ram_uring = VirtioBlk::create(Cfg().path(tmpl).io(BlkIo::Uring).c, metrics, "blk3");
+  std::filesystem::remove(tmpl);
+  ASSERT_TRUE(ram.has_value()) << ram.error().message();
+  EXPECT_EQ((*ram)->io_mode(), BlkIo::Sync);
+  ASSERT_TRUE(ram_uring.has_value());
+  EXPECT_EQ((*ram_uring)->io_mode(), BlkIo::Uring);
+}
+
+TEST(BlkIoParse, NamesRoundTrip) {
+  for (BlkIo m : {BlkIo::Auto, BlkIo::Uring, BlkIo::Sync}) EXPECT_EQ(parse_blk_io(to_string(m)), m);
+  EXPECT_EQ(parse_blk_io("uring"), BlkIo::Uring);
+  EXPECT_FALSE(parse_blk_io("threads").has_value());
+  EXPECT_FALSE(parse_blk_io("").has_value());
 }
 
 }  // namespace

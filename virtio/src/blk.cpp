@@ -5,10 +5,13 @@
 #include <liburing.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -119,6 +122,7 @@ struct VirtioBlk::Worker {
   blk::BlkLimits limits{};
   const std::string* serial = nullptr;
   Clock::duration poll_window{};  // zero: never busy-poll
+  bool sync_io = false;           // BlkIo::Sync: reads, writes and flushes done inline
 
   io_uring ring{};
   bool ring_ok = false;
@@ -252,6 +256,10 @@ struct VirtioBlk::Worker {
           complete(s, blk::VIRTIO_BLK_S_OK, s.used_len);
           return;
         }
+        if (sync_io) {
+          rw_inline(s, r.op, storage.iov.data(), r.iov_count, r.offset);
+          return;
+        }
         io_uring_sqe* sqe = get_sqe();
         if (sqe == nullptr) {
           complete(s, blk::VIRTIO_BLK_S_IOERR, 1);
@@ -269,6 +277,14 @@ struct VirtioBlk::Worker {
       }
       case BlkOp::Flush: {
         s.used_len = 1;
+        if (sync_io) {
+          int rc;
+          do {
+            rc = ::fdatasync(disk_fd);
+          } while (rc != 0 && errno == EINTR);
+          complete(s, rc == 0 ? blk::VIRTIO_BLK_S_OK : blk::VIRTIO_BLK_S_IOERR, 1);
+          return;
+        }
         io_uring_sqe* sqe = get_sqe();
         if (sqe == nullptr) {
           complete(s, blk::VIRTIO_BLK_S_IOERR, 1);
@@ -322,6 +338,38 @@ struct VirtioBlk::Worker {
         return;
     }
     ++inflight;
+  }
+
+  // BlkIo::Sync: the whole transfer now (a signal or a short count goes on from where it
+  // stopped; no progress at all is an I/O error, as a short io_uring transfer is), then the
+  // request completes as finish_async() would have completed it.
+  void rw_inline(Slot& s, BlkOp op, const iovec* iov, uint32_t count, uint64_t offset) {
+    iovec rest[kSegMax];
+    count = std::min<uint32_t>(count, kSegMax);
+    std::copy_n(iov, count, rest);
+    uint32_t first = 0;  // rest[first, count) is still to transfer
+    uint64_t done = 0;
+    while (done < s.expected && first < count) {
+      const auto at = static_cast<off_t>(offset + done);
+      const auto n_iov = static_cast<int>(count - first);
+      const ssize_t n = op == BlkOp::Read ? ::preadv(disk_fd, rest + first, n_iov, at)
+                                          : ::pwritev(disk_fd, rest + first, n_iov, at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // an error, or the end of the file
+      done += static_cast<uint64_t>(n);
+      auto k = static_cast<size_t>(n);
+      while (first < count && k >= rest[first].iov_len) k -= rest[first++].iov_len;
+      if (first < count && k > 0) {
+        rest[first].iov_base = static_cast<uint8_t*>(rest[first].iov_base) + k;
+        rest[first].iov_len -= k;
+      }
+    }
+    if (done != s.expected) {
+      complete(s, blk::VIRTIO_BLK_S_IOERR, 1);
+      return;
+    }
+    metrics.bytes->inc(s.expected);
+    complete(s, blk::VIRTIO_BLK_S_OK, s.used_len);
   }
 
   void on_io_done(uint64_t idx, int res) {
@@ -532,6 +580,25 @@ struct VirtioBlk::Worker {
   }
 };
 
+const char* to_string(BlkIo io) {
+  switch (io) {
+    case BlkIo::Auto:
+      return "auto";
+    case BlkIo::Uring:
+      return "io_uring";
+    case BlkIo::Sync:
+      return "sync";
+  }
+  return "?";
+}
+
+std::optional<BlkIo> parse_blk_io(std::string_view s) {
+  if (s == "auto") return BlkIo::Auto;
+  if (s == "io_uring" || s == "uring") return BlkIo::Uring;
+  if (s == "sync") return BlkIo::Sync;
+  return std::nullopt;
+}
+
 // --- the device ---
 
 Result<std::unique_ptr<VirtioBlk>> VirtioBlk::create(const BlkConfig& cfg, MetricsRegistry& metrics,
@@ -598,8 +665,19 @@ Result<std::unique_ptr<VirtioBlk>> VirtioBlk::create(const BlkConfig& cfg, Metri
   physical = std::max(physical, blk_size);
   if (!std::has_single_bit(physical) || physical > (1u << 16)) physical = blk_size;
 
+  // Auto: inline for a RAM-backed file (io_uring would punt every request to a worker thread).
+  BlkIo io = cfg.io;
+  if (io == BlkIo::Auto) {
+    struct statfs sfs {};
+    const bool ram = S_ISREG(st.st_mode) && ::fstatfs(fd.get(), &sfs) == 0 &&
+                     (sfs.f_type == TMPFS_MAGIC || sfs.f_type == RAMFS_MAGIC ||
+                      sfs.f_type == HUGETLBFS_MAGIC);
+    io = ram && !cfg.direct ? BlkIo::Sync : BlkIo::Uring;
+  }
+
   std::unique_ptr<VirtioBlk> d(new VirtioBlk());
   d->name_ = std::move(name);
+  d->io_ = io;
   d->disk_ = std::move(fd);
   d->readonly_ = cfg.readonly;
   d->num_queues_ = cfg.queues;
@@ -664,7 +742,8 @@ Result<std::unique_ptr<VirtioBlk>> VirtioBlk::create(const BlkConfig& cfg, Metri
   }
   log_info(d->name_ + ": " + cfg.path + ", " + std::to_string(c.capacity) + " sectors" +
            (cfg.readonly ? ", read-only" : "") + (cfg.direct ? ", O_DIRECT" : "") + ", " +
-           std::to_string(cfg.queues) + " queue(s) of " + std::to_string(cfg.queue_size) + poll_note);
+           std::to_string(cfg.queues) + " queue(s) of " + std::to_string(cfg.queue_size) + poll_note +
+           ", I/O " + to_string(io) + (cfg.io == BlkIo::Auto ? " (auto)" : ""));
   return d;
 }
 
@@ -727,6 +806,7 @@ Status VirtioBlk::activate(ActivateContext ctx) {
     w->limits = limits;
     w->serial = &serial_;
     w->poll_window = std::chrono::microseconds(poll_us_);
+    w->sync_io = io_ == BlkIo::Sync;
     const uint32_t depth = std::max<uint32_t>(b.queue->size(), 1);
     if (auto st = w->init(depth); !st) return st;
     workers.push_back(std::move(w));

@@ -3,6 +3,8 @@
 #include <cctype>
 #include <charconv>
 
+#include "iovirt/virtio/blk.hpp"
+
 namespace iovirt {
 
 Result<uint64_t> parse_size(const std::string& s) {
@@ -52,8 +54,9 @@ std::string usage() {
          "  --memory SIZE        guest RAM, e.g. 512M, 4G (default 512M)\n"
          "  --hugepages          back guest RAM with 2 MiB hugetlbfs pages\n"
          "  --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
-         "  --disk path=FILE[,readonly=on][,direct=on][,queues=N][,serial=S]\n"
-         "                       virtio-blk on an io_uring backend; direct=on opens FILE O_DIRECT\n"
+         "  --disk path=FILE[,readonly=on][,direct=on][,queues=N][,serial=S][,io=MODE]\n"
+         "                       virtio-blk; direct=on opens FILE O_DIRECT; io=io_uring|sync|auto\n"
+         "                       (auto, the default: sync for a RAM-backed FILE, else io_uring)\n"
          "  --disk vhost-user=SOCKET[,queues=N]\n"
          "                       virtio-blk served by a vhost-user back-end (iovirt-vhost blk,\n"
          "                       qemu-storage-daemon, SPDK); reconnects if it restarts\n"
@@ -204,16 +207,19 @@ Result<DiskOption> parse_disk(const std::string& value) {
     } else if (k == "serial") {
       if (v.size() > 20) return fail("--disk: serial='" + v + "' is longer than 20 bytes");
       d.serial = v;
+    } else if (k == "io") {
+      if (!virtio::parse_blk_io(v)) return fail("--disk: io='" + v + "' is not auto, io_uring or sync");
+      d.io = v;
     } else {
       return fail("--disk: unknown key '" + k +
-                  "' (path, vhost-user, readonly, direct, queues, serial, packed, event_idx, "
+                  "' (path, vhost-user, readonly, direct, queues, serial, io, packed, event_idx, "
                   "indirect, queue_size)");
     }
   }
   if (!d.vhost_user.empty()) {
-    if (have_path || d.readonly || d.direct || !d.serial.empty())
+    if (have_path || d.readonly || d.direct || !d.serial.empty() || d.io != "auto")
       return fail("--disk: vhost-user= takes only queues= and ring options (the back-end owns the "
-                  "image: give path/readonly/direct/serial to it)");
+                  "image: give path/readonly/direct/serial/io to it)");
     if (d.ring.packed)
       return fail("--disk: packed=on is not available with vhost-user (reconnect restores split "
                   "rings only)");

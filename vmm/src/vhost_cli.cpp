@@ -5,13 +5,14 @@
 #include <functional>
 #include <initializer_list>
 
+#include "iovirt/virtio/blk.hpp"
 #include "iovirt/vmm/config.hpp"
 
 namespace iovirt {
 
 std::string vhost_usage() {
   return "usage: iovirt-vhost blk --socket PATH --file FILE [--direct] [--readonly]\n"
-         "                        [--queues N] [--queue-size N] [--serial S]\n"
+         "                        [--queues N] [--queue-size N] [--serial S] [--io MODE]\n"
          "                        [--poll-us N] [--metrics HOST:PORT]\n"
          "       iovirt-vhost net --socket PATH --backend BACKEND [--queues N] [--queue-size N]\n"
          "                        [--mac MAC] [--poll-us N] [--metrics HOST:PORT]\n"
@@ -21,11 +22,15 @@ std::string vhost_usage() {
          "virtio-net-pci with a vhost-user netdev, Cloud Hypervisor, DPDK virtio-user, iovirt) on\n"
          "an AF_UNIX socket, one front-end at a time.\n"
          "\n"
-         "blk: virtio-blk over FILE (regular file or block device), io_uring, one thread per queue\n"
+         "blk: virtio-blk over FILE (regular file or block device), one thread per queue\n"
          "  --file FILE          the disk image\n"
          "  --direct             O_DIRECT: bypass the host page cache\n"
          "  --readonly           open FILE read-only and offer VIRTIO_BLK_F_RO\n"
          "  --serial S           GET_ID string, at most 20 bytes (default: from the path)\n"
+         "  --io MODE            io_uring: batched, out of order; sync: preadv/pwritev on the\n"
+         "                       queue's thread; auto (default): sync for a RAM-backed FILE\n"
+         "                       (tmpfs, ramfs, hugetlbfs: io_uring would hand every request to\n"
+         "                       a kernel worker thread), io_uring otherwise\n"
          "\n"
          "net: virtio-net, one thread per queue pair; BACKEND is where the frames go:\n"
          "  ring-loopback        every frame sent comes back on the same pair\n"
@@ -177,7 +182,7 @@ Result<VhostArgs> parse_vhost_args(const std::vector<std::string>& args) {
     VhostBlkOptions& b = out.blk;
     bool have_file = false;
     auto help = walk(
-        args, {"--direct", "--readonly"}, {"--file", "--serial"},
+        args, {"--direct", "--readonly"}, {"--file", "--serial", "--io"},
         Common{&b.socket, &b.queues, &b.queue_size, &b.poll_us, &b.metrics},
         [&](const std::string& opt, const std::string& val) -> Status {
           if (opt == "--direct") {
@@ -188,6 +193,11 @@ Result<VhostArgs> parse_vhost_args(const std::vector<std::string>& args) {
             if (val.empty()) return fail("--file: empty path");
             b.file = val;
             have_file = true;
+          } else if (opt == "--io") {
+            if (!virtio::parse_blk_io(val)) {
+              return fail("--io: '" + val + "' is not auto, io_uring or sync");
+            }
+            b.io = val;
           } else if (opt == "--serial") {
             if (val.size() > 20) return fail("--serial: '" + val + "' is longer than 20 bytes");
             b.serial = val;

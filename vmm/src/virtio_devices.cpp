@@ -28,6 +28,7 @@ Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_disk(const DiskOption&
   c.queues = opt.queues;
   c.queue_size = opt.ring.queue_size;
   c.serial = opt.serial;
+  c.io = virtio::parse_blk_io(opt.io).value_or(virtio::BlkIo::Auto);
   auto dev = virtio::VirtioBlk::create(c, metrics, name);
   if (!dev) return std::unexpected(std::move(dev.error()));
   return std::unique_ptr<virtio::VirtioDevice>(std::move(*dev));

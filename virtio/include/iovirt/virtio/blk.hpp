@@ -43,6 +43,23 @@
 
 namespace iovirt::virtio {
 
+// How a queue's reads, writes and flushes reach the file (discard and write zeroes always go
+// through io_uring).
+enum class BlkIo : uint8_t {
+  // Sync for a RAM-backed file (tmpfs, ramfs, hugetlbfs) opened without O_DIRECT, else Uring.
+  Auto,
+  // io_uring: submitted in batches, completed out of order, reaped by the queue's thread.
+  Uring,
+  // preadv/pwritev/fdatasync on the queue's thread, each request done before the next is
+  // popped. For a RAM-backed file this is all the work there is: shmem has no IOCB_NOWAIT, so
+  // io_uring would hand every request to an io-wq worker thread and back. On a disk-backed file
+  // a request that misses the page cache stalls the whole queue for the device's latency.
+  Sync,
+};
+[[nodiscard]] const char* to_string(BlkIo io);
+// "auto", "io_uring"/"uring", "sync"; nullopt for anything else.
+[[nodiscard]] std::optional<BlkIo> parse_blk_io(std::string_view s);
+
 struct BlkConfig {
   std::string path;
   bool readonly = false;
@@ -56,6 +73,7 @@ struct BlkConfig {
   // nothing to do it re-enables notifications, re-checks the ring and sleeps on the kick eventfd
   // again. Trades one host core per busy queue for the kick and wake-up latency.
   uint32_t poll_us = 0;
+  BlkIo io = BlkIo::Auto;
 };
 
 class VirtioBlk final : public VirtioDevice {
@@ -88,6 +106,8 @@ class VirtioBlk final : public VirtioDevice {
   [[nodiscard]] uint64_t capacity_sectors() const { return config_.capacity; }
   [[nodiscard]] const std::string& serial() const { return serial_; }
   [[nodiscard]] const blk::BlkConfigSpace& config() const { return config_; }
+  // BlkConfig::io as resolved at create() (never Auto).
+  [[nodiscard]] BlkIo io_mode() const { return io_; }
 
  private:
   struct Worker;  // one per active queue: thread, io_uring, request slots (blk.cpp)
@@ -100,6 +120,7 @@ class VirtioBlk final : public VirtioDevice {
   uint16_t num_queues_ = 1;
   uint16_t queue_size_ = 256;
   uint32_t poll_us_ = 0;
+  BlkIo io_ = BlkIo::Uring;
   uint64_t features_ = 0;
   std::string serial_;
   blk::BlkConfigSpace config_{};

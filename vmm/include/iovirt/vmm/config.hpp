@@ -30,6 +30,7 @@ struct DiskOption {
   bool direct = false;
   uint16_t queues = 1;
   std::string serial;
+  std::string io = "auto";  // virtio::BlkConfig::io: auto, io_uring, sync
   RingOptions ring;
 };
 

@@ -24,6 +24,7 @@ struct VhostBlkOptions {
   std::string serial;
   uint32_t poll_us = 0;  // busy-poll window per queue worker, 0: event-driven (BlkConfig::poll_us)
   std::string metrics;  // HOST:PORT, empty: no metrics endpoint
+  std::string io = "auto";  // BlkConfig::io: auto, io_uring, sync (checked by the parser)
 };
 
 // Where `iovirt-vhost net` sends the frames (--backend).
