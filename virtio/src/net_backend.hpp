@@ -75,6 +75,9 @@ class RxChainCache {
   // VIRTIO_F_IN_ORDER negotiated: chains must go back in the order they were taken, so a chain
   // without room for the header cannot be returned ahead of cached ones (the queue fails).
   void set_in_order(bool on) { in_order_ = on; }
+  // Buffers taken a burst at a time get their first `n` bytes prefetched for reading (a device
+  // that compares the header before writing it); 0: none.
+  void set_prefetch_header(uint32_t n) { prefetch_header_ = n; }
   // Chains that are one writable buffer each are taken a burst at a time (pop_direct) while more
   // than one chain may be cached (MRG_RXBUF): the extra ones serve the frames that follow.
   static constexpr size_t kBatch = 32;
@@ -97,6 +100,21 @@ class RxChainCache {
   // Returns the first chains that hold n bytes to the driver (publication deferred) after
   // writing num_buffers into the first one's header; counts them in `chains_used`.
   Status give(const GuestMemory& mem, Virtqueue& q, uint64_t n, uint64_t& chains_used);
+  // The common case without the walks: the first cached chain's buffer when it is one segment
+  // of at least n bytes, else nullptr; give_first() returns that chain with n bytes written
+  // (the caller wrote the whole frame, num_buffers = 1 included).
+  [[nodiscard]] uint8_t* first_if_fits(uint64_t n) const {
+    if (nchains_ == 0) return nullptr;
+    const Chain& c = chains_[chain0_];
+    if (c.nseg != 1 || segs_[seg0_].iov_len < n) return nullptr;
+    return static_cast<uint8_t*>(segs_[seg0_].iov_base);
+  }
+  Status give_first(const GuestMemory& mem, Virtqueue& q, uint32_t n) {
+    const Chain& c = chains_[chain0_];
+    if (auto st = q.push_deferred(mem, c.head, c.desc_count, n); !st) return st;
+    drop_front(1);
+    return {};
+  }
 
  private:
   struct Chain {
@@ -126,6 +144,7 @@ class RxChainCache {
   size_t max_segs_;
   uint64_t bytes_ = 0;
   bool in_order_ = false;
+  uint32_t prefetch_header_ = 0;
   std::array<DirectChain, kBatch> direct_{};
 };
 

@@ -241,7 +241,7 @@ void SplitQueue::mark_inflight(uint16_t head) {
 }
 
 Result<DirectPop> SplitQueue::pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
-                                         uint32_t prefetch_from) {
+                                         uint32_t prefetch_from, uint32_t prefetch_len) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
   if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
   DirectPop r;
@@ -296,9 +296,10 @@ Result<DirectPop> SplitQueue::pop_direct(const GuestMemory& mem, std::span<Direc
     const bool write = (d.flags & VIRTQ_DESC_F_WRITE) != 0;
     out[i].seg = Segment{d.addr, d.len, write};
     out[i].host = buf->data();
-    if (prefetch_from != kNoPrefetch && !write && d.len > prefetch_from) {
+    if (prefetch_from != kNoPrefetch && d.len > prefetch_from && prefetch_len > 0) {
+      const uint64_t last = std::min<uint64_t>(d.len, uint64_t{prefetch_from} + prefetch_len) - 1;
       __builtin_prefetch(buf->data() + prefetch_from);
-      __builtin_prefetch(buf->data() + std::min<uint32_t>(d.len - 1, prefetch_from + 127));
+      __builtin_prefetch(buf->data() + last);
     }
     mark_inflight(out[i].head);
     ++next_avail_;

@@ -181,13 +181,13 @@ class SplitQueue final {
   // DPDK's vhost reads a burst — the avail entries in one pass, every descriptor prefetched
   // before the first is looked at — so the cache misses on the driver's fresh descriptors
   // overlap. Same checks and faults as pop(); a chain of any other shape stops the burst (left
-  // for pop(), `blocked`), and so do heads recovered by attach_inflight(). With `prefetch_from`
-  // (a device about to read the buffers), each device-readable buffer's lines at that offset and
-  // at its last byte (at most 127 bytes further) are prefetched as soon as its descriptor is
-  // read.
+  // for pop(), `blocked`), and so do heads recovered by attach_inflight(). With `prefetch_from`,
+  // the first and last line of bytes [prefetch_from, prefetch_from + prefetch_len) of each
+  // buffer (as far as it reaches) are prefetched for reading as soon as its descriptor is read:
+  // a device about to read a frame, or to compare a header before writing it.
   static constexpr uint32_t kNoPrefetch = UINT32_MAX;
   Result<DirectPop> pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
-                               uint32_t prefetch_from = kNoPrefetch);
+                               uint32_t prefetch_from = kNoPrefetch, uint32_t prefetch_len = 128);
   // Return a chain: used element, then used idx with release ordering (section 2.7.8).
   Status push(const GuestMemory& mem, uint16_t head, uint32_t written);
   // The used element only; publish_used() (or the next push() or needs_notification()) makes

@@ -139,9 +139,10 @@ class Virtqueue final {
   }
   // Split ring: SplitQueue::pop_direct(). Packed ring: nothing, `blocked` (pop() serves it).
   Result<DirectPop> pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
-                               uint32_t prefetch_from = SplitQueue::kNoPrefetch) {
+                               uint32_t prefetch_from = SplitQueue::kNoPrefetch,
+                               uint32_t prefetch_len = 128) {
     if (packed()) return DirectPop{0, true};
-    return split_.pop_direct(mem, out, prefetch_from);
+    return split_.pop_direct(mem, out, prefetch_from, prefetch_len);
   }
   // Gives a chain back with `written` bytes written into its device-writable buffers.
   Status push(const GuestMemory& mem, const DescriptorChain& chain, uint32_t written) {
