@@ -340,9 +340,11 @@ struct PortBackend::Worker {
     while (rx_pos < rx_n) {
       const PacketBuf& f = rx_frames[rx_pos];
       const uint64_t need = kNetHdrSize + uint64_t{f.len};
-      if (auto st = rxc->refill(*ctx->mem, *s.q, *nm, rx_chains_limit(), need, pushed); !st) {
-        fail_queue(s, st.error().message());
-        return true;
+      if (rxc->chains() == 0 || rxc->bytes() < need) {  // else the cache holds it already
+        if (auto st = rxc->refill(*ctx->mem, *s.q, *nm, rx_chains_limit(), need, pushed); !st) {
+          fail_queue(s, st.error().message());
+          return true;
+        }
       }
       if (rxc->bytes() < need) {
         if (!rxc->capped(rx_chains_limit())) {

@@ -439,7 +439,7 @@ Status SplitQueue::publish_used(const GuestMemory& mem) {
   return {};
 }
 
-Status SplitQueue::push_deferred(const GuestMemory& mem, uint16_t head, uint32_t written) {
+Status SplitQueue::push_deferred_slow(const GuestMemory& mem, uint16_t head, uint32_t written) {
   if (broken()) return fail(std::string("virtq: ") + to_string(QueueFault::Broken));
   if (!ready_) return fail(std::string("virtq: ") + to_string(QueueFault::NotReady));
   if (head >= size_) {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string>
@@ -193,7 +194,21 @@ class SplitQueue final {
   // The used element only; publish_used() (or the next push() or needs_notification()) makes
   // it and every deferred one visible with one used idx store — a burst costs the driver one
   // cache line transfer of the index instead of one per chain.
-  Status push_deferred(const GuestMemory& mem, uint16_t head, uint32_t written);
+  Status push_deferred(const GuestMemory& mem, uint16_t head, uint32_t written) {
+    // Inline for the common case (a burst pushes per chain): a healthy queue without inflight
+    // tracking and a used ring in the first memory region. Everything else, errors included,
+    // takes the checked path.
+    if (fault_ == QueueFault::None && ready_ && head < size_ && inflight_hdr_ == nullptr) {
+      const uint64_t gpa = used_gpa_ + used_ring_offset(next_used_ & (size_ - 1));
+      if (auto s = mem.span(gpa, sizeof(VirtqUsedElem))) {
+        const VirtqUsedElem elem{head, written};
+        std::memcpy(s->data(), &elem, sizeof elem);
+        next_used_ = static_cast<uint16_t>(next_used_ + 1);
+        return {};
+      }
+    }
+    return push_deferred_slow(mem, head, written);
+  }
   Status publish_used(const GuestMemory& mem);
   // Whether to interrupt the driver now for the used entries pushed since the last decision
   // (section 2.7.10): used_event with EVENT_IDX, else the avail ring's NO_INTERRUPT flag.
@@ -221,6 +236,7 @@ class SplitQueue final {
   explicit SplitQueue(uint32_t max_size);
 
   std::unexpected<Error> fault(QueueFault f, const std::string& detail);
+  Status push_deferred_slow(const GuestMemory& mem, uint16_t head, uint32_t written);
   Result<uint16_t> load_avail_idx(const GuestMemory& mem);
   // Reads avail idx into avail_seen_ (AvailIdxJump checked); the chains pending after it.
   Result<uint16_t> refresh_avail(const GuestMemory& mem);
