@@ -4,7 +4,7 @@
 # no VM), and fio --ioengine=io_uring on the same RAM-backed file as the limit.
 #
 #   sudo deploy/bench/vhost-blk-bench.sh [--build DIR] [--runs N] [--seconds T] [--warmup W]
-#        [--size-mib M] [--poll-us N] [--client-poll] [--client-cpu C] [--server-cpu S]
+#        [--size-mib M] [--poll-us N] [--io MODE] [--client-poll] [--client-cpu C] [--server-cpu S]
 #
 # Build first (an optimised build; the bench program is built with IOVIRT_BUILD_BENCH=ON):
 #   cmake -S . -B build-rel -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -14,8 +14,13 @@
 # warm-up) alternating iovirt-vhost and qemu-storage-daemon, each server started fresh for its run
 # and pinned to --server-cpu, the client pinned to --client-cpu; then fio RUNS times. Prints a
 # markdown table of medians. Both servers use the host page cache (the file is on tmpfs, which has
-# no O_DIRECT): iovirt-vhost without --direct, qemu-storage-daemon with cache.direct=off and its
-# best AIO engine (aio=io_uring) in a dedicated iothread (QEMU's default adaptive polling on).
+# no O_DIRECT): iovirt-vhost without --direct and --io MODE (default auto, which on tmpfs is sync:
+# preadv/pwritev on the queue thread, because tmpfs has no IOCB_NOWAIT and io_uring hands each of
+# its requests to an io-wq worker thread; --io io_uring measures that path), qemu-storage-daemon
+# with cache.direct=off and its best AIO engine (aio=io_uring) in a dedicated iothread (QEMU's
+# default adaptive polling on). --client-poll: the client busy-polls its used ring instead of
+# sleeping on the call eventfd (what an SPDK or libblkio poll-queue user does); without it every
+# completion batch costs the client a wake-up on its CPU, which bounds QD1.
 # Runs as root (as the deploy scripts do); needs SIZE_MIB of free /dev/shm and 2 CPUs for the pinning.
 set -euo pipefail
 
@@ -25,12 +30,13 @@ SECS=10
 WARMUP=1
 SIZE_MIB=1024
 POLL_US=0
+IO_MODE=auto
 CLIENT_POLL=0
 CLIENT_CPU=0
 SERVER_CPU=1
 QSD=/usr/bin/qemu-storage-daemon
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) BUILD=$2; shift 2 ;;
@@ -39,6 +45,7 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP=$2; shift 2 ;;
     --size-mib) SIZE_MIB=$2; shift 2 ;;
     --poll-us) POLL_US=$2; shift 2 ;;
+    --io) IO_MODE=$2; shift 2 ;;
     --client-poll) CLIENT_POLL=1; shift ;;
     --client-cpu) CLIENT_CPU=$2; shift 2 ;;
     --server-cpu) SERVER_CPU=$2; shift 2 ;;
@@ -82,7 +89,7 @@ start_server() {  # iovirt | qsd
   rm -f "$SOCK"
   if [ "$1" = iovirt ]; then
     IOVIRT_LOG=warn taskset -c "$SERVER_CPU" "$VHOST" blk --file "$IMG" --socket "$SOCK" \
-      --poll-us "$POLL_US" >"$WORK/server.log" 2>&1 &
+      --poll-us "$POLL_US" --io "$IO_MODE" >"$WORK/server.log" 2>&1 &
   else
     taskset -c "$SERVER_CPU" "$QSD" \
       --blockdev "driver=file,node-name=d0,filename=$IMG,aio=io_uring,cache.direct=off" \
@@ -145,9 +152,9 @@ done
 
 client_mode=event
 [ "$CLIENT_POLL" = 1 ] && client_mode=poll
-python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$client_mode" <<'EOF'
+python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$client_mode" "$IO_MODE" <<'EOF'
 import statistics, sys
-res, runs, secs, poll_us, mode = sys.argv[1:]
+res, runs, secs, poll_us, mode, io = sys.argv[1:]
 rows = {}
 for line in open(res):
     srv, rw, qd, iops, p50, p99 = line.split()
@@ -155,7 +162,7 @@ for line in open(res):
 def med(k, i):
     v = rows.get(k, [])
     return statistics.median(x[i] for x in v) if v else float("nan")
-print(f"medians of {runs} runs x {secs} s; iovirt-vhost --poll-us {poll_us}; client {mode}-driven")
+print(f"medians of {runs} runs x {secs} s; iovirt-vhost --poll-us {poll_us} --io {io}; client {mode}-driven")
 print()
 print("| workload | iovirt-vhost IOPS | p50 us | p99 us | qsd IOPS | p50 us | p99 us | iovirt/qsd | fio IOPS | iovirt/fio |")
 print("|---|---|---|---|---|---|---|---|---|---|")
