@@ -467,7 +467,10 @@ TEST_P(BlkIoTest, WriteThenReadBack) {
   const QueueMetrics qm = QueueMetrics::create(metrics, "blk0", 0);
   EXPECT_EQ(qm.chains->value(), 2u);
   EXPECT_EQ(qm.bytes->value(), 16384u);
-  EXPECT_GE(qm.kicks->value(), 2u);
+  // At least the first kick is counted. The second may not be yet: the worker can find the
+  // second request in its re-check after re-enabling notifications and complete it (at once
+  // with sync I/O) before it reaps that kick, and two kicks read together count once.
+  EXPECT_GE(qm.kicks->value(), 1u);
   EXPECT_GE(irq.queue[0].load(), 1u);
   const std::string expo = metrics.expose();
   EXPECT_NE(expo.find("iovirt_virtio_blk_request_seconds_count{device=\"blk0\",op=\"write\","
