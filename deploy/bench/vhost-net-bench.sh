@@ -32,6 +32,10 @@
 # Rates are testpmd's own "show port stats" Rx-pps/Tx-pps of the virtio-user port: the second
 # "show" prints the counters' change divided by the TSC time since the first, i.e. exactly the T
 # second window. Both back-ends are measured by the same code in the same process.
+# Which side sets the pace: the generator runs with --record-burst-stats, and the table gives, per
+# back-end, the share of the front-end's tx bursts that went into the ring whole (tx; near 100%:
+# the ring was never full, so the back-end kept up and the figure is the generator's own limit)
+# or of its rx polls that found nothing (rx, fwd; near 100%: the front-end waited for the back-end).
 #
 # Memory: hugepages by default (2 MiB, --in-memory: no files left in /dev/hugepages; the script
 # raises vm.nr_hugepages if fewer than 512 are free and mounts hugetlbfs if absent), so the guest
@@ -162,7 +166,7 @@ generate() {  # backend mode
   } | taskset -c "$GEN_CPU" "$TESTPMD" --lcores "0@$GEN_CPU,1@$GEN_CPU" "${MEM_ARGS[@]}" --single-file-segments \
         --no-pci --no-telemetry --file-prefix "$PREFIX-gen" \
         --vdev "net_virtio_user0,path=$SOCK,queues=1,queue_size=256" -- -i --forward-mode="$(gen_mode "$mode")" \
-        --txpkts="$PKT_LEN" --nb-cores=1 --total-num-mbufs=8192 >"$WORK/gen.log" 2>&1 || true
+        --txpkts="$PKT_LEN" --nb-cores=1 --total-num-mbufs=8192 --record-burst-stats >"$WORK/gen.log" 2>&1 || true
   rm -rf "/var/run/dpdk/$PREFIX-gen"
   local pps
   pps=$(grep -o "$field: *[0-9]*" "$WORK/gen.log" | tail -n 1 | grep -o '[0-9]*$' || true)
@@ -173,7 +177,16 @@ generate() {  # backend mode
     tail -n 30 "$WORK/backend.log" >&2
     return 1
   fi
-  echo "$1 $mode $pps" | tee -a "$RES" >&2
+  # testpmd's burst record at "stop": "TX-bursts : N [99% of 32 pkts + 1% of 0 pkts]".
+  local bursts share
+  if [ "$mode" = tx ]; then
+    bursts=$(grep -o 'TX-bursts : .*' "$WORK/gen.log" | tail -n 1 || true)
+    share=$(echo "$bursts" | grep -o "[0-9]*% of 32 pkts" | grep -o '^[0-9]*' || true)
+  else
+    bursts=$(grep -o 'RX-bursts : .*' "$WORK/gen.log" | tail -n 1 || true)
+    share=$(echo "$bursts" | grep -o '[0-9]*% of 0 pkts' | grep -o '^[0-9]*' || true)
+  fi
+  echo "$1 $mode $pps ${share:-0}" | tee -a "$RES" >&2
 }
 
 echo "vhost-net-bench: modes [$MODES], back-ends [$BACKENDS], $RUNS runs x $SECS s (+$WARMUP s warm-up)," \
@@ -194,9 +207,11 @@ python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$PKT_LEN" "$FWD_BURSTS" <<'EOF'
 import statistics, sys
 res, runs, secs, poll_us, pkt_len, bursts = sys.argv[1:]
 rows = {}
+share = {}
 for line in open(res):
-    be, mode, pps = line.split()
+    be, mode, pps, sh = line.split()
     rows.setdefault((mode, be), []).append(float(pps))
+    share.setdefault((mode, be), []).append(float(sh))
 def med(k):
     v = rows.get(k, [])
     return statistics.median(v) / 1e6 if v else float("nan")
@@ -208,8 +223,8 @@ what = {
 print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair; front-end: DPDK "
       f"virtio-user (testpmd); iovirt-vhost --poll-us {poll_us}")
 print()
-print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK |")
-print("|---|---|---|---|")
+print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK | front-end bursts (iovirt / DPDK) |")
+print("|---|---|---|---|---|")
 for mode in ("tx", "rx", "fwd"):
     if not any(k[0] == mode for k in rows):
         continue
@@ -217,5 +232,9 @@ for mode in ("tx", "rx", "fwd"):
     ratio = f"{i / d:.2f}x" if i == i and d == d and d > 0 else "n/a"
     fi = f"{i:.2f}" if i == i else "n/a"
     fd = f"{d:.2f}" if d == d else "n/a"
-    print(f"| {mode}: {what[mode]} | {fi} | {fd} | {ratio} |")
+    def sh(be):
+        v = share.get((mode, be), [])
+        return f"{statistics.median(v):.0f}%" if v else "n/a"
+    kind = "tx bursts whole" if mode == "tx" else "rx polls empty"
+    print(f"| {mode}: {what[mode]} | {fi} | {fd} | {ratio} | {kind}: {sh('iovirt')} / {sh('dpdk')} |")
 EOF
