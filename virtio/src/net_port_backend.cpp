@@ -112,8 +112,7 @@ struct PortBackend::Worker {
     uint16_t head;
     uint16_t desc_count;
     uint8_t nseg;
-    const uint8_t* host;  // non-null: one readable buffer of `len` bytes (the fast path)
-    uint32_t len;
+    const uint8_t* host;  // non-null: segs[0] is one readable buffer, here (the fast path)
     std::array<Segment, kInlineSegs> segs;
   };
   std::array<TxItem, kBurst> tx_items{};
@@ -215,7 +214,6 @@ struct PortBackend::Worker {
       it.nseg = 1;
       it.segs[0] = c.seg;
       it.host = c.seg.write ? nullptr : c.host;  // no readable bytes: tx_copy drops it
-      it.len = c.seg.len;
     }
     done = static_cast<int>(direct->count);
     const bool more = direct->blocked;
@@ -268,7 +266,7 @@ struct PortBackend::Worker {
     for (size_t i = 0; i < n; ++i) {
       const TxItem& it = tx_items[i];
       if (it.host != nullptr) {
-        tx_copy_one(it.host, it.len, nout, bytes);
+        tx_copy_one(it.host, it.segs[0].len, nout, bytes);
       } else {
         tx_copy(std::span<const Segment>(it.segs.data(), it.nseg), nout, bytes);
       }
