@@ -549,6 +549,28 @@ TEST_F(VhostUserBackendTest, TwoQueuesAreServedIndependently) {
   EXPECT_TRUE(f.finish().has_value());
 }
 
+// QEMU's multi-queue sequence: one vhost device per queue pair on the same connection, each
+// sending SET_FEATURES (the same bits) before its rings, while the first pair's rings run.
+TEST_F(VhostUserBackendTest, SetFeaturesRepeatedPerQueuePairKeepsRunningRingsServed) {
+  Frontend f(*backend);
+  const uint64_t acked = negotiate(f);
+  Ring r0;
+  Ring r1;
+  start_ring(f, 0, r0);
+  ASSERT_TRUE(f.mem->write(kHighGpa, pattern(1024, 7)).has_value());
+  EXPECT_EQ(request(f, r0, blk::VIRTIO_BLK_T_OUT, 300, kHighGpa, 1024).first,
+            blk::VIRTIO_BLK_S_OK);
+  EXPECT_EQ(f.acked(Request::SetFeatures, U64{acked}), 0u);
+  start_ring(f, 1, r1);
+  EXPECT_EQ(request(f, r0, blk::VIRTIO_BLK_T_IN, 300, kHighGpa + 8192, 1024).first,
+            blk::VIRTIO_BLK_S_OK);
+  std::vector<uint8_t> got(1024);
+  ASSERT_TRUE(f.mem->read(kHighGpa + 8192, got).has_value());
+  EXPECT_EQ(got, pattern(1024, 7));
+  EXPECT_EQ(request(f, r1, blk::VIRTIO_BLK_T_FLUSH, 0, 0, 0).first, blk::VIRTIO_BLK_S_OK);
+  EXPECT_TRUE(f.finish().has_value());
+}
+
 TEST_F(VhostUserBackendTest, DisabledRingIsNotServedUntilEnabled) {
   Frontend f(*backend);
   negotiate(f);  // PROTOCOL_FEATURES acked: rings start disabled

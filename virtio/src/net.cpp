@@ -146,7 +146,7 @@ Status VirtioNet::negotiate(uint64_t features) {
   if ((features & ~features_) != 0) {
     return fail(name_ + ": the driver accepted features that were not offered", EINVAL);
   }
-  if (auto st = check_net_feature_deps(features); !st) {
+  if (auto st = check_net_feature_deps(deps_view(features)); !st) {
     return std::unexpected(std::move(st.error()).context(name_));
   }
   negotiated_ = features;
@@ -182,15 +182,24 @@ void VirtioNet::set_active_pairs(uint16_t n) {
   active_pairs_.store(n);
 }
 
+uint64_t VirtioNet::deps_view(uint64_t features) const {
+  // The front-end's control queue stands in for CTRL_VQ where MQ or CTRL_RX need it.
+  return cfg_.frontend_owns_ctrl ? features | feature_bit(net_feature::kCtrlVq) : features;
+}
+
 Status VirtioNet::activate(ActivateContext ctx) {
   reset();
-  if (auto st = check_net_feature_deps(ctx.features); !st) {
+  if (auto st = check_net_feature_deps(deps_view(ctx.features)); !st) {
     return std::unexpected(std::move(st.error()).context(name_));
   }
   const bool mq = has(ctx.features, net_feature::kMq);
   pairs_in_use_ = mq ? cfg_.queue_pairs : 1;  // section 5.1.2
   // -1: no control queue. (A plain int: g++ 12 -O2 misreads an optional<uint16_t> here.)
-  const int ctrl_index = has(ctx.features, net_feature::kCtrlVq) ? 2 * pairs_in_use_ : -1;
+  const int ctrl_index =
+      has(ctx.features, net_feature::kCtrlVq) && !cfg_.frontend_owns_ctrl ? 2 * pairs_in_use_ : -1;
+  // The pairs that receive: the first until VQ_PAIRS_SET (section 5.1.6.5.5), or, when the
+  // front-end owns the control queue, up to the last pair it bound a ring of.
+  uint16_t receiving = 1;
 
   std::vector<PairQueues> pairs(pairs_in_use_);
   std::optional<ServedQueue> ctrl;
@@ -204,6 +213,7 @@ Status VirtioNet::activate(ActivateContext ctx) {
     if (b.index == ctrl_index) {
       ctrl = s;
     } else if (b.index < 2 * pairs_in_use_) {
+      if (cfg_.frontend_owns_ctrl) receiving = std::max<uint16_t>(receiving, b.index / 2 + 1);
       auto& p = pairs[b.index / 2];
       if (b.index % 2 == 0) {
         p.rx = s;
@@ -212,7 +222,7 @@ Status VirtioNet::activate(ActivateContext ctx) {
       }
     }
   }
-  if (cfg_.port) return activate_ports(std::move(ctx), std::move(pairs), ctrl);
+  if (cfg_.port) return activate_ports(std::move(ctx), std::move(pairs), ctrl, receiving);
   for (size_t i = 0; i < pairs.size(); ++i) pairs[i].tap_fd = taps_[i].get();
 
   // What the guest takes on receive decides what the tap may hand over (TUNSETOFFLOAD).
@@ -220,8 +230,8 @@ Status VirtioNet::activate(ActivateContext ctx) {
   if (auto st = tap::set_offload(taps_[0].get(), applied_offloads_); !st) {
     return std::unexpected(std::move(st.error()).context(name_));
   }
-  active_pairs_.store(1);
-  set_tap_queues(1);  // section 5.1.6.5.5: only the first pair until VQ_PAIRS_SET
+  active_pairs_.store(receiving);
+  set_tap_queues(receiving);
 
   if (!cfg_.vhost) {
     std::vector<PairQueues> served;
@@ -266,8 +276,8 @@ Status VirtioNet::activate(ActivateContext ctx) {
 }
 
 Status VirtioNet::activate_ports(ActivateContext ctx, std::vector<PairQueues> pairs,
-                                 std::optional<ServedQueue> ctrl) {
-  active_pairs_.store(1);
+                                 std::optional<ServedQueue> ctrl, uint16_t receiving) {
+  active_pairs_.store(receiving);
   std::vector<PairQueues> served;
   std::vector<std::unique_ptr<PacketPort>> ports;
   for (size_t i = 0; i < pairs.size(); ++i) {

@@ -240,9 +240,13 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
       const uint64_t v = std::get<U64>(msg.body).value;
       if ((v & ~offered_) != 0)
         return bad(req, "features " + hex(v & ~offered_) + " were not offered");
+      const uint64_t f = v & ~kProtocolFeaturesBit;
+      // QEMU sends SET_FEATURES once per queue pair, the same bits each time, the later ones
+      // while the first pair's rings already run: nothing changes, nothing restarts.
+      if (features_set_ && f == features_ && protocol_acked_ == ((v & kProtocolFeaturesBit) != 0))
+        return R();
       // Features change what the rings mean (EVENT_IDX...): never under a running device.
       stop_device();
-      const uint64_t f = v & ~kProtocolFeaturesBit;
       if (auto st = dev_.negotiate(f); !st) return bad(req, st.error().message());
       features_ = f;
       features_set_ = true;

@@ -164,6 +164,11 @@ struct NetConfig {
   uint16_t queue_pairs = 1;
   bool vhost = false;
   uint16_t queue_size = 256;
+  // A vhost-user back-end (iovirt-vhost): the front-end serves the control queue and turns
+  // VQ_PAIRS_SET into SET_VRING_ENABLE, so the pairs whose rings it bound are the pairs in use,
+  // and it may keep CTRL_VQ to itself (QEMU acks MQ without it). The control queue is never
+  // served here.
+  bool frontend_owns_ctrl = false;
 };
 
 class TapBackend;
@@ -216,8 +221,9 @@ class VirtioNet final : public VirtioDevice {
  private:
   VirtioNet(NetConfig cfg, MetricsRegistry& metrics, std::string name);
   void set_tap_queues(uint16_t attached);
+  uint64_t deps_view(uint64_t features) const;
   Status activate_ports(ActivateContext ctx, std::vector<PairQueues> pairs,
-                        std::optional<ServedQueue> ctrl);
+                        std::optional<ServedQueue> ctrl, uint16_t receiving);
 
   NetConfig cfg_;
   std::string name_;
