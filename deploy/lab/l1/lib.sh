@@ -144,7 +144,8 @@ lab_us_to_s() { printf '%d.%03d' $(($1 / 1000000)) $((($1 % 1000000) / 1000)); }
 #                         --net vhost-user=SOCK; QEMU -netdev vhost-user on memfd RAM):
 #                         iovirt-vhost net --backend tap=tap0 (next to the iovirt binary), or
 #                         DPDK's dpdk-testpmd forwarding (io) between net_vhost and a net_tap
-#                         that then owns tap0. One queue pair, no LAB_NET_VHOST.
+#                         that then owns tap0. No LAB_NET_VHOST; LAB_QUEUES > 1 with
+#                         iovirt-vhost only (it gets --queues N on a multi-queue tap0).
 #   LAB_NET_KILL=on|off   with LAB_NET_BACKEND=iovirt-vhost and iovirt as the VMM: kill the back-end
 #                         (SIGKILL) while the guest sends and start it again; the front-end
 #                         reconnects, TCP retransmits over the gap, the transfer must verify
@@ -172,10 +173,13 @@ lab_check_knobs() {
     [[ $LAB_NET_BACKEND =~ ^(tap|iovirt-vhost|testpmd)$ ]] || bad+=" LAB_NET_BACKEND=$LAB_NET_BACKEND (tap|iovirt-vhost|testpmd)"
     [[ $LAB_NET_KILL == on || $LAB_NET_KILL == off ]] || bad+=" LAB_NET_KILL=$LAB_NET_KILL (on|off)"
     [[ -z ${LAB_VMM:-} || $LAB_VMM == qemu || $LAB_VMM == iovirt ]] || bad+=" LAB_VMM=$LAB_VMM (qemu|iovirt)"
-    # Combinations: a vhost-user NIC is one queue pair served by its back-end process.
+    # Combinations: a vhost-user NIC is served by its back-end process; several queue pairs only
+    # by iovirt-vhost (the lab's testpmd forwards one pair).
     if [[ $LAB_NET_BACKEND != tap ]]; then
         [[ $LAB_NET_VHOST == off ]] || bad+=" LAB_NET_VHOST=on with LAB_NET_BACKEND=$LAB_NET_BACKEND (vhost-net and vhost-user are two back-ends: pick one)"
-        [[ $LAB_QUEUES == 1 ]] || bad+=" LAB_QUEUES=$LAB_QUEUES with LAB_NET_BACKEND=$LAB_NET_BACKEND (one queue pair over vhost-user)"
+    fi
+    if [[ $LAB_NET_BACKEND == testpmd ]]; then
+        [[ $LAB_QUEUES == 1 ]] || bad+=" LAB_QUEUES=$LAB_QUEUES with LAB_NET_BACKEND=testpmd (the lab's testpmd forwards one queue pair; iovirt-vhost takes several)"
     fi
     if [[ $LAB_NET_KILL == on ]]; then
         [[ $LAB_NET_BACKEND == iovirt-vhost ]] || bad+=" LAB_NET_KILL=on with LAB_NET_BACKEND=$LAB_NET_BACKEND (needs iovirt-vhost)"
@@ -332,8 +336,8 @@ lab_l2_add_disk() {
 # lab_vnet_start TAP MAC — start the LAB_NET_BACKEND vhost-user back-end on /tmp/vu/net.sock
 # with its frames on TAP (its pid in /tmp/vu/net.pid, its log in /tmp/vu/net.log); waits for
 # the socket (testpmd: and for its tap).
-#  - iovirt-vhost: `iovirt-vhost net --backend tap=TAP` opens the existing TAP (L1's address
-#    stays on it, also across a restart).
+#  - iovirt-vhost: `iovirt-vhost net --backend tap=TAP --queues LAB_QUEUES` opens the existing
+#    TAP (multi-queue when LAB_QUEUES > 1; L1's address stays on it, also across a restart).
 #  - testpmd: DPDK's net_tap creates its own TAP, so the one lab_tap_create made is deleted and
 #    its address moved to DPDK's once it exists. testpmd's forwarding lcore busy-polls L1's one
 #    CPU, which the L2 vCPUs and the VMM share: both lcores on that CPU (--lcores 0@0,1@0), at
@@ -351,7 +355,7 @@ lab_vnet_start() {
     case $LAB_NET_BACKEND in
         iovirt-vhost)
             "$(dirname "$IOVIRT")/iovirt-vhost" net --socket "$VU_NET_SOCK" --backend "tap=$tap" --mac "$mac" \
-                >>"$VU_DIR/net.log" 2>&1 &
+                --queues "$LAB_QUEUES" >>"$VU_DIR/net.log" 2>&1 &
             ;;
         testpmd)
             cidr=$(ip -o -4 addr show dev "$tap" 2>/dev/null | awk '{ print $4; exit }')
@@ -412,7 +416,7 @@ lab_vnet_crash() {
 # lab_l2_add_net VMM TAP MAC — a virtio-net NIC on the existing tap device TAP; with
 # LAB_NET_BACKEND other than tap, served over vhost-user by a back-end on TAP (lab_vnet_start).
 # iovirt: --net tap=TAP,mac=MAC[,queues=N][,vhost=on][,packed=on][,event_idx=off]
-#         --net vhost-user=SOCK,mac=MAC[,event_idx=off]
+#         --net vhost-user=SOCK,mac=MAC[,queues=N][,event_idx=off]
 lab_l2_add_net() {
     local vmm=$1 tap=$2 mac=$3 id=n$L2_NNETS
     L2_NNETS=$((L2_NNETS + 1))
@@ -421,8 +425,12 @@ lab_l2_add_net() {
         case $vmm in
             qemu)
                 _lab_qemu_shared_ram
-                L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_NET_SOCK" -netdev "vhost-user,id=$id,chardev=vu$id"
-                    -device "virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)")
+                local netdev="vhost-user,id=$id,chardev=vu$id" dev="virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)"
+                if ((LAB_QUEUES > 1)); then
+                    netdev+=",queues=$LAB_QUEUES"
+                    dev+=",mq=on,vectors=$((2 * LAB_QUEUES + 2))"
+                fi
+                L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_NET_SOCK" -netdev "$netdev" -device "$dev")
                 ;;
             iovirt) L2_CMD+=(--net "vhost-user=$VU_NET_SOCK,mac=$mac$(_lab_iovirt_ring_opts)") ;;
         esac
