@@ -88,6 +88,28 @@ std::vector<uint8_t> make_frame(const std::array<uint8_t, 6>& dst, size_t len, u
   return f;
 }
 
+// Ethernet (to dst, from a fixed source) + IPv4 10.0.0.1 -> 10.0.0.2 with protocol `proto` at the
+// start of `frame` (the whole frame is the IP packet's length; no checksum); returns the L4 header.
+uint8_t* write_ipv4(std::span<uint8_t> frame, const std::array<uint8_t, 6>& dst, uint8_t proto) {
+  std::memcpy(frame.data(), dst.data(), 6);
+  const uint8_t src[6] = {0x02, 0x11, 0x22, 0x33, 0x44, 0x66};
+  std::memcpy(frame.data() + 6, src, 6);
+  frame[12] = 0x08;
+  frame[13] = 0x00;
+  uint8_t* ip = frame.data() + 14;
+  std::memset(ip, 0, 20);
+  const auto ip_len = static_cast<uint16_t>(frame.size() - 14);
+  ip[0] = 0x45;
+  ip[2] = static_cast<uint8_t>(ip_len >> 8);
+  ip[3] = static_cast<uint8_t>(ip_len & 0xff);
+  ip[8] = 64;
+  ip[9] = proto;
+  const uint8_t a[4] = {10, 0, 0, 1}, b[4] = {10, 0, 0, 2};
+  std::memcpy(ip + 12, a, 4);
+  std::memcpy(ip + 16, b, 4);
+  return ip + 20;
+}
+
 bool is_ours(std::span<const uint8_t> f, uint16_t ethertype = kEtherType) {
   return f.size() >= 14 && f[12] == (ethertype >> 8) && f[13] == (ethertype & 0xff);
 }
@@ -484,22 +506,8 @@ TEST_F(NetTest, TxTso4FrameIsAcceptedByTheTap) {
       base_features() | feature_bit(net_feature::kCsum) | feature_bit(net_feature::kHostTso4);
   ASSERT_TRUE(activate(f, 2).has_value());
   std::vector<uint8_t> frame(3000, 0x5a);
-  std::memcpy(frame.data(), kBroadcast.data(), 6);
-  const uint8_t src[6] = {0x02, 0x11, 0x22, 0x33, 0x44, 0x66};
-  std::memcpy(frame.data() + 6, src, 6);
-  frame[12] = 0x08;
-  frame[13] = 0x00;
-  uint8_t* ip = frame.data() + 14;
-  std::memset(ip, 0, 40);
-  ip[0] = 0x45;
-  ip[2] = static_cast<uint8_t>((3000 - 14) >> 8);
-  ip[3] = static_cast<uint8_t>((3000 - 14) & 0xff);
-  ip[8] = 64;
-  ip[9] = 6;  // TCP
-  const uint8_t a[4] = {10, 0, 0, 1}, b[4] = {10, 0, 0, 2};
-  std::memcpy(ip + 12, a, 4);
-  std::memcpy(ip + 16, b, 4);
-  uint8_t* tcp = ip + 20;
+  uint8_t* tcp = write_ipv4(frame, kBroadcast, 6);  // TCP
+  std::memset(tcp, 0, 20);
   tcp[12] = 5 << 4;  // data offset
   tcp[13] = 0x18;    // PSH ACK
   VirtioNetHdr hdr{};
@@ -789,19 +797,7 @@ TEST_F(NetTest, FrontendOwnedControlQueueTakesMqAloneAndTheBoundPairsReceive) {
   constexpr int kFrames = 64;
   for (int i = 0; i < kFrames; ++i) {
     std::vector<uint8_t> fr(14 + 20 + 8 + 16, 0);
-    std::memcpy(fr.data(), ns.dev->mac().data(), 6);
-    const uint8_t src[6] = {0x02, 0x11, 0x22, 0x33, 0x44, 0x55};
-    std::memcpy(fr.data() + 6, src, 6);
-    fr[12] = 0x08;  // IPv4
-    uint8_t* ip = fr.data() + 14;
-    ip[0] = 0x45;
-    ip[3] = static_cast<uint8_t>(fr.size() - 14);
-    ip[8] = 64;
-    ip[9] = 17;  // UDP
-    const uint8_t sa[4] = {10, 0, 0, 1}, da[4] = {10, 0, 0, 2};
-    std::memcpy(ip + 12, sa, 4);
-    std::memcpy(ip + 16, da, 4);
-    uint8_t* udp = ip + 20;
+    uint8_t* udp = write_ipv4(fr, ns.dev->mac(), 17);  // UDP
     udp[0] = static_cast<uint8_t>((1000 + i) >> 8);
     udp[1] = static_cast<uint8_t>(1000 + i);
     udp[2] = 0x13;
