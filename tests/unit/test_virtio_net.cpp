@@ -828,7 +828,8 @@ TEST_F(NetTest, MqWithoutCtrlVqIsRefusedByADeviceThatServesTheControlQueue) {
   const uint64_t f = base_features() | feature_bit(net_feature::kMq);
   auto st = ns.dev->negotiate(f);
   ASSERT_FALSE(st.has_value());
-  EXPECT_NE(st.error().message().find("MQ needs CTRL_VQ"), std::string::npos) << st.error().message();
+  EXPECT_NE(st.error().message().find("MQ needs CTRL_VQ"), std::string::npos)
+      << st.error().message();
 }
 
 TEST_F(NetTest, ResetWhileTrafficRuns) {

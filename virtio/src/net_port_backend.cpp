@@ -303,10 +303,12 @@ struct PortBackend::Worker {
       // recycles its buffers finds the same header there each time, and not writing it leaves
       // the line shared with the driver's CPU instead of taking it away and handing it back
       // per frame (DPDK's vhost does the same).
-      // The expected header is a constant: built on the stack per frame, its 2-byte num_buffers
-      // store fed the 4-byte load of the comparison, which cannot be forwarded from the store
-      // buffer and waited for the store to commit, some 10% of the rx time per frame.
-      if (std::memcmp(p, &kOneBufferHdr, kNetHdrSize) != 0) std::memcpy(p, &kOneBufferHdr, kNetHdrSize);
+      // The expected header is a constant: one built on the stack per frame had its 2-byte
+      // num_buffers store feed the comparison's 4-byte load, which the store buffer cannot
+      // forward, so every frame waited for that store to commit (rx went from 22-23 to 26.7
+      // Mpps without it).
+      if (std::memcmp(p, &kOneBufferHdr, kNetHdrSize) != 0)
+        std::memcpy(p, &kOneBufferHdr, kNetHdrSize);
       std::memcpy(p + kNetHdrSize, f.data, f.len);
       if (auto st = rxc->give_first(*ctx->mem, *s.q, static_cast<uint32_t>(need)); !st) {
         fail_queue(s, st.error().message());
