@@ -422,24 +422,17 @@ lab_l2_add_net() {
     L2_NNETS=$((L2_NNETS + 1))
     if [[ $LAB_NET_BACKEND != tap ]]; then
         lab_vnet_start "$tap" "$mac" || return 1
-        case $vmm in
-            qemu)
-                _lab_qemu_shared_ram
-                local netdev="vhost-user,id=$id,chardev=vu$id" dev="virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)"
-                if ((LAB_QUEUES > 1)); then
-                    netdev+=",queues=$LAB_QUEUES"
-                    dev+=",mq=on,vectors=$((2 * LAB_QUEUES + 2))"
-                fi
-                L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_NET_SOCK" -netdev "$netdev" -device "$dev")
-                ;;
-            iovirt) L2_CMD+=(--net "vhost-user=$VU_NET_SOCK,mac=$mac$(_lab_iovirt_ring_opts)") ;;
-        esac
-        return 0
     fi
     case $vmm in
         qemu)
-            local netdev="tap,id=$id,ifname=$tap,script=no,downscript=no,vhost=$LAB_NET_VHOST" dev
-            dev="virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)"
+            local netdev dev="virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)"
+            if [[ $LAB_NET_BACKEND != tap ]]; then
+                _lab_qemu_shared_ram
+                L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_NET_SOCK")
+                netdev="vhost-user,id=$id,chardev=vu$id"
+            else
+                netdev="tap,id=$id,ifname=$tap,script=no,downscript=no,vhost=$LAB_NET_VHOST"
+            fi
             if ((LAB_QUEUES > 1)); then
                 netdev+=",queues=$LAB_QUEUES"
                 dev+=",mq=on,vectors=$((2 * LAB_QUEUES + 2))"
@@ -448,7 +441,11 @@ lab_l2_add_net() {
             ;;
         iovirt)
             local o="tap=$tap,mac=$mac"
-            [[ $LAB_NET_VHOST != on ]] || o+=",vhost=on"
+            if [[ $LAB_NET_BACKEND != tap ]]; then
+                o="vhost-user=$VU_NET_SOCK,mac=$mac"
+            elif [[ $LAB_NET_VHOST == on ]]; then
+                o+=",vhost=on"
+            fi
             L2_CMD+=(--net "$o$(_lab_iovirt_ring_opts)")
             ;;
     esac
