@@ -425,7 +425,8 @@ lab_l2_add_net() {
     fi
     case $vmm in
         qemu)
-            local netdev dev="virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)"
+            local netdev dev
+            dev="virtio-net-pci,netdev=$id,mac=$mac,$(_lab_qemu_virtio_props)"
             if [[ $LAB_NET_BACKEND != tap ]]; then
                 _lab_qemu_shared_ram
                 L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_NET_SOCK")
