@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "iovirt/core/guest_memory.hpp"
@@ -1033,6 +1034,208 @@ TEST(VirtqueueFacade, PackedFaultIsReportedThroughFacade) {
   EXPECT_FALSE(vq->pop(mem).has_value());
   EXPECT_TRUE(vq->broken());
   EXPECT_EQ(vq->fault(), QueueFault::BufferIdOutOfRange);
+}
+
+// ---- inflight tracking (INFLIGHT_SHMFD, inflight.hpp) ----
+
+class PackedInflightTest : public PackedQueueTest {
+ protected:
+  std::vector<uint8_t> area = std::vector<uint8_t>(inflight_packed_queue_bytes(kSize));
+  InflightPackedHeader& hdr() { return *reinterpret_cast<InflightPackedHeader*>(area.data()); }
+  InflightDescPacked& entry(uint16_t i) {
+    return reinterpret_cast<InflightDescPacked*>(area.data() + sizeof(InflightPackedHeader))[i];
+  }
+  // The head entry holding buffer `id` (whatever its mark), or kSize.
+  uint16_t head_entry(uint16_t id) {
+    for (uint16_t i = 0; i < kSize; ++i)
+      if (entry(i).num != 0 && entry(i).id == id) return i;
+    return kSize;
+  }
+  uint16_t add(uint32_t n, uint64_t base) {
+    const auto bufs = chain_of(n, base);
+    auto id = drv.add_chain(bufs);
+    EXPECT_TRUE(id.has_value()) << id.error().message();
+    return id.value_or(0xffff);
+  }
+  // The segments of a chain as (addr, len, write).
+  static std::vector<std::tuple<uint64_t, uint32_t, bool>> segs(const DescriptorChain& c) {
+    std::vector<std::tuple<uint64_t, uint32_t, bool>> v;
+    for (const Segment& sg : c.segments) v.emplace_back(sg.addr, sg.len, sg.write);
+    return v;
+  }
+  static std::vector<std::tuple<uint64_t, uint32_t, bool>> segs(const std::vector<Buf>& b) {
+    std::vector<std::tuple<uint64_t, uint32_t, bool>> v;
+    for (const Buf& x : b) v.emplace_back(x.gpa, x.len, x.write);
+    return v;
+  }
+  std::vector<uint16_t> take_all() {
+    std::vector<uint16_t> ids;
+    for (;;) {
+      auto u = drv.take_used();
+      EXPECT_TRUE(u.has_value());
+      if (!u || !*u) return ids;
+      ids.push_back((*u)->id);
+    }
+  }
+};
+
+// A back-end pops A (two descriptors), B and C, completes C first — its used descriptor lands in
+// A's first slot — and pops D, made available after them; then it dies. Its
+// successor resubmits A, B and D from the area, oldest first, A's two descriptors intact
+// although the ring no longer holds A's head, and carries on at the right positions.
+TEST_F(PackedInflightTest, SuccessorResubmitsBuffersWhoseSlotsUsedDescriptorsOverwrote) {
+  ASSERT_TRUE(q.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(hdr().version, kInflightVersion);
+  EXPECT_EQ(hdr().desc_num, kSize);
+  // Traffic first, so that the crash happens after the ring wrapped (both wrap counters 0).
+  for (int i = 0; i < 9; ++i) {
+    const uint16_t id = add(2, kBuf + 0x1000);
+    const auto c = pop_one();
+    ASSERT_EQ(c.head, id);
+    ASSERT_TRUE(q.push(mem, c.head, c.desc_count, 0).has_value());
+    ASSERT_EQ(take_all(), std::vector<uint16_t>{id});
+  }
+  EXPECT_FALSE(q.avail_wrap());
+  const uint16_t start = q.next_avail();  // 18 slots later: position 2 of lap 2
+  const auto a_bufs = chain_of(2, kBuf);
+  const uint16_t a = add(2, kBuf);
+  const uint16_t b = add(1, kBuf + 0x200);
+  const uint16_t c = add(1, kBuf + 0x300);
+  EXPECT_EQ(pop_one().head, a);
+  EXPECT_EQ(pop_one().head, b);
+  const auto cc = pop_one();
+  EXPECT_EQ(cc.head, c);
+  ASSERT_TRUE(q.push(mem, c, cc.desc_count, 8).has_value());  // used descriptor in A's slot
+  EXPECT_EQ(take_all(), std::vector<uint16_t>{c});
+  const uint16_t d = add(1, kBuf + 0x400);
+  EXPECT_EQ(pop_one().head, d);
+  EXPECT_EQ(hdr().used_idx, (start + 1) % kSize);
+  EXPECT_EQ(q.in_flight_slots(), 4u);
+  const uint16_t avail_state = q.avail_state();
+
+  PackedQueue next = make_device_queue();  // the new back-end, positions unknown to it
+  ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(next.resubmit_pending(), 3u);
+  EXPECT_EQ(next.used_state(), static_cast<uint16_t>(((start + 1) % kSize)))
+      << "one slot used since the crash-free point, wrap counter 0";
+  EXPECT_EQ(next.avail_state(), avail_state);
+  EXPECT_EQ(next.in_flight_slots(), 4u);
+  auto pa = next.pop(mem);
+  ASSERT_TRUE(pa.has_value() && pa->has_value());
+  EXPECT_EQ((*pa)->head, a);
+  EXPECT_EQ((*pa)->desc_count, 2);
+  EXPECT_EQ(segs(**pa), segs(a_bufs));
+  const DescriptorChain ca = **pa;
+  auto pb = next.pop(mem);
+  ASSERT_TRUE(pb.has_value() && pb->has_value());
+  EXPECT_EQ((*pb)->head, b);
+  auto pd = next.pop(mem);
+  ASSERT_TRUE(pd.has_value() && pd->has_value());
+  EXPECT_EQ((*pd)->head, d);
+  auto none = next.pop(mem);
+  ASSERT_TRUE(none.has_value());
+  EXPECT_FALSE(none->has_value()) << "C was completed and must not come back";
+  // Completed in another order; the driver sees each once, and new buffers still flow.
+  ASSERT_TRUE(next.push(mem, d, 1, 0).has_value());
+  ASSERT_TRUE(next.push(mem, a, ca.desc_count, 0).has_value());
+  ASSERT_TRUE(next.push(mem, b, 1, 0).has_value());
+  EXPECT_EQ(take_all(), (std::vector<uint16_t>{d, a, b}));
+  const uint16_t e = add(1, kBuf + 0x500);
+  auto pe = next.pop(mem);
+  ASSERT_TRUE(pe.has_value() && pe->has_value());
+  EXPECT_EQ((*pe)->head, e);
+  ASSERT_TRUE(next.push(mem, e, 1, 0).has_value());
+  EXPECT_EQ(take_all(), std::vector<uint16_t>{e});
+  for (uint16_t i = 0; i < kSize; ++i) EXPECT_EQ(entry(i).inflight, 0) << "entry " << i;
+}
+
+// Death inside push(): marked "being completed" at old_used_idx. Before the used descriptor
+// reached the ring the buffer is still in flight; after, it is done and the position moves past
+// it, even when used_idx itself was not yet written.
+TEST_F(PackedInflightTest, ADeathInsidePushIsResolvedByTheRingSlot) {
+  ASSERT_TRUE(q.attach_inflight(mem, area).has_value());
+  const uint16_t a = add(1, kBuf);
+  const uint16_t b = add(1, kBuf + 0x100);
+  EXPECT_EQ(pop_one().head, a);
+  EXPECT_EQ(pop_one().head, b);
+  const uint16_t ea = head_entry(a);
+  ASSERT_LT(ea, kSize);
+  // (1) Marked, not published: what push() wrote before the ring store.
+  entry(ea).inflight = kInflightPackedCompleting;
+  hdr().old_used_idx = 0;
+  hdr().old_used_wrap_counter = 1;
+  {
+    PackedQueue next = make_device_queue();
+    ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+    EXPECT_EQ(next.resubmit_pending(), 2u);
+    EXPECT_EQ(next.used_state(), 0x8000);
+    EXPECT_EQ(next.avail_state(), 0x8002);
+    EXPECT_EQ(entry(ea).inflight, 1);
+  }
+  // (2) Published, used_idx not yet written: undo what push() wrote after the ring store.
+  PackedQueue q2 = make_device_queue();
+  ASSERT_TRUE(q2.attach_inflight(mem, area).has_value());
+  auto r1 = q2.pop(mem);
+  auto r2 = q2.pop(mem);
+  ASSERT_TRUE(r1 && *r1 && r2 && *r2);
+  ASSERT_TRUE(q2.push(mem, a, 1, 0).has_value());
+  EXPECT_EQ(hdr().used_idx, 1);
+  hdr().used_idx = 0;
+  entry(head_entry(a)).inflight = kInflightPackedCompleting;
+  PackedQueue next = make_device_queue();
+  ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(next.resubmit_pending(), 1u) << "A was published and must not be replayed";
+  EXPECT_EQ(next.used_state(), 0x8001);
+  EXPECT_EQ(hdr().used_idx, 1);
+  auto rb = next.pop(mem);
+  ASSERT_TRUE(rb.has_value() && rb->has_value());
+  EXPECT_EQ((*rb)->head, b);
+  ASSERT_TRUE(next.push(mem, b, 1, 0).has_value());
+  EXPECT_EQ(take_all(), (std::vector<uint16_t>{a, b}));
+}
+
+// The area is the front-end's: every inconsistency is refused, and descriptors it holds are
+// checked like the ring's own when resubmitted.
+TEST_F(PackedInflightTest, AHostileAreaIsRefusedOrBounded) {
+  EXPECT_FALSE(q.attach_inflight(mem, std::span<uint8_t>(area.data(), 64)).has_value());
+  hdr().version = 9;
+  EXPECT_FALSE(q.attach_inflight(mem, area).has_value());
+  hdr().version = kInflightVersion;
+  hdr().desc_num = kSize + 1;
+  EXPECT_FALSE(q.attach_inflight(mem, area).has_value());
+  hdr().desc_num = kSize;
+  auto refused = [&](const char* why) {
+    PackedQueue n = make_device_queue();
+    auto r = n.attach_inflight(mem, area);
+    EXPECT_FALSE(r.has_value()) << why;
+    EXPECT_FALSE(n.inflight_attached()) << why;
+  };
+  hdr().used_idx = kSize;
+  refused("used_idx outside the ring");
+  hdr().used_idx = 0;
+  entry(0) = InflightDescPacked{3, 0, 0, 0, 1, 0, 0, 0, 8, kBuf};
+  refused("unknown mark");
+  entry(0) = InflightDescPacked{1, 0, 0, 0, 1, 0, kSize, 0, 8, kBuf};
+  refused("buffer id outside the ring");
+  entry(0) = InflightDescPacked{1, 0, 5, 5, 2, 0, 1, 0, 8, kBuf};
+  entry(5) = InflightDescPacked{1, 0, 0, 0, 1, 1, 2, 0, 8, kBuf};
+  refused("a list running into another buffer's entry");
+  entry(0) = InflightDescPacked{1, 0, 0xffff, 0, 2, 0, 1, 0, 8, kBuf};
+  entry(5) = {};
+  refused("a list leaving the area");
+  entry(0) = InflightDescPacked{2, 0, 0, 0, 1, 0, 1, 0, 8, kBuf};
+  entry(1) = InflightDescPacked{2, 0, 0, 0, 1, 1, 2, 0, 8, kBuf};
+  refused("two buffers being completed");
+  // Consistent, but its descriptor points outside guest memory: the queue faults on pop, as it
+  // would for the same descriptor in the ring.
+  entry(1) = {};
+  entry(0) = InflightDescPacked{1, 0, 0, 0, 1, 0, 1, 0, 8, 1ull << 40};
+  PackedQueue n = make_device_queue();
+  ASSERT_TRUE(n.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(n.resubmit_pending(), 1u);
+  auto r = n.pop(mem);
+  EXPECT_FALSE(r.has_value());
+  EXPECT_TRUE(n.broken());
 }
 
 }  // namespace

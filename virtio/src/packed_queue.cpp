@@ -70,6 +70,14 @@ void PackedQueue::reset() {
   std::fill(inflight_.begin(), inflight_.end(), uint16_t{0});
   inflight_slots_ = 0;
   fault_ = QueueFault::None;
+  detach_inflight();
+}
+
+void PackedQueue::detach_inflight() {
+  inf_hdr_ = nullptr;
+  inf_desc_ = nullptr;
+  inf_free_.clear();
+  resubmit_.clear();
 }
 
 Status PackedQueue::set_avail_state(uint16_t v) {
@@ -145,6 +153,7 @@ Result<uint16_t> PackedQueue::load_desc_flags(const GuestMemory& mem, uint32_t s
 
 Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) {
   if (auto st = check_usable(); !st) return std::unexpected(std::move(st.error()));
+  if (!resubmit_.empty()) return pop_resubmit(mem);  // a predecessor's buffers first
 
   // One lookup for the head descriptor; its flags are read first, with acquire (2.8.21.1).
   auto head = mem.span(desc_gpa_ + pdesc_offset(next_avail_), sizeof(PvirtqDesc));
@@ -183,6 +192,10 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
       return fault(QueueFault::DescNotAvailable, "slot " + std::to_string(pos) + " (descriptor " +
                                                      std::to_string(slots) + " of the chain at " +
                                                      std::to_string(next_avail_) + ")");
+    }
+    if (inf_hdr_ != nullptr) {  // slots < size_ here (checked above)
+      pop_descs_[slots] = d;
+      pop_descs_[slots].flags = flags;
     }
     ++slots;
     if (++pos == size_) {
@@ -230,6 +243,7 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
                                               std::to_string(slots) + " slots, queue size " +
                                               std::to_string(size_));
   }
+  if (inf_hdr_ != nullptr) record_pop(id, slots);
   inflight_[id] = static_cast<uint16_t>(slots);
   inflight_slots_ += slots;
   next_avail_ = static_cast<uint16_t>(pos);
@@ -293,6 +307,16 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
   auto tail = mem.span(desc_gpa_ + pdesc_offset(next_used_) + offsetof(PvirtqDesc, len), 8);
   if (!tail)
     return fault(QueueFault::RingAccess, "write used descriptor: " + tail.error().message());
+  uint16_t inf_entry = 0;
+  if (inf_hdr_ != nullptr) {
+    // Being completed at next_used (inflight.hpp); the release store of the used flags below
+    // orders these before the descriptor becomes visible.
+    inf_entry = inf_head_[id];
+    inf_hdr_->old_used_idx = next_used_;
+    inf_hdr_->old_used_wrap_counter = used_wrap_ ? 1 : 0;
+    std::atomic_ref<uint8_t>(inf_desc_[inf_entry].inflight)
+        .store(kInflightPackedCompleting, std::memory_order_release);
+  }
   uint8_t* p = tail->data();
   std::memcpy(p, &written, sizeof(written));
   std::memcpy(p + (offsetof(PvirtqDesc, id) - offsetof(PvirtqDesc, len)), &id, sizeof(id));
@@ -309,6 +333,16 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
     used_wrap_ = !used_wrap_;
   }
   next_used_ = static_cast<uint16_t>(next);
+  if (inf_hdr_ != nullptr) {
+    inf_hdr_->used_idx = next_used_;
+    inf_hdr_->used_wrap_counter = used_wrap_ ? 1 : 0;
+    std::atomic_ref<uint8_t>(inf_desc_[inf_entry].inflight).store(0, std::memory_order_release);
+    uint16_t e = inf_entry;
+    for (uint16_t k = 0; k < desc_count; ++k) {
+      inf_free_.push_back(e);
+      e = inf_next_[e];
+    }
+  }
   inflight_[id] = 0;
   inflight_slots_ -= desc_count;
   used_since_signal_ = std::min(used_since_signal_ + desc_count, size_);
@@ -388,6 +422,210 @@ Result<bool> PackedQueue::enable_notification(const GuestMemory& mem) {
   auto flags = load_desc_flags(mem, next_avail_);
   if (!flags) return std::unexpected(std::move(flags.error()));
   return packed_is_avail(*flags, avail_wrap_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// inflight tracking (inflight.hpp)
+
+void PackedQueue::record_pop(uint16_t id, uint32_t slots) {
+  // Free entries suffice: the slots held, this buffer's included, are at most size_ (checked by
+  // pop()), and every held slot has exactly one entry.
+  uint16_t first = 0;
+  uint16_t prev = 0;
+  for (uint32_t k = 0; k < slots; ++k) {
+    const uint16_t e = inf_free_.back();
+    inf_free_.pop_back();
+    InflightDescPacked& x = inf_desc_[e];
+    std::atomic_ref<uint8_t>(x.inflight).store(0, std::memory_order_relaxed);
+    x.addr = pop_descs_[k].addr;
+    x.len = pop_descs_[k].len;
+    x.id = pop_descs_[k].id;
+    x.flags = pop_descs_[k].flags;
+    x.next = 0;
+    if (k == 0) {
+      first = e;
+    } else {
+      inf_desc_[prev].next = e;
+      inf_next_[prev] = e;
+    }
+    prev = e;
+  }
+  InflightDescPacked& h = inf_desc_[first];
+  h.num = static_cast<uint16_t>(slots);
+  h.last = prev;
+  h.counter = inf_counter_++;
+  h.id = id;  // the head entry keeps the buffer id (the ring has it in the list's last one)
+  // The copies before the mark: a mark is only ever on a whole record.
+  std::atomic_ref<uint8_t>(h.inflight).store(1, std::memory_order_release);
+  inf_head_[id] = first;
+}
+
+Result<std::optional<DescriptorChain>> PackedQueue::pop_resubmit(const GuestMemory& mem) {
+  const Recovered r = resubmit_.back();
+  resubmit_.pop_back();
+  segs_.start();
+  uint16_t e = r.entry;
+  for (uint16_t k = 0; k < r.num; ++k) {
+    InflightDescPacked x;
+    std::memcpy(&x, &inf_desc_[e], sizeof x);  // the front-end may write the area meanwhile
+    const PvirtqDesc d{x.addr, x.len, x.id, x.flags};
+    if (x.flags & VIRTQ_DESC_F_INDIRECT) {
+      if (!indirect_ || r.num != 1 || (x.flags & VIRTQ_DESC_F_NEXT)) {
+        return fault(QueueFault::IndirectInChain, "inflight area: indirect descriptor of buffer " +
+                                                      std::to_string(r.id) + " in a list of " +
+                                                      std::to_string(r.num));
+      }
+      if (auto st = walk_indirect(mem, d); !st) return std::unexpected(st.error());
+    } else if (auto st = append(mem, d, (x.flags & VIRTQ_DESC_F_WRITE) != 0); !st) {
+      return std::unexpected(st.error());
+    }
+    e = inf_next_[e];
+  }
+  return std::optional<DescriptorChain>(DescriptorChain{
+      r.id, r.num, segs_.segments(), segs_.readable_len(), segs_.writable_len()});
+}
+
+Status PackedQueue::attach_inflight(const GuestMemory& mem, std::span<uint8_t> area) {
+  if (auto st = check_usable(); !st) return st;
+  const auto qsize = static_cast<uint16_t>(size_);
+  if (area.size() < inflight_packed_queue_bytes(qsize)) {
+    return fail("inflight area of " + std::to_string(area.size()) +
+                    " bytes is too small for a packed ring of " + std::to_string(size_),
+                EINVAL);
+  }
+  if (inflight_slots_ != 0) return fail("inflight area attached to a queue holding buffers", EBUSY);
+  auto* hdr = reinterpret_cast<InflightPackedHeader*>(area.data());
+  auto* desc = reinterpret_cast<InflightDescPacked*>(area.data() + sizeof(InflightPackedHeader));
+  detach_inflight();
+  inf_next_.assign(qsize, 0);
+  inf_head_.assign(max_size_, 0);
+  pop_descs_.resize(qsize);
+  inf_free_.reserve(qsize);
+  std::vector<bool> owned(qsize, false);
+
+  if (hdr->version == 0) {  // fresh: nothing in flight, start where the queue is
+    std::fill(area.begin() + sizeof(InflightPackedHeader), area.end(), uint8_t{0});
+    hdr->desc_num = qsize;
+    hdr->free_head = hdr->old_free_head = 0;
+    hdr->used_idx = hdr->old_used_idx = next_used_;
+    hdr->used_wrap_counter = hdr->old_used_wrap_counter = used_wrap_ ? 1 : 0;
+    hdr->version = kInflightVersion;
+    inf_counter_ = 0;
+  } else {
+    if (hdr->version != kInflightVersion || hdr->desc_num != qsize) {
+      return fail("inflight area: version " + std::to_string(hdr->version) + " for " +
+                      std::to_string(hdr->desc_num) + " descriptors, the packed ring has " +
+                      std::to_string(size_),
+                  EINVAL);
+    }
+    struct Held {
+      uint64_t counter;
+      Recovered r;
+    };
+    std::vector<Held> held;
+    std::vector<bool> id_seen(qsize, false);
+    std::optional<size_t> completing;  // index into held
+    uint32_t slots = 0;
+    uint64_t top = 0;
+    for (uint16_t i = 0; i < qsize; ++i) {
+      const uint8_t mark = desc[i].inflight;
+      if (mark == 0) continue;
+      const uint16_t num = desc[i].num;
+      const uint16_t id = desc[i].id;
+      const std::string what = "inflight area: entry " + std::to_string(i);
+      if (mark != 1 && mark != kInflightPackedCompleting)
+        return fail(what + " has mark " + std::to_string(mark), EINVAL);
+      if (num == 0 || num > qsize || id >= qsize || id_seen[id])
+        return fail(what + ": buffer id " + std::to_string(id) + " with " + std::to_string(num) +
+                        " slot(s) (out of range or held twice)",
+                    EINVAL);
+      id_seen[id] = true;
+      uint16_t e = i;
+      for (uint16_t k = 0; k < num; ++k) {
+        if (e >= qsize || owned[e])
+          return fail(what + ": its list reaches entry " + std::to_string(e) +
+                          " (out of range or another buffer's)",
+                      EINVAL);
+        owned[e] = true;
+        const uint16_t next = desc[e].next;
+        if (k + 1 < num) inf_next_[e] = next;
+        e = next;
+      }
+      if (mark == kInflightPackedCompleting) {
+        if (completing) return fail("inflight area: two buffers being completed", EINVAL);
+        completing = held.size();
+      }
+      held.push_back(Held{desc[i].counter, Recovered{i, id, num}});
+      slots += num;
+      top = std::max(top, desc[i].counter);
+    }
+    // Where the next used descriptor goes.
+    uint32_t used = hdr->used_idx;
+    bool wrap = hdr->used_wrap_counter != 0;
+    if (completing) {
+      // Its used descriptor went to old_used_idx. Still the driver's available descriptor of
+      // that lap there: not published, so it is still in flight.
+      const Recovered c = held[*completing].r;
+      used = hdr->old_used_idx;
+      wrap = hdr->old_used_wrap_counter != 0;
+      if (used >= qsize)
+        return fail("inflight area: old_used_idx " + std::to_string(used) + " outside the ring",
+                    EINVAL);
+      auto flags = load_desc_flags(mem, used);
+      if (!flags) return std::unexpected(std::move(flags.error()));
+      if (packed_is_avail(*flags, wrap)) {
+        desc[c.entry].inflight = 1;
+      } else {
+        desc[c.entry].inflight = 0;
+        uint16_t e = c.entry;
+        for (uint16_t k = 0; k < c.num; ++k) {
+          owned[e] = false;
+          e = inf_next_[e];
+        }
+        slots -= c.num;
+        held.erase(held.begin() + static_cast<ptrdiff_t>(*completing));
+        used += c.num;
+        if (used >= qsize) {
+          used -= qsize;
+          wrap = !wrap;
+        }
+      }
+    }
+    if (used >= qsize)
+      return fail("inflight area: used_idx " + std::to_string(used) + " outside the ring", EINVAL);
+    if (slots > qsize)
+      return fail("inflight area: " + std::to_string(slots) + " slots in flight, ring of " +
+                      std::to_string(qsize),
+                  EINVAL);
+    next_used_ = static_cast<uint16_t>(used);
+    used_wrap_ = wrap;
+    uint32_t avail = used + slots;
+    bool avail_wrap = wrap;
+    if (avail >= qsize) {
+      avail -= qsize;
+      avail_wrap = !avail_wrap;
+    }
+    next_avail_ = static_cast<uint16_t>(avail);
+    avail_wrap_ = avail_wrap;
+    used_since_signal_ = 0;
+    hdr->used_idx = hdr->old_used_idx = next_used_;
+    hdr->used_wrap_counter = hdr->old_used_wrap_counter = used_wrap_ ? 1 : 0;
+    std::sort(held.begin(), held.end(),
+              [](const Held& a, const Held& b) { return a.counter > b.counter; });
+    for (const Held& h : held) {
+      resubmit_.push_back(h.r);
+      inflight_[h.r.id] = h.r.num;
+      inf_head_[h.r.id] = h.r.entry;
+    }
+    inflight_slots_ = slots;
+    inf_counter_ = top + 1;
+  }
+  for (uint16_t e = qsize; e-- > 0;) {
+    if (!owned[e]) inf_free_.push_back(e);
+  }
+  inf_hdr_ = hdr;
+  inf_desc_ = desc;
+  return {};
 }
 
 }  // namespace iovirt::virtio

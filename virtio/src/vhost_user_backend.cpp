@@ -429,6 +429,10 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
 // ---------------------------------------------------------------------------------------------
 // activation
 
+bool VhostUserBackend::packed_features() const {
+  return (features_ & feature_bit(VIRTIO_F_RING_PACKED)) != 0;
+}
+
 uint16_t VhostUserBackend::fresh_base() const {
   // A packed ring starts at position 0 with both wrap counters 1 (virtio 1.2 2.8.1).
   return (features_ & feature_bit(VIRTIO_F_RING_PACKED)) != 0 ? uint16_t{0x8000} : uint16_t{0};
@@ -493,13 +497,19 @@ Status VhostUserBackend::apply() {
     }
     IOVIRT_CHECK_CTX(q.set_next_avail(avail_state), where + " base");
     IOVIRT_CHECK_CTX(q.set_next_used(used_state), where + " base");
-    if (inflight_ && !packed && i < inflight_->num_queues) {
+    if (inflight_ && i < inflight_->num_queues) {
       // Resumes from the marks instead: what was in flight is resubmitted first (inflight.hpp).
+      // A packed ring also takes both positions from the area (its restore point is nowhere in
+      // guest memory).
       std::span<uint8_t> area(inflight_->base + i * inflight_->stride, inflight_->stride);
-      if (auto st = q.split().attach_inflight(*mem_, area); !st) {
+      const auto st = packed ? q.packed_queue().attach_inflight(*mem_, area)
+                             : q.split().attach_inflight(*mem_, area);
+      const size_t pending =
+          packed ? q.packed_queue().resubmit_pending() : q.split().resubmit_pending();
+      if (!st) {
         log_warn(where + ": not tracking in-flight requests: " + st.error().message());
-      } else if (q.split().resubmit_pending() > 0) {
-        log_info(where + ": resubmitting " + std::to_string(q.split().resubmit_pending()) +
+      } else if (pending > 0) {
+        log_info(where + ": resubmitting " + std::to_string(pending) +
                  " request(s) that were in flight");
       }
     }
@@ -519,7 +529,9 @@ Result<std::optional<Message>> VhostUserBackend::get_inflight_fd(const InflightW
   if (w.num_queues > queues_.size())
     return bad(r, "num_queues " + std::to_string(w.num_queues) + " above the device's " +
                       std::to_string(queues_.size()));
-  const size_t stride = inflight_split_queue_bytes(w.queue_size);
+  // Split or packed layout by the features the front-end set before asking (QEMU and iovirt send
+  // SET_FEATURES first, as the spec's packed layout needs).
+  const size_t stride = inflight_queue_bytes(w.queue_size, packed_features());
   const size_t size = stride * w.num_queues;
   Fd fd(::memfd_create("iovirt-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return fail_errno("GET_INFLIGHT_FD: memfd_create");
@@ -541,7 +553,7 @@ Status VhostUserBackend::set_inflight_fd(const InflightWire& w, Fd fd) {
   if (w.num_queues > queues_.size())
     return bad(r, "num_queues " + std::to_string(w.num_queues) + " above the device's " +
                       std::to_string(queues_.size()));
-  const size_t stride = inflight_split_queue_bytes(w.queue_size);
+  const size_t stride = inflight_queue_bytes(w.queue_size, packed_features());
   if (w.mmap_size < stride * w.num_queues || w.mmap_size > (64ull << 20))
     return bad(r, "mmap_size " + std::to_string(w.mmap_size) + " does not hold " +
                       std::to_string(w.num_queues) + " queue(s) of " + std::to_string(w.queue_size) +

@@ -25,6 +25,7 @@
 
 #include "iovirt/core/error.hpp"
 #include "iovirt/core/guest_memory.hpp"
+#include "iovirt/virtio/inflight.hpp"
 #include "iovirt/virtio/packed_ring.hpp"
 #include "iovirt/virtio/split_queue.hpp"  // QueueFault, Segment, DescriptorChain
 
@@ -106,6 +107,16 @@ class PackedQueue final {
   Result<bool> enable_notification(const GuestMemory& mem);
   Status disable_notification(const GuestMemory& mem);
 
+  // Inflight tracking (inflight.hpp) in `area` (inflight_packed_queue_bytes(size()) bytes at
+  // least), for a ready, validated queue holding no buffers. A fresh area (version 0) starts at
+  // the queue's current positions. An area a predecessor left behind sets both positions and
+  // queues its in-flight buffers, which pop() returns first, oldest first. The area is shared
+  // with the front-end and read as hostile input: marks, lists and positions are checked, and
+  // the descriptors it holds go through the same checks as the ring's own.
+  Status attach_inflight(const GuestMemory& mem, std::span<uint8_t> area);
+  [[nodiscard]] bool inflight_attached() const { return inf_hdr_ != nullptr; }
+  [[nodiscard]] size_t resubmit_pending() const { return resubmit_.size(); }
+
  private:
   explicit PackedQueue(uint32_t max_size);
 
@@ -115,6 +126,9 @@ class PackedQueue final {
   Status walk_indirect(const GuestMemory& mem, const PvirtqDesc& table);
   Status append(const GuestMemory& mem, const PvirtqDesc& d, bool write);
   Status write_device_event(const GuestMemory& mem, uint16_t off_wrap, uint16_t flags);
+  void record_pop(uint16_t id, uint32_t slots);
+  Result<std::optional<DescriptorChain>> pop_resubmit(const GuestMemory& mem);
+  void detach_inflight();
 
   uint32_t max_size_;
   uint32_t size_;
@@ -138,6 +152,24 @@ class PackedQueue final {
 
   // Per-pop scratch.
   ChainSegments segs_;
+
+  // Inflight tracking (attach_inflight). The area's entries hold copies of the in-flight
+  // buffers' ring descriptors; which entries are free, how each buffer's entries link and which
+  // head entry each buffer id has are kept here too, so a front-end writing into the area cannot
+  // steer this process's own bookkeeping.
+  struct Recovered {
+    uint16_t entry;  // head entry in the area
+    uint16_t id;
+    uint16_t num;
+  };
+  InflightPackedHeader* inf_hdr_ = nullptr;
+  InflightDescPacked* inf_desc_ = nullptr;
+  uint64_t inf_counter_ = 0;
+  std::vector<uint16_t> inf_free_;    // free entries (a stack)
+  std::vector<uint16_t> inf_next_;    // per entry: the buffer's next entry
+  std::vector<uint16_t> inf_head_;    // per buffer id: its head entry
+  std::vector<Recovered> resubmit_;   // a predecessor's buffers, oldest last
+  std::vector<PvirtqDesc> pop_descs_; // the ring descriptors of the buffer being popped
 };
 
 }  // namespace iovirt::virtio

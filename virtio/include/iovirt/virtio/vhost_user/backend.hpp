@@ -26,10 +26,10 @@
 // table is a protocol error. Front-ends (QEMU's vhost_dev_start) configure every ring before
 // enabling any, so in practice the device is activated once per start.
 // Requests in flight when the device is reset are completed by the device but not returned to
-// the driver (virtio reset semantics). With INFLIGHT_SHMFD (split rings) they stay marked in the
-// front-end's inflight area and are resubmitted when the ring starts again — by this back-end or
-// by the next one after a crash (inflight.hpp); without it a front-end that restarts rings under
-// I/O loses them.
+// the driver (virtio reset semantics). With INFLIGHT_SHMFD (split and packed rings) they stay
+// marked in the front-end's inflight area and are resubmitted when the ring starts again — by
+// this back-end or by the next one after a crash (inflight.hpp); without it a front-end that
+// restarts rings under I/O loses them.
 //
 // GET_VRING_BASE stops the ring: the device is reset first, so the returned index is final.
 //
@@ -46,10 +46,11 @@
 // Packed rings: SET/GET_VRING_BASE carry the 16-bit "position | wrap counter << 15" form QEMU
 // and DPDK use; a restored packed ring's used position equals its avail position (nothing in
 // flight), as those front-ends assume. Without SET_VRING_BASE a packed ring starts at position
-// 0 with wrap counter 1.
+// 0 with wrap counter 1. With an inflight area that a ring has run on, the area sets both
+// positions instead (inflight.hpp), which is how a packed ring survives a back-end crash.
 //
-// Not implemented yet: inflight tracking of packed rings, the back-end request channel (config change
-// notifications), ADD/REM_MEM_REG, dirty logging (LOG_ALL), polling-mode kicks (NOFD kick).
+// Not implemented yet: the back-end request channel (config change notifications),
+// ADD/REM_MEM_REG, dirty logging (LOG_ALL), polling-mode kicks (NOFD kick).
 #pragma once
 
 #include <atomic>
@@ -133,6 +134,7 @@ class VhostUserBackend final : private VirtioInterrupt {
   void reset_state();  // back to "nothing negotiated" (connection end): also memory, protocol
   Result<uint64_t> translate(uint64_t uaddr, const char* what) const;
   [[nodiscard]] uint16_t fresh_base() const;  // next_avail() of a ring never started
+  [[nodiscard]] bool packed_features() const;  // VIRTIO_F_RING_PACKED negotiated
   [[nodiscard]] bool live(const Ring& r) const {
     return r.started && (r.enabled || !protocol_acked_);
   }
