@@ -349,17 +349,25 @@ TEST(ParseVhostUser, DiskAndNetTakeASocket) {
   auto mq = parse_net("vhost-user=/run/net.sock,queues=4");
   ASSERT_TRUE(mq) << mq.error().what();
   EXPECT_EQ(mq->queues, 4);
+  // The ring options pass through: the front-end offers the packed ring when the back-end can
+  // restore it.
+  auto packed = parse_net("vhost-user=/run/net.sock,packed=on");
+  ASSERT_TRUE(packed) << packed.error().what();
+  EXPECT_TRUE(packed->ring.packed);
+  auto disk = parse_disk("vhost-user=/run/blk.sock,packed=on");
+  ASSERT_TRUE(disk) << disk.error().what();
+  EXPECT_TRUE(disk->ring.packed);
 }
 
 TEST(ParseVhostUser, OptionsThatBelongToTheBackendAreRefused) {
   for (const char* v : {"vhost-user=/s,path=/img", "vhost-user=/s,readonly=on", "vhost-user=/s,direct=on",
-                        "vhost-user=/s,serial=x", "vhost-user=/s,packed=on", "vhost-user="}) {
+                        "vhost-user=/s,serial=x", "vhost-user="}) {
     auto d = parse_disk(v);
     ASSERT_FALSE(d) << v;
     EXPECT_NE(d.error().what().find("--disk"), std::string::npos);
   }
-  for (const char* v : {"vhost-user=/s,tap=tap0", "vhost-user=/s,vhost=on", "vhost-user=/s,queues=65",
-                        "vhost-user=/s,packed=on"}) {
+  for (const char* v :
+       {"vhost-user=/s,tap=tap0", "vhost-user=/s,vhost=on", "vhost-user=/s,queues=65"}) {
     auto n = parse_net(v);
     ASSERT_FALSE(n) << v;
     EXPECT_NE(n.error().what().find("--net"), std::string::npos);

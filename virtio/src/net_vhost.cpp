@@ -63,11 +63,15 @@ Status xioctl(int fd, unsigned long req, const void* arg, const std::string& wha
 
 Result<RingUserAddrs> ring_user_addrs(const GuestMemory& mem, const Virtqueue& q) {
   const uint32_t n = q.size();
+  // A packed ring's driver and device areas are the 4-byte event suppression structures.
+  const bool packed = q.format() == RingFormat::Packed;
   auto d = user_addr(mem, q.desc_area(), desc_area_bytes(n), "descriptor table");
   if (!d) return std::unexpected(std::move(d.error()));
-  auto a = user_addr(mem, q.driver_area(), avail_area_bytes(n), "avail ring");
+  auto a = user_addr(mem, q.driver_area(), packed ? event_area_bytes() : avail_area_bytes(n),
+                     packed ? "driver event suppression" : "avail ring");
   if (!a) return std::unexpected(std::move(a.error()));
-  auto u = user_addr(mem, q.device_area(), used_area_bytes(n), "used ring");
+  auto u = user_addr(mem, q.device_area(), packed ? event_area_bytes() : used_area_bytes(n),
+                     packed ? "device event suppression" : "used ring");
   if (!u) return std::unexpected(std::move(u.error()));
   return RingUserAddrs{*d, *a, *u};
 }

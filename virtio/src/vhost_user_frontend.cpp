@@ -43,10 +43,11 @@ Result<Connection> dial(const std::string& path) {
 
 // What iovirt lets through from a back-end's feature set, per device type. Ring layout bits that
 // the transport serves; device bits the driver and back-end can agree on without iovirt in the
-// data path. RING_PACKED is left out (see the header: reconnect restore).
-uint64_t allowed_features(uint16_t device_id) {
+// data path. RING_PACKED only where it can be restored (see the header).
+uint64_t allowed_features(uint16_t device_id, bool packed) {
   uint64_t f = feature_bit(VIRTIO_F_VERSION_1) | feature_bit(VIRTIO_F_EVENT_IDX) |
                feature_bit(VIRTIO_F_INDIRECT_DESC);
+  if (packed) f |= feature_bit(VIRTIO_F_RING_PACKED);
   if (device_id == kDeviceIdNet) {
     using namespace net_feature;
     for (unsigned b : {kCsum, kGuestCsum, kGuestTso4, kGuestTso6, kGuestEcn, kGuestUfo, kHostTso4,
@@ -149,11 +150,13 @@ Result<uint64_t> Frontend::request_u64(Request r) {
 
 Status Frontend::handshake() {
   IOVIRT_TRY_CTX(features, request_u64(Request::GetFeatures), "");
-  uint64_t proto_wanted = (1ull << protocol_feature::kReplyAck) | (1ull << protocol_feature::kMq);
+  // INFLIGHT_SHMFD so a restarted back-end resubmits exactly what was in flight (a disk
+  // completes out of order, so the used index alone cannot say) and so a packed ring can be
+  // restored at all; a split-ring NIC does not use it (share_inflight).
+  uint64_t proto_wanted = (1ull << protocol_feature::kReplyAck) | (1ull << protocol_feature::kMq) |
+                          (1ull << protocol_feature::kInflightShmfd);
   if (opt_.device_id == kDeviceIdBlock) {
-    // CONFIG for the capacity; INFLIGHT_SHMFD so a restarted back-end resubmits exactly what was
-    // in flight (requests complete out of order, so the used index alone cannot say).
-    proto_wanted |= (1ull << protocol_feature::kConfig) | (1ull << protocol_feature::kInflightShmfd);
+    proto_wanted |= (1ull << protocol_feature::kConfig);  // the capacity
   }
   protocol_ = 0;
   if ((features & feature_bit(kFeatureProtocolFeatures)) != 0) {
@@ -173,7 +176,13 @@ Status Frontend::handshake() {
     if (backend_queues == 0) return fail("GET_QUEUE_NUM: the back-end has no queues", EPROTO);
   }
 
-  uint64_t offered = (features & allowed_features(opt_.device_id));
+  const bool inflight = (protocol_ & (1ull << protocol_feature::kInflightShmfd)) != 0;
+  const bool packed = opt_.packed && inflight;
+  if (opt_.packed && features_ == 0 && (!inflight || !has(features, VIRTIO_F_RING_PACKED)))
+    log_warn(opt_.name + ": packed=on, but the back-end does not offer " +
+             (inflight ? "VIRTIO_F_RING_PACKED" : "INFLIGHT_SHMFD (to restore a packed ring)") +
+             "; the guest gets the split ring");
+  uint64_t offered = (features & allowed_features(opt_.device_id, packed));
   if (!has(offered, VIRTIO_F_VERSION_1))
     return fail("the back-end does not offer VIRTIO_F_VERSION_1 (iovirt is modern-only)", ENOTSUP);
   std::vector<uint8_t> config;
@@ -236,7 +245,7 @@ Status Frontend::handshake() {
   }
   if (features_ != 0) {
     // A reconnect: the new back-end must serve what the driver already negotiated.
-    const uint64_t device_bits = acked_ & allowed_features(opt_.device_id);
+    const uint64_t device_bits = acked_ & allowed_features(opt_.device_id, true);
     if ((device_bits & ~offered) != 0)
       return fail("the new back-end lacks features the driver negotiated with the old one", ENOTSUP);
     if (queues != num_queues_) return fail("the new back-end serves a different number of queues", ENOTSUP);
@@ -284,8 +293,14 @@ Status Frontend::program_rings(bool restore) {
     table.fds.push_back(std::move(dup));
   }
   IOVIRT_CHECK_CTX(send(make_request(Request::SetMemTable, std::move(table))), "");
-  if ((protocol_ & (1ull << protocol_feature::kInflightShmfd)) != 0) {
+  const bool packed = has(acked_, VIRTIO_F_RING_PACKED);
+  if ((protocol_ & (1ull << protocol_feature::kInflightShmfd)) != 0 &&
+      (opt_.device_id == kDeviceIdBlock || packed)) {
     IOVIRT_CHECK_CTX(share_inflight(), "inflight area");
+  } else if (restore && packed) {
+    return fail("the new back-end does not offer INFLIGHT_SHMFD, without which the packed rings "
+                "cannot be restored",
+                ENOTSUP);
   }
 
   for (const QueueBinding& b : ctx.queues) {
@@ -294,8 +309,10 @@ Status Frontend::program_rings(bool restore) {
     const Virtqueue& vq = *b.queue;
     auto addrs = vhost::ring_user_addrs(*ctx.mem, vq);
     if (!addrs) return std::unexpected(std::move(addrs.error()).context(q));
+    // Packed: position | wrap << 15 of a ring that has not run (0x8000); on a restore the
+    // back-end takes both positions from the inflight area instead.
     uint16_t base = vq.next_avail();
-    if (restore) {
+    if (restore && !packed) {
       // The split ring's used->idx (offset 2 of the used ring): every chain below it completed.
       auto used = ctx.mem->read_obj<uint16_t>(vq.device_area() + 2);
       if (!used) return std::unexpected(std::move(used.error()).context(q + ": used index"));
@@ -514,7 +531,9 @@ void Frontend::monitor_loop() {
     reconnect_counter_->inc();
     backoff = opt_.backoff_first_ms;
     log_info(opt_.name + ": reconnected to the vhost-user back-end at " + opt_.socket +
-             (active_ ? "; rings restored from the used indexes" : ""));
+             (!active_                              ? ""
+              : has(acked_, VIRTIO_F_RING_PACKED) ? "; rings restored from the inflight area"
+                                                  : "; rings restored from the used indexes"));
   }
 }
 

@@ -220,9 +220,6 @@ Result<DiskOption> parse_disk(const std::string& value) {
     if (have_path || d.readonly || d.direct || !d.serial.empty() || d.io != "auto")
       return fail("--disk: vhost-user= takes only queues= and ring options (the back-end owns the "
                   "image: give path/readonly/direct/serial/io to it)");
-    if (d.ring.packed)
-      return fail("--disk: packed=on is not available with vhost-user (reconnect restores split "
-                  "rings only)");
     return d;
   }
   if (!have_path) return fail("--disk: path=FILE or vhost-user=SOCKET is required");
@@ -269,9 +266,6 @@ Result<NetOption> parse_net(const std::string& value) {
   if (!n.vhost_user.empty()) {
     if (have_tap || n.vhost)
       return fail("--net: vhost-user= and tap=/vhost= are two different back-ends: give one");
-    if (n.ring.packed)
-      return fail("--net: packed=on is not available with vhost-user (reconnect restores split "
-                  "rings only)");
     return n;
   }
   if (!have_tap) return fail("--net: tap=NAME is required (create one with: ip tuntap add NAME mode tap)");

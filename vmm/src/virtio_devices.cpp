@@ -17,6 +17,7 @@ Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_disk(const DiskOption&
     f.device_id = virtio::kDeviceIdBlock;
     f.queues = opt.queues;
     f.queue_size = opt.ring.queue_size;
+    f.packed = opt.ring.packed;
     auto dev = virtio::vhost_user::Frontend::connect(std::move(f), metrics);
     if (!dev) return std::unexpected(std::move(dev.error()));
     return std::unique_ptr<virtio::VirtioDevice>(std::move(*dev));
@@ -44,6 +45,7 @@ Result<std::unique_ptr<virtio::VirtioDevice>> make_virtio_net(const NetOption& o
     f.device_id = virtio::kDeviceIdNet;
     f.queues = opt.queues;
     f.queue_size = opt.ring.queue_size;
+    f.packed = opt.ring.packed;
     if (opt.mac) {
       f.mac = *opt.mac;
     } else {

@@ -14,8 +14,14 @@
 // qemu-storage-daemon killed with SIGKILL in tests/interop). That alone is exact only for a
 // back-end that completes in order; for blk, whose back-ends complete out of order, iovirt asks
 // for INFLIGHT_SHMFD: the back-end marks what it has in flight in an area iovirt keeps and hands
-// to the next back-end, which resubmits exactly those (inflight.hpp). The packed ring is not
-// offered: its restore point cannot be read back from guest memory the same way.
+// to the next back-end, which resubmits exactly those (inflight.hpp).
+//
+// The packed ring (packed=on) is offered only by a back-end that offers RING_PACKED and
+// INFLIGHT_SHMFD: a packed ring's restore point is nowhere in guest memory (used descriptors
+// overwrite the ring's slots), so a new back-end takes both positions and the buffers to
+// resubmit from the inflight area, which iovirt then uses for net too. iovirt-vhost keeps it
+// for packed rings; a back-end that offers the feature but does not fill the area for a packed
+// ring cannot resume one. Without an area a lost packed ring fails the device (NEEDS_RESET).
 //
 // The back-end is hostile: every reply is parsed by the protocol library's validator (sizes,
 // counts), feature bits outside what was offered by the back-end are never set, and a config
@@ -49,6 +55,8 @@ struct FrontendOptions {
   uint16_t queue_size = 256;
   // net only: the MAC in the device's config space (the back-end has no say in it).
   std::array<uint8_t, 6> mac{};
+  // packed=on: offer VIRTIO_F_RING_PACKED when the back-end can restore it (above).
+  bool packed = false;
   // Reconnect backoff: first wait, doubling up to max.
   uint32_t backoff_first_ms = 100;
   uint32_t backoff_max_ms = 2000;
