@@ -302,6 +302,7 @@ lab_vu_crash() {
 
 # lab_l2_add_disk VMM PATH [ro] — a virtio-blk disk on PATH (a file, or a block device for
 # LAB_BLK_DIRECT=on). iovirt: --disk path=PATH[,readonly=on][,direct=on][,queues=N][,packed=on][,event_idx=off]
+# or, served by a back-end: --disk vhost-user=SOCK[,queues=N][,packed=on][,event_idx=off]
 lab_l2_add_disk() {
     local vmm=$1 path=$2 ro=${3:-} id=d$L2_NDISKS
     L2_NDISKS=$((L2_NDISKS + 1))
@@ -313,7 +314,7 @@ lab_l2_add_disk() {
                 L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_SOCK"
                     -device "vhost-user-blk-pci,chardev=vu$id,num-queues=$LAB_QUEUES")
                 ;;
-            iovirt) L2_CMD+=(--disk "vhost-user=$VU_SOCK$( ((LAB_QUEUES == 1)) || echo ",queues=$LAB_QUEUES")") ;;
+            iovirt) L2_CMD+=(--disk "vhost-user=$VU_SOCK$(_lab_iovirt_ring_opts)") ;;
         esac
         return 0
     fi
@@ -416,7 +417,7 @@ lab_vnet_crash() {
 # lab_l2_add_net VMM TAP MAC — a virtio-net NIC on the existing tap device TAP; with
 # LAB_NET_BACKEND other than tap, served over vhost-user by a back-end on TAP (lab_vnet_start).
 # iovirt: --net tap=TAP,mac=MAC[,queues=N][,vhost=on][,packed=on][,event_idx=off]
-#         --net vhost-user=SOCK,mac=MAC[,queues=N][,event_idx=off]
+#         --net vhost-user=SOCK,mac=MAC[,queues=N][,packed=on][,event_idx=off]
 lab_l2_add_net() {
     local vmm=$1 tap=$2 mac=$3 id=n$L2_NNETS
     L2_NNETS=$((L2_NNETS + 1))
