@@ -487,7 +487,7 @@ TEST_F(VhostUserBackendTest, PackedRingIsServedAndResumesFromItsWrapState) {
   ASSERT_TRUE(drv.has_value()) << drv.error().message();
   // vhost-user names the packed areas after the split ones: avail = driver event suppression,
   // used = device event suppression.
-  auto start = [&](uint16_t base, Ring& r) {
+  auto start = [&](uint32_t base, Ring& r) {
     f.send(make_request(Request::SetVringNum, VringState{0, kRingSize}));
     f.send(make_request(Request::SetVringBase, VringState{0, base}));
     f.send(make_request(Request::SetVringAddr,
@@ -521,7 +521,9 @@ TEST_F(VhostUserBackendTest, PackedRingIsServedAndResumesFromItsWrapState) {
     EXPECT_EQ(image.read(sector * 512, 512), pattern(512, seed));
   };
   Ring r0;
-  start(0x8000, r0);  // position 0, wrap counter 1: a fresh packed ring
+  // Position 0, wrap counter 1: a fresh packed ring, in QEMU 7.2's form (the used state in the
+  // high half: avail | used << 16), which a 16-bit check once refused.
+  start(0x80008000u, r0);
   write_req(r0, 1, 11);
   EXPECT_EQ(stop(), 0x8003u) << "three descriptors consumed, wrap counter still 1";
   Ring r1;
@@ -770,6 +772,14 @@ TEST_F(HostileTest, RingStraddlingTheEndOfARegion) {
   f.send(make_request(Request::SetVringKick, VringFd{0, Fd(::dup(r0.kick.get()))}));
   f.send(make_request(Request::SetVringEnable, VringState{0, 1}));
   expect_closed(f, "vring 0");
+}
+
+// Only a packed ring's base has a high half (QEMU's used state).
+TEST_F(HostileTest, SplitVringBaseAbove16Bits) {
+  Frontend f(*backend);
+  negotiate(f);
+  f.send(make_request(Request::SetVringBase, VringState{0, 0x10000}));
+  expect_closed(f, "above 0xffff for a split ring");
 }
 
 TEST_F(HostileTest, GetVringBaseOnAnUnknownIndex) {

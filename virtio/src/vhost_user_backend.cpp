@@ -337,8 +337,16 @@ Result<std::optional<Message>> VhostUserBackend::handle(Message& msg) {
       if (r.started)
         return bad(req, "vring " + std::to_string(s.index) + " is started (stop it with "
                                                              "GET_VRING_BASE first)");
-      r.base = static_cast<uint16_t>(s.num);  // the parser refused values above 0xffff
+      // Split: the last avail idx, 16 bits. Packed: avail position | wrap << 15 in the low half;
+      // QEMU also puts the used state in the high half (the kernel vhost form), DPDK's
+      // virtio-user and iovirt leave it 0, which means "used = avail".
+      const auto high = static_cast<uint16_t>(s.num >> 16);
+      if (high != 0 && !packed_features())
+        return bad(req, "vring " + std::to_string(s.index) + " base " + hex(s.num) +
+                            " is above 0xffff for a split ring");
+      r.base = static_cast<uint16_t>(s.num);
       r.used.reset();
+      if (high != 0) r.used = high;
       return R();
     }
     case Request::GetVringBase: {

@@ -312,7 +312,7 @@ lab_l2_add_disk() {
             qemu)
                 _lab_qemu_shared_ram
                 L2_CMD+=(-chardev "socket,id=vu$id,path=$VU_SOCK"
-                    -device "vhost-user-blk-pci,chardev=vu$id,num-queues=$LAB_QUEUES")
+                    -device "vhost-user-blk-pci,chardev=vu$id,num-queues=$LAB_QUEUES,$(_lab_qemu_virtio_props)")
                 ;;
             iovirt) L2_CMD+=(--disk "vhost-user=$VU_SOCK$(_lab_iovirt_ring_opts)") ;;
         esac

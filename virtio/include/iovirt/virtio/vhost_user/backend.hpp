@@ -111,8 +111,9 @@ class VhostUserBackend final : private VirtioInterrupt {
     std::optional<VringAddr> addr;
     // Where to resume, in Virtqueue::next_avail()/next_used() encoding (packed: position | wrap
     // << 15). base: SET_VRING_BASE, or saved when the device stopped; unset: a fresh ring.
-    // used: packed only, saved when the device stopped; unset: equal to base, which is how
-    // QEMU and DPDK restore a packed ring (no buffers in flight). Split rings re-read used->idx.
+    // used: packed only, saved when the device stopped or given in SET_VRING_BASE's high half;
+    // unset: equal to base, which is how QEMU and DPDK restore a packed ring (no buffers in
+    // flight). Split rings re-read used->idx.
     std::optional<uint16_t> base;
     std::optional<uint16_t> used;
     Fd kick;
