@@ -10,6 +10,10 @@
 //   [3..4] driver event off_wrap, [5..6] driver event flags
 //   [7] number of raw indirect table entries (% 65), then 16 bytes each (at kIndirectGpa)
 //   rest: operations, one opcode byte each followed by its operands (see run_ops).
+// Inflight tracking (op 13): attach a fresh inflight area, or play a crash — a successor queue
+// attaches the area the queue left behind, optionally with input bytes written over it (a
+// hostile front-end). Without such bytes the successor must resume exactly: same positions, the
+// same slots held, and its resubmissions are exactly the buffers held at the crash.
 // Invariants (violation -> __builtin_trap): popped segments lie inside one guest memory region,
 // lengths add up without overflow, readable before writable, id < size, 1 <= desc_count <= size
 // (1 for an indirect buffer), the device never holds more slots than the ring has, the held
@@ -28,6 +32,7 @@
 #include <vector>
 
 #include "iovirt/core/guest_memory.hpp"
+#include "iovirt/virtio/inflight.hpp"
 #include "iovirt/virtio/packed_queue.hpp"
 #include "iovirt/virtio/packed_ring.hpp"
 #include "fuzz_input.hpp"
@@ -164,8 +169,15 @@ struct Held {
   uint16_t slots;
 };
 
-void check_state(const PackedQueue& q, const std::vector<Held>& held) {
-  uint32_t slots = 0;
+// The inflight area (op 13), sized for the largest queue, zeroed per input.
+std::vector<uint8_t>& inflight_area() {
+  static std::vector<uint8_t> a(iovirt::virtio::inflight_packed_queue_bytes(kMaxSize));
+  return a;
+}
+
+// unclaimed: slots of recovered buffers the queue holds but pop() has not returned yet.
+void check_state(const PackedQueue& q, const std::vector<Held>& held, uint32_t unclaimed) {
+  uint32_t slots = unclaimed;
   for (const Held& h : held) slots += h.slots;
   check(q.in_flight_slots() == slots);
   check(q.in_flight_slots() <= q.size());
@@ -176,13 +188,20 @@ void check_state(const PackedQueue& q, const std::vector<Held>& held) {
 void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l) {
   using namespace iovirt::virtio;
   std::vector<Held> held;
+  uint32_t unclaimed = 0;
+  bool restored = false;  // positions set by op 12 since the area was attached: not in the area
   for (int steps = 0; !in.empty() && steps < 512; ++steps) {
     const bool was_broken = q.broken();
     const QueueFault was_fault = q.fault();
-    switch (in.u8() % 13) {
+    switch (in.u8() % 14) {
       case 0:
       case 1: {  // pop (twice as likely)
+        const size_t pending = q.resubmit_pending();
         auto r = q.pop(mem);
+        if (r && *r && q.resubmit_pending() < pending) {
+          check(unclaimed >= (*r)->desc_count);  // a recovered buffer, counted at attach
+          unclaimed -= (*r)->desc_count;
+        }
         if (r) {
           check(!was_broken);
           if (verbose()) {
@@ -282,17 +301,98 @@ void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l
       }
       case 11:  // device reset and re-setup (the only way out of broken)
         held.clear();
+        unclaimed = 0;
         if (configure(q, mem, l)) check(!q.broken());
         continue;
+      case 13: {  // inflight: attach a fresh area, or crash and let a successor attach it
+        const uint8_t mode = in.u8();
+        auto& area = inflight_area();
+        if ((mode & 1) == 0) {
+          if (!held.empty() || unclaimed != 0) {
+            // Refused while buffers are held (on another area: this one may be the live record).
+            static std::vector<uint8_t> other(area.size());
+            check(!q.attach_inflight(mem, other).has_value());
+            break;
+          }
+          std::fill(area.begin(), area.end(), uint8_t{0});
+          auto r = q.attach_inflight(mem, area);
+          if (r) check(held.empty() && unclaimed == 0 && !was_broken && q.inflight_attached());
+          // A gap between the positions with nothing held (op 12 set them apart) is not
+          // something the area records: a later crash then need not resume exactly.
+          if (r) restored = q.avail_state() != q.used_state();
+          break;
+        }
+        if (was_broken || !q.inflight_attached()) break;
+        // The crash: what the successor must find again.
+        const uint16_t avail = q.avail_state();
+        const uint16_t used = q.used_state();
+        const uint32_t slots = q.in_flight_slots();
+        std::vector<Held> before = held;
+        const uint32_t unclaimed_before = unclaimed;  // held too, ids not yet seen
+        const unsigned scribbles = (mode >> 1) % 4;  // 0: the area as the queue left it
+        for (unsigned k = 0; k < scribbles; ++k) {
+          const size_t at = in.u16() % area.size();
+          area[at] = in.u8();
+        }
+        held.clear();
+        unclaimed = 0;
+        if (!configure(q, mem, l)) break;
+        auto r = q.attach_inflight(mem, area);
+        const bool exact = scribbles == 0 && !restored;
+        restored = false;
+        if (r) unclaimed = q.in_flight_slots();
+        if (verbose()) {
+          std::fprintf(stderr, "crash: %04x/%04x, %u slots held -> %s: %04x/%04x, %u slots\n",
+                       avail, used, slots, r ? "attached" : r.error().message().c_str(),
+                       q.avail_state(), q.used_state(), q.in_flight_slots());
+        }
+        if (exact) {
+          // A crash-free record is always accepted and resumes exactly.
+          check(r.has_value());
+          check(q.avail_state() == avail && q.used_state() == used);
+          check(q.in_flight_slots() == slots);
+          std::vector<Held> again;
+          while (q.resubmit_pending() > 0) {
+            auto c = q.pop(mem);
+            // An indirect table the guest rewrote while its buffer was in flight may fault.
+            if (!c) break;
+            check(c->has_value());
+            check_chain(mem, q, **c);
+            again.push_back(Held{(*c)->head, (*c)->desc_count});
+            unclaimed -= (*c)->desc_count;
+          }
+          if (!q.broken()) {
+            // Every buffer held comes back once, and nothing else (beyond those still
+            // unclaimed from an earlier recovery).
+            uint32_t extra = 0;
+            for (const Held& a : again) {
+              const auto it = std::find_if(before.begin(), before.end(),
+                                           [&](const Held& b) { return b.id == a.id; });
+              if (it == before.end()) {
+                extra += a.slots;
+              } else {
+                check(it->slots == a.slots);
+                before.erase(it);
+              }
+            }
+            check(before.empty());
+            check(extra == unclaimed_before);
+          }
+          held = std::move(again);
+        }
+        check_state(q, held, unclaimed);
+        continue;
+      }
       case 12: {  // restore positions (vhost SET_VRING_BASE); refused outside the ring
         const uint16_t v = in.u16();
         const bool used = (in.u8() & 1) != 0;
         auto r = used ? q.set_used_state(v) : q.set_avail_state(v);
+        restored = restored || (r.has_value() && q.inflight_attached());
         check(r.has_value() == ((v & PACKED_OFFSET_MASK) < q.size()));
         break;
       }
     }
-    check_state(q, held);
+    check_state(q, held, unclaimed);
     if (was_broken) {
       check(q.broken());
       check(q.fault() == was_fault);
@@ -319,6 +419,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static auto queue = PackedQueue::create(kMaxSize);
   check(queue.has_value());
   PackedQueue& q = *queue;
+  std::fill(inflight_area().begin(), inflight_area().end(), uint8_t{0});
   configure(q, mem, l);
   run_ops(in, q, mem, l);
   return 0;

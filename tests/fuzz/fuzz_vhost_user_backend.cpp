@@ -132,7 +132,8 @@ vu::Message next_message(Reader& in, uint64_t offered, std::vector<Fd>& kicks) {
     case 14: {
       const uint16_t nq = static_cast<uint16_t>(1 + in.u8() % 4);
       const uint16_t qs = static_cast<uint16_t>(1u << (in.u8() % 8));
-      const uint64_t size = iovirt::virtio::inflight_split_queue_bytes(qs) * nq;
+      // Big enough for either layout, so a packed ring's area is accepted too.
+      const uint64_t size = iovirt::virtio::inflight_packed_queue_bytes(qs) * nq;
       Fd f = memfd(size);
       // Sometimes a predecessor's marks: bytes from the input over the area.
       const auto rest = in.rest();

@@ -153,6 +153,15 @@ def p_state(v, used):
     return b"\x0c" + struct.pack("<HB", v, 1 if used else 0)
 
 
+def p_inflight(mode, scribbles=()):
+    """Op 13: mode bit 0 clear = attach a fresh area; set = crash and attach a successor, after
+    writing (offset, byte) scribbles over the area (at most 3)."""
+    out = b"\x0d" + bytes([mode | (len(scribbles) << 1)])
+    for off, val in scribbles:
+        out += struct.pack("<HB", off, val)
+    return out
+
+
 def laps(size, rounds):
     """Single-descriptor buffers, each published in its own lap, popped and pushed."""
     ops = b""
@@ -228,6 +237,20 @@ packed_seeds = {
     "restore_state": pseed(8, 0, [], ops=p_state(0x0003, False) + p_state(0x0003, True) +
                            p_avail(3, DATA, 8, WRITE, 6, 0) + P_POP + p_push_held(0, 8) +
                            p_state(0x0009, False)),
+    # inflight area: a chain (id 0, 2 slots), ids 1 and 2 popped; 2 completes first, its used
+    # descriptor overwriting id 0's head; crash; the successor resubmits 0 and 1 and goes on
+    "inflight_crash": pseed(8, 0, [pdesc(DATA, 8, NEXT), pdesc(DATA + 8, 8, WRITE, 0),
+                                   pdesc(DATA + 16, 8, WRITE, 1), pdesc(DATA + 24, 8, WRITE, 2)],
+                            ops=p_inflight(0) + P_POP * 3 + p_push_held(2, 8) + p_inflight(1) +
+                            P_POP + p_push_held(1, 8) + p_push_held(0, 8) +
+                            p_avail(4, DATA, 8, WRITE, 2, 1) + P_POP + p_push_held(0, 8) +
+                            p_inflight(1) + P_POP),
+    # the same crash with a hostile front-end's bytes over the area: entry 0 marked "being
+    # completed", used_idx moved, a list pointer out of range
+    "inflight_scribbled": pseed(8, 0, [pdesc(DATA, 8, NEXT), pdesc(DATA + 8, 8, WRITE, 0),
+                                       pdesc(DATA + 16, 8, WRITE, 1)],
+                                ops=p_inflight(0) + P_POP * 2 +
+                                p_inflight(1, [(32, 2), (16, 5), (34, 0xff)]) + P_POP * 3),
     # full 256 ring of single buffers, popped and pushed in order
     "full_256": pseed(0, 1, [pdesc(DATA + i, 1, 0, i) for i in range(255)],
                       ops=(P_POP + p_push_held(0, 1)) * 60 + P_NEEDS),

@@ -1194,6 +1194,19 @@ TEST_F(PackedInflightTest, ADeathInsidePushIsResolvedByTheRingSlot) {
   EXPECT_EQ(take_all(), (std::vector<uint16_t>{a, b}));
 }
 
+// A recovered buffer belongs to the device only once pop() has handed it out again: pushing it
+// before is a device bug, refused like any push of a buffer not held (found by fuzzing).
+TEST_F(PackedInflightTest, ARecoveredBufferCannotBePushedBeforePopReturnsIt) {
+  ASSERT_TRUE(q.attach_inflight(mem, area).has_value());
+  const uint16_t a = add(1, kBuf);
+  EXPECT_EQ(pop_one().head, a);
+  PackedQueue next = make_device_queue();
+  ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+  ASSERT_EQ(next.resubmit_pending(), 1u);
+  EXPECT_FALSE(next.push(mem, a, 1, 0).has_value());
+  EXPECT_EQ(next.fault(), QueueFault::UsedIdNotInFlight);
+}
+
 // The area is the front-end's: every inconsistency is refused, and descriptors it holds are
 // checked like the ring's own when resubmitted.
 TEST_F(PackedInflightTest, AHostileAreaIsRefusedOrBounded) {

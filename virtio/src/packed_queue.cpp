@@ -302,6 +302,12 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
                  "id " + std::to_string(id) + " with " + std::to_string(desc_count) +
                      " slots; the device holds it with " + std::to_string(inflight_[id]));
   }
+  for (const Recovered& r : resubmit_) {  // empty but after attach_inflight() recovered buffers
+    if (r.id == id) {
+      return fault(QueueFault::UsedIdNotInFlight,
+                   "id " + std::to_string(id) + " was recovered but not yet returned by pop()");
+    }
+  }
   // Section 2.8.21: id and len first, the flags that publish them last with release ordering.
   // One lookup for the three fields (bytes 8..15 of the descriptor).
   auto tail = mem.span(desc_gpa_ + pdesc_offset(next_used_) + offsetof(PvirtqDesc, len), 8);
