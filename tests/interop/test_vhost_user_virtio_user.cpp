@@ -41,7 +41,8 @@ struct QueueTotals {
   uint64_t bytes = 0;
 };
 
-class VirtioUserTest : public ::testing::Test {
+// Param: DPDK's packed ring (virtio-user packed_vq=1) instead of the split ring.
+class VirtioUserTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
 #ifndef IOVIRT_VHOST_BIN
@@ -145,7 +146,7 @@ class VirtioUserTest : public ::testing::Test {
   void run_testpmd(const std::string& mode, const std::string& start_cmd, std::chrono::milliseconds run) {
     ASSERT_TRUE(testpmd_.start(prefix_,
                                "net_virtio_user0,path=" + socket_ + ",queues=1,queue_size=" +
-                                   std::to_string(kQueueSize),
+                                   std::to_string(kQueueSize) + (GetParam() ? ",packed_vq=1" : ""),
                                // --no-flush-rx: "start" would otherwise first read and free,
                                // uncounted, whatever the daemon had already delivered.
                                {"-i", "--no-flush-rx", "--forward-mode=" + mode,
@@ -170,7 +171,7 @@ class VirtioUserTest : public ::testing::Test {
   Testpmd testpmd_;
 };
 
-TEST_F(VirtioUserTest, SinkTakesExactlyTheFramesTestpmdSent) {
+TEST_P(VirtioUserTest, SinkTakesExactlyTheFramesTestpmdSent) {
   start_daemon("sink");
   if (HasFatalFailure()) return;
   run_testpmd("txonly", "start", std::chrono::milliseconds(500));
@@ -193,7 +194,7 @@ TEST_F(VirtioUserTest, SinkTakesExactlyTheFramesTestpmdSent) {
   EXPECT_EQ(drops->first, 0u) << "iovirt-vhost dropped tx frames from a well-behaved driver";
 }
 
-TEST_F(VirtioUserTest, TestpmdReceivesWhatTheSourceDelivers) {
+TEST_P(VirtioUserTest, TestpmdReceivesWhatTheSourceDelivers) {
   start_daemon("source=" + std::to_string(kFrameLen));
   if (HasFatalFailure()) return;
   run_testpmd("rxonly", "start", std::chrono::milliseconds(500));
@@ -215,7 +216,7 @@ TEST_F(VirtioUserTest, TestpmdReceivesWhatTheSourceDelivers) {
   EXPECT_EQ(rx->bytes, rx->chains * kFrameLen);
 }
 
-TEST_F(VirtioUserTest, RingLoopbackReturnsEveryFrameTestpmdForwards) {
+TEST_P(VirtioUserTest, RingLoopbackReturnsEveryFrameTestpmdForwards) {
   start_daemon("ring-loopback");
   if (HasFatalFailure()) return;
   // 4 bursts of 32 frames circulate: testpmd io-forwards every frame it receives back out.
@@ -245,6 +246,11 @@ TEST_F(VirtioUserTest, RingLoopbackReturnsEveryFrameTestpmdForwards) {
   EXPECT_EQ(drops->first, 0u);
   EXPECT_EQ(drops->second, 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Rings, VirtioUserTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? "Packed" : "Split";
+                         });
 
 }  // namespace
 }  // namespace iovirt::interop
