@@ -1036,6 +1036,128 @@ TEST(VirtqueueFacade, PackedFaultIsReportedThroughFacade) {
   EXPECT_EQ(vq->fault(), QueueFault::BufferIdOutOfRange);
 }
 
+// ---- pop_direct: one-descriptor buffers in a burst ----
+
+// Takes the one-descriptor buffers in order, stops before a chain (pop() takes it), then goes
+// on; the ring wraps several times and every buffer comes back to the driver once.
+TEST_F(PackedQueueTest, PopDirectTakesOneDescriptorBuffersAndLeavesChainsToPop) {
+  std::vector<DirectChain> out(8);
+  std::vector<uint16_t> done;
+  uint32_t popped = 0;
+  for (int round = 0; round < 6; ++round) {
+    const Buf one{kBuf + 0x100u * static_cast<unsigned>(round), 64, true};
+    auto a = drv.add_chain(std::span(&one, 1));
+    auto b = drv.add_chain(std::span(&one, 1));
+    auto c = drv.add_chain(chain_of(2));
+    auto d = drv.add_chain(std::span(&one, 1));
+    ASSERT_TRUE(a && b && c && d);
+    auto r = q.pop_direct(mem, out);
+    ASSERT_TRUE(r.has_value()) << r.error().message();
+    ASSERT_EQ(r->count, 2u);
+    EXPECT_TRUE(r->blocked) << "the chain stops the burst";
+    EXPECT_EQ(out[0].head, *a);
+    EXPECT_EQ(out[1].head, *b);
+    EXPECT_EQ(out[0].seg.addr, one.gpa);
+    EXPECT_EQ(out[0].seg.len, 64u);
+    EXPECT_TRUE(out[0].seg.write);
+    EXPECT_EQ(out[0].host, mem.span(one.gpa, 64)->data());
+    const DescriptorChain cc = pop_one();
+    EXPECT_EQ(cc.head, *c);
+    EXPECT_EQ(cc.desc_count, 2);
+    auto r2 = q.pop_direct(mem, out);
+    ASSERT_TRUE(r2.has_value());
+    ASSERT_EQ(r2->count, 1u);
+    EXPECT_FALSE(r2->blocked) << "the ring is empty after D";
+    EXPECT_EQ(out[0].head, *d);
+    EXPECT_EQ(q.in_flight_slots(), 5u);
+    popped += 4;
+    ASSERT_TRUE(q.push(mem, *a, 1, 64).has_value());
+    ASSERT_TRUE(q.push(mem, *c, 2, 0).has_value());
+    ASSERT_TRUE(q.push(mem, *b, 1, 64).has_value());
+    ASSERT_TRUE(q.push(mem, *d, 1, 64).has_value());
+    for (;;) {
+      auto u = drv.take_used();
+      ASSERT_TRUE(u.has_value());
+      if (!*u) break;
+      done.push_back((*u)->id);
+    }
+  }
+  EXPECT_EQ(done.size(), popped);
+  EXPECT_EQ(q.in_flight_slots(), 0u);
+  EXPECT_FALSE(q.avail_wrap()) << "30 slots through a ring of 16";
+}
+
+// Deferred returns appear to the driver only when published, all at once, each with its
+// length; with VIRTIO_F_IN_ORDER a batch the device wrote nothing into is one used descriptor
+// with the last buffer's id, at the batch's first slot (section 2.8.23), and the ring goes on
+// after the whole batch.
+TEST_F(PackedQueueTest, DeferredReturnsArePublishedTogetherAndInOrderBatchesAsOne) {
+  std::vector<DirectChain> out(8);
+  const Buf one{kBuf, 64, true};
+  uint16_t ids[3];
+  for (uint16_t& id : ids) id = drv.add_chain(std::span(&one, 1)).value_or(0xffff);
+  auto r = q.pop_direct(mem, out);
+  ASSERT_TRUE(r.has_value() && r->count == 3u);
+  for (uint16_t i = 0; i < 3; ++i) ASSERT_TRUE(q.push_deferred(mem, ids[i], 1, 10u + i).has_value());
+  auto none = drv.take_used();
+  ASSERT_TRUE(none.has_value());
+  EXPECT_FALSE(none->has_value()) << "nothing is visible before publish_used()";
+  ASSERT_TRUE(q.publish_used(mem).has_value());
+  for (uint16_t i = 0; i < 3; ++i) {
+    auto u = drv.take_used();
+    ASSERT_TRUE(u.has_value() && u->has_value());
+    EXPECT_EQ((*u)->id, ids[i]);
+    EXPECT_EQ((*u)->len, 10u + i) << "each buffer keeps its length";
+  }
+
+  // In order, nothing written: one descriptor for three buffers.
+  q.set_in_order(true);
+  const uint16_t first_slot = q.next_used();
+  for (uint16_t& id : ids) id = drv.add_chain(std::span(&one, 1)).value_or(0xffff);
+  r = q.pop_direct(mem, out);
+  ASSERT_TRUE(r.has_value() && r->count == 3u);
+  for (uint16_t i = 0; i < 3; ++i) ASSERT_TRUE(q.push_deferred(mem, ids[i], 1, 0).has_value());
+  ASSERT_TRUE(q.needs_notification(mem).has_value());  // publishes too
+  auto d0 = drv.read_desc(first_slot);
+  auto d1 = drv.read_desc(static_cast<uint16_t>(first_slot + 1));
+  ASSERT_TRUE(d0 && d1);
+  EXPECT_EQ(d0->id, ids[2]) << "the batch's descriptor carries the last buffer's id";
+  EXPECT_EQ(d0->len, 0u);
+  EXPECT_TRUE(packed_is_used(d0->flags, true));
+  EXPECT_FALSE(packed_is_used(d1->flags, true)) << "the rest of the batch is not written";
+  EXPECT_EQ(q.next_used(), first_slot + 3);
+  EXPECT_EQ(q.in_flight_slots(), 0u);
+}
+
+// The same faults as pop(): a buffer id out of range or held twice, a buffer outside memory.
+TEST_F(PackedQueueTest, PopDirectRefusesWhatPopRefuses) {
+  std::vector<DirectChain> out(4);
+  publish({desc(kBuf, 8, VIRTQ_DESC_F_WRITE, kSize)});
+  EXPECT_FALSE(q.pop_direct(mem, out).has_value());
+  EXPECT_EQ(q.fault(), QueueFault::BufferIdOutOfRange);
+
+  PackedQueue q2 = make_device_queue();
+  DriverPackedQueue d2 = make_driver(mem);
+  const PvirtqDesc outside[] = {desc(kMiB - 4, 8, VIRTQ_DESC_F_WRITE, 1)};
+  ASSERT_TRUE(d2.publish_raw(outside).has_value());
+  EXPECT_FALSE(q2.pop_direct(mem, out).has_value());
+  EXPECT_EQ(q2.fault(), QueueFault::BufferOutsideMemory);
+
+  PackedQueue q3 = make_device_queue();
+  DriverPackedQueue d3 = make_driver(mem);
+  const PvirtqDesc twice[] = {desc(kBuf, 8, VIRTQ_DESC_F_WRITE, 3),
+                              desc(kBuf, 8, VIRTQ_DESC_F_WRITE, 3)};
+  ASSERT_TRUE(d3.publish_raw(twice).has_value());
+  // The first buffer was taken before the second broke the queue: the caller gets it, and the
+  // next call the fault.
+  auto partial = q3.pop_direct(mem, out);
+  ASSERT_TRUE(partial.has_value());
+  EXPECT_EQ(partial->count, 1u);
+  EXPECT_EQ(out[0].head, 3);
+  EXPECT_EQ(q3.fault(), QueueFault::BufferIdInUse);
+  EXPECT_FALSE(q3.pop_direct(mem, out).has_value()) << "a broken queue stays broken";
+}
+
 // ---- inflight tracking (INFLIGHT_SHMFD, inflight.hpp) ----
 
 class PackedInflightTest : public PackedQueueTest {
@@ -1192,6 +1314,30 @@ TEST_F(PackedInflightTest, ADeathInsidePushIsResolvedByTheRingSlot) {
   EXPECT_EQ((*rb)->head, b);
   ASSERT_TRUE(next.push(mem, b, 1, 0).has_value());
   EXPECT_EQ(take_all(), (std::vector<uint16_t>{a, b}));
+}
+
+// pop_direct() records what it takes as pop() does; a successor resubmits those first, and
+// pop_direct() leaves them to pop().
+TEST_F(PackedInflightTest, PopDirectRecordsWhatItTakes) {
+  ASSERT_TRUE(q.attach_inflight(mem, area).has_value());
+  const uint16_t a = add(1, kBuf);
+  const uint16_t b = add(1, kBuf + 0x100);
+  std::vector<DirectChain> out(4);
+  auto r = q.pop_direct(mem, out);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->count, 2u);
+  ASSERT_TRUE(q.push(mem, b, 1, 0).has_value());
+  PackedQueue next = make_device_queue();
+  ASSERT_TRUE(next.attach_inflight(mem, area).has_value());
+  EXPECT_EQ(next.resubmit_pending(), 1u);
+  auto blocked = next.pop_direct(mem, out);
+  ASSERT_TRUE(blocked.has_value());
+  EXPECT_EQ(blocked->count, 0u);
+  EXPECT_TRUE(blocked->blocked) << "recovered buffers are pop()'s";
+  auto ra = next.pop(mem);
+  ASSERT_TRUE(ra && *ra);
+  EXPECT_EQ((*ra)->head, a);
+  EXPECT_EQ(segs(**ra), segs(chain_of(1, kBuf)));
 }
 
 // A recovered buffer belongs to the device only once pop() has handed it out again: pushing it

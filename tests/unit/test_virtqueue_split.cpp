@@ -969,17 +969,6 @@ TEST_F(SplitQueueTest, PopDirectLeavesAnUnnegotiatedIndirectToPop) {
   EXPECT_EQ(pop_fault(), QueueFault::IndirectNotNegotiated);
 }
 
-TEST_F(SplitQueueTest, PopDirectOnAPackedFormatQueueIsLeftToPop) {
-  auto vq = Virtqueue::create(kSize);
-  ASSERT_TRUE(vq.has_value());
-  ASSERT_TRUE(vq->set_format(RingFormat::Packed).has_value());
-  std::vector<DirectChain> dc(8);
-  auto r = vq->pop_direct(mem, dc);
-  ASSERT_TRUE(r.has_value());
-  EXPECT_EQ(r->count, 0u);
-  EXPECT_TRUE(r->blocked);
-}
-
 // pop_direct() marks what it takes in the inflight area as pop() does, and leaves heads a
 // predecessor left in flight to pop(), which resubmits them first.
 TEST_F(InflightTest, PopDirectMarksWhatItTakesAndLeavesResubmissionsToPop) {

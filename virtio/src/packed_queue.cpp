@@ -1,6 +1,7 @@
 #include "iovirt/virtio/packed_queue.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <cstddef>
 #include <cstring>
@@ -37,7 +38,7 @@ std::unexpected<Error> refuse(QueueFault f) {
 }  // namespace
 
 PackedQueue::PackedQueue(uint32_t max_size)
-    : max_size_(max_size), size_(max_size), inflight_(max_size, 0) {
+    : max_size_(max_size), size_(max_size), inflight_(max_size, 0), pending_(max_size) {
   // A chain is either up to size direct descriptors or one indirect table (section 2.8.19: an
   // indirect descriptor is never part of a NEXT chain).
   segs_.resize(std::max<size_t>(max_size, kMaxIndirectEntries));
@@ -63,13 +64,14 @@ Status PackedQueue::set_size(uint32_t size) {
 void PackedQueue::reset() {
   size_ = max_size_;
   desc_gpa_ = driver_gpa_ = device_gpa_ = 0;
-  ready_ = event_idx_ = indirect_ = false;
+  ready_ = event_idx_ = indirect_ = in_order_ = false;
   next_avail_ = next_used_ = 0;
   avail_wrap_ = used_wrap_ = true;
   used_since_signal_ = 0;
   std::fill(inflight_.begin(), inflight_.end(), uint16_t{0});
   inflight_slots_ = 0;
   fault_ = QueueFault::None;
+  npending_ = 0;
   detach_inflight();
 }
 
@@ -253,6 +255,81 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
                                                         segs_.writable_len()});
 }
 
+Result<DirectPop> PackedQueue::pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
+                                          uint32_t prefetch_from, uint32_t prefetch_len) {
+  if (auto st = check_usable(); !st) return std::unexpected(std::move(st.error()));
+  DirectPop r;
+  if (!resubmit_.empty()) {  // pop() returns those first
+    r.blocked = true;
+    return r;
+  }
+  // validate() put the ring inside guest memory; a failure here means the map changed.
+  auto ring = mem.span(desc_gpa_, pdesc_area_bytes(size_));
+  if (!ring) return fault(QueueFault::RingAccess, "read descriptor: " + ring.error().message());
+  uint8_t* const base = ring->data();
+  // A fault after some buffers were taken breaks the queue but returns those (the caller owns
+  // them now, and the next call reports the fault); a fault on the first is the result.
+  auto stop = [&r](std::unexpected<Error> e) -> Result<DirectPop> {
+    if (r.count == 0) return e;
+    return r;
+  };
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint8_t* const slot = base + pdesc_offset(next_avail_);
+    // As pop(): the flags first, with acquire (section 2.8.21.1), then the rest of it.
+    const uint16_t flags =
+        std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(slot + offsetof(PvirtqDesc, flags)))
+            .load(std::memory_order_acquire);
+    if (!packed_is_avail(flags, avail_wrap_)) break;  // nothing more available
+    if ((flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT)) != 0) {
+      r.blocked = true;
+      break;
+    }
+    PvirtqDesc d;
+    std::memcpy(&d, slot, sizeof d);
+    d.flags = flags;  // the value read with acquire (the guest may change it meanwhile)
+    if (d.id >= size_) {
+      return stop(fault(QueueFault::BufferIdOutOfRange, "id " + std::to_string(d.id) + " at slot " +
+                                                       std::to_string(next_avail_) +
+                                                       ", queue size " + std::to_string(size_)));
+    }
+    if (inflight_[d.id] != 0) {
+      return stop(fault(QueueFault::BufferIdInUse, "id " + std::to_string(d.id) + " at slot " +
+                                                       std::to_string(next_avail_) +
+                                                       " is still held by the device"));
+    }
+    if (inflight_slots_ + 1 > size_) {
+      return stop(fault(QueueFault::RingOverrun, std::to_string(inflight_slots_) +
+                                                     " + 1 slots, queue size " +
+                                                     std::to_string(size_)));
+    }
+    auto buf = mem.span(d.addr, d.len);
+    if (!buf) {
+      return stop(fault(QueueFault::BufferOutsideMemory,
+                        "[" + hex(d.addr) + ", +" + hex(d.len) + ") at slot " +
+                            std::to_string(next_avail_)));
+    }
+    const bool write = (flags & VIRTQ_DESC_F_WRITE) != 0;
+    out[i] = DirectChain{d.id, Segment{d.addr, d.len, write}, buf->data()};
+    if (prefetch_from != SplitQueue::kNoPrefetch && d.len > prefetch_from && prefetch_len > 0) {
+      const uint64_t last = std::min<uint64_t>(d.len, uint64_t{prefetch_from} + prefetch_len) - 1;
+      __builtin_prefetch(buf->data() + prefetch_from);
+      __builtin_prefetch(buf->data() + last);
+    }
+    if (inf_hdr_ != nullptr) {
+      pop_descs_[0] = d;
+      record_pop(d.id, 1);
+    }
+    inflight_[d.id] = 1;
+    ++inflight_slots_;
+    if (++next_avail_ == size_) {
+      next_avail_ = 0;
+      avail_wrap_ = !avail_wrap_;
+    }
+    ++r.count;
+  }
+  return r;
+}
+
 // Section 2.8.19: the table is len / 16 consecutive descriptors. Only WRITE is meaningful in it;
 // NEXT and the ids are ignored. INDIRECT inside the table is a driver MUST NOT that would mean
 // nothing to the device: refused, like in the split ring.
@@ -290,8 +367,7 @@ Status PackedQueue::append(const GuestMemory& mem, const PvirtqDesc& d, bool wri
   return {};
 }
 
-Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_count,
-                         uint32_t written) {
+Status PackedQueue::check_push(uint16_t id, uint16_t desc_count) {
   if (auto st = check_usable(); !st) return st;
   if (id >= size_) {
     return fault(QueueFault::UsedHeadOutOfRange,
@@ -308,6 +384,82 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
                    "id " + std::to_string(id) + " was recovered but not yet returned by pop()");
     }
   }
+  return {};
+}
+
+Status PackedQueue::push_deferred(const GuestMemory& mem, uint16_t id, uint16_t desc_count,
+                                  uint32_t written) {
+  if (inf_hdr_ != nullptr) return push(mem, id, desc_count, written);
+  // The checks of check_push() without building a Status on the way (a burst of 32 per call of
+  // the worker); anything unusual takes check_push() for its fault.
+  const bool ok = fault_ == QueueFault::None && ready_ && id < size_ && desc_count != 0 &&
+                  inflight_[id] == desc_count && resubmit_.empty();
+  if (!ok) {
+    if (auto st = check_push(id, desc_count); !st) return st;
+  }
+  // Section 2.8.3: WRITE in a used descriptor says whether the device wrote anything.
+  const auto flags =
+      static_cast<uint16_t>(packed_used_bits(used_wrap_) | (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
+  pending_[npending_++] = PendingUsed{next_used_, id, written, flags};
+  // Section 2.8.6: skip the rest of this buffer's slots, whichever buffer it was.
+  uint32_t next = next_used_ + uint32_t{desc_count};
+  if (next >= size_) {
+    next -= size_;
+    used_wrap_ = !used_wrap_;
+  }
+  next_used_ = static_cast<uint16_t>(next);
+  inflight_[id] = 0;
+  inflight_slots_ -= desc_count;
+  used_since_signal_ = std::min(used_since_signal_ + desc_count, size_);
+  return {};
+}
+
+Status PackedQueue::publish_used(const GuestMemory& mem) {
+  if (auto st = check_usable(); !st) return st;
+  if (npending_ == 0) return {};
+  auto ring = mem.span(desc_gpa_, pdesc_area_bytes(size_));
+  if (!ring) return fault(QueueFault::RingAccess, "write used descriptor: " + ring.error().message());
+  uint8_t* const base = ring->data();
+  const uint32_t n = npending_;
+  npending_ = 0;
+  static_assert(std::endian::native == std::endian::little, "descriptors are little-endian");
+  // len, id and flags are bytes 8..15 of a descriptor (8-byte aligned: validate() checked the
+  // ring's 16-byte alignment), written as one 8-byte store: the flags that publish a descriptor
+  // can then never be seen without its id and length (section 2.8.21 asks for them after), and
+  // each descriptor costs one store instead of three. The driver reads used descriptors in
+  // order, so the first one is written last and the batch appears to it at once.
+  auto word = [&](uint32_t i) {
+    const PendingUsed& u = pending_[i];
+    return uint64_t{u.len} | (uint64_t{u.id} << 32) | (uint64_t{u.flags} << 48);
+  };
+  auto at = [&](uint32_t i) {
+    return reinterpret_cast<uint64_t*>(base + pdesc_offset(pending_[i].slot) +
+                                       offsetof(PvirtqDesc, len));
+  };
+  bool whole_batch = in_order_ && n > 1;
+  for (uint32_t i = 0; i < n && whole_batch; ++i) whole_batch = pending_[i].len == 0;
+  if (whole_batch) {
+    // Section 2.8.23: one used descriptor for the batch, at its first slot (so in that slot's
+    // lap) with the last buffer's id; the driver frees every buffer up to that one and skips
+    // the slots they took. Only where no length is lost: buffers the device wrote nothing into.
+    const PendingUsed& first = pending_[0];
+    const uint64_t w = uint64_t{pending_[n - 1].id} << 32 | uint64_t{first.flags} << 48;
+    std::atomic_ref<uint64_t>(*at(0)).store(w, std::memory_order_release);
+    return {};
+  }
+  for (uint32_t i = 1; i < n; ++i) {
+    std::atomic_ref<uint64_t>(*at(i)).store(word(i), std::memory_order_relaxed);
+  }
+  std::atomic_ref<uint64_t>(*at(0)).store(word(0), std::memory_order_release);
+  return {};
+}
+
+Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_count,
+                         uint32_t written) {
+  if (npending_ > 0) {  // in ring order
+    if (auto st = publish_used(mem); !st) return st;
+  }
+  if (auto st = check_push(id, desc_count); !st) return st;
   // Section 2.8.21: id and len first, the flags that publish them last with release ordering.
   // One lookup for the three fields (bytes 8..15 of the descriptor).
   auto tail = mem.span(desc_gpa_ + pdesc_offset(next_used_) + offsetof(PvirtqDesc, len), 8);
@@ -357,6 +509,7 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
 
 Result<bool> PackedQueue::needs_notification(const GuestMemory& mem) {
   if (auto st = check_usable(); !st) return std::unexpected(std::move(st.error()));
+  if (auto st = publish_used(mem); !st) return std::unexpected(std::move(st.error()));
   // The used flags store must be visible before reading the driver's suppression state, or the
   // driver may re-enable interrupts in between and never get one (section 2.8.10).
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -500,6 +653,7 @@ Status PackedQueue::attach_inflight(const GuestMemory& mem, std::span<uint8_t> a
                 EINVAL);
   }
   if (inflight_slots_ != 0) return fail("inflight area attached to a queue holding buffers", EBUSY);
+  if (auto st = publish_used(mem); !st) return st;  // the area starts after what was returned
   auto* hdr = reinterpret_cast<InflightPackedHeader*>(area.data());
   auto* desc = reinterpret_cast<InflightDescPacked*>(area.data() + sizeof(InflightPackedHeader));
   detach_inflight();

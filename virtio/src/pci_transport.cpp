@@ -447,6 +447,7 @@ Status VirtioPciDevice::activate_locked() {
     q.set_driver_area(r.driver);
     q.set_device_area(r.device);
     q.set_event_idx(features & feature_bit(VIRTIO_F_EVENT_IDX));
+    q.set_in_order(features & feature_bit(VIRTIO_F_IN_ORDER));
     q.set_indirect(features & feature_bit(VIRTIO_F_INDIRECT_DESC));
     q.set_ready(true);
     IOVIRT_CHECK_CTX(q.validate(mem_), where + "rings");

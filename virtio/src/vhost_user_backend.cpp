@@ -490,6 +490,7 @@ Status VhostUserBackend::apply() {
     q.set_driver_area(avail);
     q.set_device_area(used);
     q.set_event_idx((features_ & feature_bit(VIRTIO_F_EVENT_IDX)) != 0);
+    q.set_in_order((features_ & feature_bit(VIRTIO_F_IN_ORDER)) != 0);
     q.set_indirect((features_ & feature_bit(VIRTIO_F_INDIRECT_DESC)) != 0);
     q.set_ready(true);
     // The whole ring inside one region of the shared memory (virtio 1.2 2.7 sizes).

@@ -52,6 +52,10 @@ class PackedQueue final {
   void set_device_event_area(uint64_t gpa) { device_gpa_ = gpa; }
   void set_event_idx(bool on) { event_idx_ = on; }
   void set_indirect(bool on) { indirect_ = on; }
+  // VIRTIO_F_IN_ORDER negotiated: the device returns buffers in the order it popped them, so a
+  // published batch of buffers the device wrote nothing into (tx) becomes one used descriptor
+  // carrying the last buffer's id (section 2.8.23).
+  void set_in_order(bool on) { in_order_ = on; }
   void set_ready(bool on) { ready_ = on; }
   [[nodiscard]] uint64_t desc_ring() const { return desc_gpa_; }
   [[nodiscard]] uint64_t driver_event_area() const { return driver_gpa_; }
@@ -92,10 +96,28 @@ class PackedQueue final {
   // Next available buffer, or nullopt when the descriptor at next_avail is not available
   // (section 2.8.1). head = buffer id, desc_count = ring slots the buffer took.
   Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem);
+  // A burst of pop(): up to out.size() buffers that are one direct descriptor each (a frame in
+  // one buffer, as DPDK's virtio-user and Linux's rx refill post them), with the same checks and
+  // faults as pop(). A buffer of any other shape stops the burst (left for pop(), `blocked`), and
+  // so do buffers recovered by attach_inflight(). `prefetch_from`/`prefetch_len` as in
+  // SplitQueue::pop_direct(). Each buffer takes one slot (desc_count 1). A fault after the
+  // first buffer breaks the queue and returns the buffers taken before it.
+  Result<DirectPop> pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
+                               uint32_t prefetch_from = SplitQueue::kNoPrefetch,
+                               uint32_t prefetch_len = 128);
   // Return a buffer: a used descriptor at next_used (id, len, then flags with release, section
   // 2.8.21), then next_used advances by desc_count. `id` and `desc_count` must be what pop()
   // returned for a buffer still held; anything else is a device bug and breaks the queue.
   Status push(const GuestMemory& mem, uint16_t id, uint16_t desc_count, uint32_t written);
+  // The same checks and bookkeeping as push(), but the used descriptor is written by the next
+  // publish_used() (or push(), needs_notification()) together with the others deferred since,
+  // as DPDK's vhost flushes its shadow used ring: ids and lengths first, then every flags word
+  // but the first one's, the first one's last. The driver reads used descriptors in order, so it
+  // takes the whole batch at once instead of pulling each descriptor's line back while the
+  // device still writes the next one into it. With inflight tracking attached: push().
+  Status push_deferred(const GuestMemory& mem, uint16_t id, uint16_t desc_count,
+                       uint32_t written);
+  Status publish_used(const GuestMemory& mem);
   // Whether to interrupt the driver now for the used descriptors written since the last
   // decision (section 2.8.10): the driver event suppression flags, and with EVENT_IDX its
   // off_wrap (RING_EVENT_FLAGS_DESC).
@@ -126,6 +148,7 @@ class PackedQueue final {
   Status walk_indirect(const GuestMemory& mem, const PvirtqDesc& table);
   Status append(const GuestMemory& mem, const PvirtqDesc& d, bool write);
   Status write_device_event(const GuestMemory& mem, uint16_t off_wrap, uint16_t flags);
+  Status check_push(uint16_t id, uint16_t desc_count);
   void record_pop(uint16_t id, uint32_t slots);
   Result<std::optional<DescriptorChain>> pop_resubmit(const GuestMemory& mem);
   void detach_inflight();
@@ -138,6 +161,7 @@ class PackedQueue final {
   bool ready_ = false;
   bool event_idx_ = false;
   bool indirect_ = false;
+  bool in_order_ = false;
   uint16_t next_avail_ = 0;
   bool avail_wrap_ = true;
   uint16_t next_used_ = 0;
@@ -152,6 +176,17 @@ class PackedQueue final {
 
   // Per-pop scratch.
   ChainSegments segs_;
+
+  // Used descriptors reserved by push_deferred() and not yet written (at most one per held
+  // buffer, so sized once by create()).
+  struct PendingUsed {
+    uint16_t slot;
+    uint16_t id;
+    uint32_t len;
+    uint16_t flags;
+  };
+  std::vector<PendingUsed> pending_;
+  uint32_t npending_ = 0;
 
   // Inflight tracking (attach_inflight). The area's entries hold copies of the in-flight
   // buffers' ring descriptors; which entries are free, how each buffer's entries link and which

@@ -79,6 +79,8 @@ class Virtqueue final {
       split_.set_event_idx(on);
     }
   }
+  // Packed ring only (PackedQueue::set_in_order); the split ring ignores it.
+  void set_in_order(bool on) { packed_.set_in_order(on); }
   void set_indirect(bool on) {
     if (packed()) {
       packed_.set_indirect(on);
@@ -137,11 +139,11 @@ class Virtqueue final {
   Result<std::optional<DescriptorChain>> pop(const GuestMemory& mem) {
     return packed() ? packed_.pop(mem) : split_.pop(mem);
   }
-  // Split ring: SplitQueue::pop_direct(). Packed ring: nothing, `blocked` (pop() serves it).
+  // SplitQueue::pop_direct() / PackedQueue::pop_direct(): one-descriptor chains in a burst.
   Result<DirectPop> pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
                                uint32_t prefetch_from = SplitQueue::kNoPrefetch,
                                uint32_t prefetch_len = 128) {
-    if (packed()) return DirectPop{0, true};
+    if (packed()) return packed_.pop_direct(mem, out, prefetch_from, prefetch_len);
     return split_.pop_direct(mem, out, prefetch_from, prefetch_len);
   }
   // Gives a chain back with `written` bytes written into its device-writable buffers.
@@ -154,15 +156,15 @@ class Virtqueue final {
     return packed() ? packed_.push(mem, head, desc_count, written)
                     : split_.push(mem, head, written);
   }
-  // A burst of returns published once (split: one used idx store in publish_used(), which
-  // needs_notification() also does; packed: each descriptor is its own publication).
+  // A burst of returns published once, by publish_used() or needs_notification() (split: one
+  // used idx store; packed: the used descriptors written together, the first one's flags last).
   Status push_deferred(const GuestMemory& mem, uint16_t head, uint16_t desc_count,
                        uint32_t written) {
-    return packed() ? packed_.push(mem, head, desc_count, written)
+    return packed() ? packed_.push_deferred(mem, head, desc_count, written)
                     : split_.push_deferred(mem, head, written);
   }
   Status publish_used(const GuestMemory& mem) {
-    return packed() ? Status{} : split_.publish_used(mem);
+    return packed() ? packed_.publish_used(mem) : split_.publish_used(mem);
   }
   Result<bool> needs_notification(const GuestMemory& mem) {
     return packed() ? packed_.needs_notification(mem) : split_.needs_notification(mem);
