@@ -5,7 +5,7 @@
 #
 #   sudo deploy/bench/vhost-net-bench.sh [--build DIR] [--runs N] [--seconds T] [--warmup W]
 #        [--modes "tx rx fwd"] [--backends "iovirt dpdk"] [--poll-us N] [--pkt-len L]
-#        [--gen-cpu C] [--backend-cpu S] [--no-huge] [--fwd-bursts B]
+#        [--gen-cpu C] [--backend-cpu S] [--no-huge] [--fwd-bursts B] [--packed]
 #
 # Environment overrides: BENCH_RUNS, BENCH_SECONDS (e.g. BENCH_RUNS=1 BENCH_SECONDS=3 for a quick
 # check), BENCH_WARMUP, BENCH_MODES, BENCH_BACKENDS, BENCH_POLL_US.
@@ -37,6 +37,8 @@
 # the ring was never full, so the back-end kept up and the figure is the generator's own limit)
 # or of its rx polls that found nothing (rx, fwd; near 100%: the front-end waited for the back-end).
 #
+# --packed: virtio-user drives packed rings (packed_vq=1, virtio 1.2 section 2.8) instead of split
+# ones, against both back-ends.
 # Memory: hugepages by default (2 MiB, --in-memory: no files left in /dev/hugepages; the script
 # raises vm.nr_hugepages if fewer than 512 are free and mounts hugetlbfs if absent), so the guest
 # memory virtio-user shares with the back-end is hugepage-backed for both back-ends; --no-huge uses
@@ -55,9 +57,10 @@ GEN_CPU=0
 BACKEND_CPU=1
 HUGE=1
 FWD_BURSTS=4
+PACKED=0
 TESTPMD=/usr/bin/dpdk-testpmd
 
-usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) BUILD=$2; shift 2 ;;
@@ -72,6 +75,7 @@ while [ $# -gt 0 ]; do
     --backend-cpu) BACKEND_CPU=$2; shift 2 ;;
     --no-huge) HUGE=0; shift ;;
     --fwd-bursts) FWD_BURSTS=$2; shift 2 ;;
+    --packed) PACKED=1; shift ;;
     -h|--help) usage ;;
     *) echo "vhost-net-bench: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -165,7 +169,7 @@ generate() {  # backend mode
     echo "quit"
   } | taskset -c "$GEN_CPU" "$TESTPMD" --lcores "0@$GEN_CPU,1@$GEN_CPU" "${MEM_ARGS[@]}" --single-file-segments \
         --no-pci --no-telemetry --file-prefix "$PREFIX-gen" \
-        --vdev "net_virtio_user0,path=$SOCK,queues=1,queue_size=256" -- -i --forward-mode="$(gen_mode "$mode")" \
+        --vdev "net_virtio_user0,path=$SOCK,queues=1,queue_size=256$([ "$PACKED" = 1 ] && echo ,packed_vq=1)" -- -i --forward-mode="$(gen_mode "$mode")" \
         --txpkts="$PKT_LEN" --nb-cores=1 --total-num-mbufs=8192 --record-burst-stats >"$WORK/gen.log" 2>&1 || true
   rm -rf "/var/run/dpdk/$PREFIX-gen"
   local pps
@@ -190,7 +194,7 @@ generate() {  # backend mode
 }
 
 echo "vhost-net-bench: modes [$MODES], back-ends [$BACKENDS], $RUNS runs x $SECS s (+$WARMUP s warm-up)," \
-     "$PKT_LEN-byte frames, generator on CPU $GEN_CPU, back-end on CPU $BACKEND_CPU," \
+     "$PKT_LEN-byte frames, $([ "$PACKED" = 1 ] && echo packed || echo split) rings, generator on CPU $GEN_CPU, back-end on CPU $BACKEND_CPU," \
      "$([ "$HUGE" = 1 ] && echo hugepages || echo 4 KiB pages)" >&2
 for mode in $MODES; do
   for r in $(seq 1 "$RUNS"); do
@@ -203,9 +207,9 @@ for mode in $MODES; do
   done
 done
 
-python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$PKT_LEN" "$FWD_BURSTS" <<'EOF'
+python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$PKT_LEN" "$FWD_BURSTS" "$PACKED" <<'EOF'
 import statistics, sys
-res, runs, secs, poll_us, pkt_len, bursts = sys.argv[1:]
+res, runs, secs, poll_us, pkt_len, bursts, packed = sys.argv[1:]
 rows = {}
 share = {}
 for line in open(res):
@@ -220,8 +224,9 @@ what = {
     "rx": "back-end generates (source / txonly) -> front-end rxonly",
     "fwd": f"back-end forwards back (ring-loopback / io), {int(bursts) * 32} frames circulating",
 }
-print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair; front-end: DPDK "
-      f"virtio-user (testpmd); iovirt-vhost --poll-us {poll_us}")
+ring = "packed" if packed == "1" else "split"
+print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair, {ring} rings; "
+      f"front-end: DPDK virtio-user (testpmd); iovirt-vhost --poll-us {poll_us}")
 print()
 print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK | front-end bursts (iovirt / DPDK) |")
 print("|---|---|---|---|---|")

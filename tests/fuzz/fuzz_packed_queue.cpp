@@ -5,11 +5,12 @@
 //   [0] queue size: 1..255, 0 means 256 (packed sizes need not be powers of 2)
 //   [1] bit0 EVENT_IDX, bit1 INDIRECT, bit2 second region, bit3 rings in the second region,
 //       bit4 misplace the descriptor ring (straddling its region's end), bit5 misaligned
-//       driver event area
+//       driver event area, bit6 IN_ORDER (deferred returns of unwritten buffers batch as one)
 //   [2] number of raw descriptors to write from slot 0 (% (size + 1)), then 16 bytes each
 //   [3..4] driver event off_wrap, [5..6] driver event flags
 //   [7] number of raw indirect table entries (% 65), then 16 bytes each (at kIndirectGpa)
 //   rest: operations, one opcode byte each followed by its operands (see run_ops).
+// Bursts (ops 14-16): pop_direct(), push_deferred() of any held buffer, publish_used().
 // Inflight tracking (op 13): attach a fresh inflight area, or play a crash — a successor queue
 // attaches the area the queue left behind, optionally with input bytes written over it (a
 // hostile front-end). Without such bytes the successor must resume exactly: same positions, the
@@ -20,6 +21,7 @@
 // slots match what the harness popped and did not push, positions stay inside the ring, a push
 // advances next_used by desc_count, a broken queue stays broken with the same fault until reset.
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -44,6 +46,8 @@ namespace {
 using iovirt::GuestMemory;
 using iovirt::RegionSpec;
 using iovirt::virtio::DescriptorChain;
+using iovirt::virtio::DirectChain;
+using iovirt::virtio::SplitQueue;
 using iovirt::virtio::PackedQueue;
 using iovirt::virtio::PvirtqDesc;
 using iovirt::virtio::QueueFault;
@@ -92,6 +96,7 @@ struct Layout {
   uint16_t size;
   bool event_idx;
   bool indirect;
+  bool in_order;
   uint64_t desc;
   uint64_t driver;
   uint64_t device;
@@ -104,6 +109,7 @@ Layout decode_layout(Reader& in, bool& two_regions) {
   const uint8_t f = in.u8();
   l.event_idx = (f & 1) != 0;
   l.indirect = (f & 2) != 0;
+  l.in_order = (f & 0x40) != 0;
   two_regions = (f & 4) != 0;
   const uint64_t base = (two_regions && (f & 8) != 0) ? kRegion1Gpa : kRegion0Gpa;
   l.desc = base + 0x1000;
@@ -130,6 +136,7 @@ bool configure(PackedQueue& q, const GuestMemory& mem, const Layout& l) {
   q.set_device_event_area(l.device);
   q.set_event_idx(l.event_idx);
   q.set_indirect(l.indirect);
+  q.set_in_order(l.in_order);
   if (!q.validate(mem)) {
     check(q.broken());
     return false;
@@ -193,7 +200,7 @@ void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l
   for (int steps = 0; !in.empty() && steps < 512; ++steps) {
     const bool was_broken = q.broken();
     const QueueFault was_fault = q.fault();
-    switch (in.u8() % 14) {
+    switch (in.u8() % 17) {
       case 0:
       case 1: {  // pop (twice as likely)
         const size_t pending = q.resubmit_pending();
@@ -304,6 +311,49 @@ void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l
         unclaimed = 0;
         if (configure(q, mem, l)) check(!q.broken());
         continue;
+      case 14: {  // pop_direct: a burst of one-descriptor buffers
+        std::array<DirectChain, 8> out{};
+        const size_t n = 1 + in.u8() % out.size();
+        const uint32_t prefetch = (in.u8() & 1) != 0 ? 0 : SplitQueue::kNoPrefetch;
+        auto r = q.pop_direct(mem, std::span(out.data(), n), prefetch);
+        if (r) {
+          check(!was_broken);
+          check(r->count <= n);
+          for (uint32_t i = 0; i < r->count; ++i) {
+            check(out[i].head < q.size());
+            auto sp = mem.span(out[i].seg.addr, out[i].seg.len);
+            check(sp.has_value() && sp->data() == out[i].host);
+            for (const Held& h : held) check(h.id != out[i].head);
+            held.push_back(Held{out[i].head, 1});
+          }
+        } else {
+          check(q.broken() || !q.ready());
+        }
+        break;
+      }
+      case 15: {  // push_deferred of one held buffer, any of them
+        const uint8_t pick = in.u8();
+        const uint32_t len = (in.u8() & 1) != 0 ? in.u32() : 0;
+        if (!held.empty()) {
+          const size_t i = pick % held.size();
+          const Held h = held[i];
+          const uint16_t before = q.next_used();
+          auto r = q.push_deferred(mem, h.id, h.slots, len);
+          if (r) {
+            check(!was_broken);
+            held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
+            check(q.next_used() == (before + h.slots) % q.size());
+          } else {
+            check(was_broken || !q.ready());
+          }
+        }
+        break;
+      }
+      case 16: {
+        auto r = q.publish_used(mem);
+        if (r) check(!was_broken);
+        break;
+      }
       case 13: {  // inflight: attach a fresh area, or crash and let a successor attach it
         const uint8_t mode = in.u8();
         auto& area = inflight_area();

@@ -162,6 +162,21 @@ def p_inflight(mode, scribbles=()):
     return out
 
 
+def p_pop_direct(n, prefetch=True):
+    """Op 14: pop_direct() of up to n (1..8) one-descriptor buffers."""
+    return b"\x0e" + bytes([(n - 1) % 8, 1 if prefetch else 0])
+
+
+def p_push_deferred(pick, length=None):
+    """Op 15: push_deferred() of held buffer `pick`, with `length` bytes written (or none)."""
+    if length is None:
+        return b"\x0f" + bytes([pick, 0])
+    return b"\x0f" + bytes([pick, 1]) + struct.pack("<I", length)
+
+
+P_PUBLISH = b"\x10"
+
+
 def laps(size, rounds):
     """Single-descriptor buffers, each published in its own lap, popped and pushed."""
     ops = b""
@@ -251,6 +266,15 @@ packed_seeds = {
                                        pdesc(DATA + 16, 8, WRITE, 1)],
                                 ops=p_inflight(0) + P_POP * 2 +
                                 p_inflight(1, [(32, 2), (16, 5), (34, 0xff)]) + P_POP * 3),
+    # bursts: four single-descriptor buffers and a chain; pop_direct stops at the chain; rx-like
+    # deferred returns with lengths, then (IN_ORDER) tx-like ones batched into one descriptor
+    "burst_in_order": pseed(8, 0x40, [pdesc(DATA + 8 * i, 8, WRITE, i) for i in range(4)] +
+                            [pdesc(DATA, 8, NEXT), pdesc(DATA + 8, 8, WRITE, 4)],
+                            ops=p_pop_direct(8) + P_POP + p_push_deferred(0, 8) +
+                            p_push_deferred(0, 8) + P_PUBLISH + p_push_deferred(0) +
+                            p_push_deferred(0) + p_push_deferred(0) + P_NEEDS +
+                            p_avail(6, DATA, 8, 0, 5, 1) + p_avail(7, DATA, 8, 0, 6, 1) +
+                            p_pop_direct(2) + p_push_deferred(1) + p_push_deferred(0) + P_PUBLISH),
     # full 256 ring of single buffers, popped and pushed in order
     "full_256": pseed(0, 1, [pdesc(DATA + i, 1, 0, i) for i in range(255)],
                       ops=(P_POP + p_push_held(0, 1)) * 60 + P_NEEDS),
