@@ -1129,6 +1129,33 @@ TEST_F(PackedQueueTest, DeferredReturnsArePublishedTogetherAndInOrderBatchesAsOn
   EXPECT_EQ(q.in_flight_slots(), 0u);
 }
 
+// Slots whose used descriptors are reserved but not yet written are still the device's: a
+// hostile driver that makes buffers available in them anyway overruns the ring (and cannot make
+// the device reserve more used descriptors than the ring has).
+TEST_F(PackedQueueTest, BuffersPostedOverUnpublishedUsedSlotsOverrunTheRing) {
+  PackedQueue q4 = make_device_queue(4);
+  DriverPackedQueue d4 = make_driver(mem, 4);
+  const Buf one{kBuf, 64, false};
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(d4.add_chain(std::span(&one, 1)).has_value());
+  std::vector<DirectChain> out(4);
+  auto r = q4.pop_direct(mem, out);
+  ASSERT_TRUE(r.has_value() && r->count == 4u);
+  for (uint32_t i = 0; i < 4; ++i) ASSERT_TRUE(q4.push_deferred(mem, out[i].head, 1, 0).has_value());
+  // Slot 0 made available for the next lap without the driver having seen its used descriptor.
+  ASSERT_TRUE(d4.write_desc(0, desc(kBuf, 64, packed_avail_bits(false), 0)).has_value());
+  EXPECT_FALSE(q4.pop(mem).has_value());
+  EXPECT_EQ(q4.fault(), QueueFault::RingOverrun);
+  PackedQueue q5 = make_device_queue(4);
+  DriverPackedQueue d5 = make_driver(mem, 4);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(d5.add_chain(std::span(&one, 1)).has_value());
+  r = q5.pop_direct(mem, out);
+  ASSERT_TRUE(r.has_value() && r->count == 4u);
+  for (uint32_t i = 0; i < 4; ++i) ASSERT_TRUE(q5.push_deferred(mem, out[i].head, 1, 0).has_value());
+  ASSERT_TRUE(d5.write_desc(0, desc(kBuf, 64, packed_avail_bits(false), 0)).has_value());
+  EXPECT_FALSE(q5.pop_direct(mem, out).has_value());
+  EXPECT_EQ(q5.fault(), QueueFault::RingOverrun);
+}
+
 // The same faults as pop(): a buffer id out of range or held twice, a buffer outside memory.
 TEST_F(PackedQueueTest, PopDirectRefusesWhatPopRefuses) {
   std::vector<DirectChain> out(4);

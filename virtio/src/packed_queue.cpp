@@ -72,6 +72,7 @@ void PackedQueue::reset() {
   inflight_slots_ = 0;
   fault_ = QueueFault::None;
   npending_ = 0;
+  pending_slots_ = 0;
   detach_inflight();
 }
 
@@ -240,10 +241,12 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
                                                 std::to_string(next_avail_) +
                                                 " is still held by the device");
   }
-  if (inflight_slots_ + slots > size_) {
-    return fault(QueueFault::RingOverrun, std::to_string(inflight_slots_) + " + " +
-                                              std::to_string(slots) + " slots, queue size " +
-                                              std::to_string(size_));
+  // Slots whose used descriptors are reserved but not yet written (push_deferred) are still
+  // the device's: a driver that made more buffers available cannot have had them back.
+  if (inflight_slots_ + pending_slots_ + slots > size_) {
+    return fault(QueueFault::RingOverrun, std::to_string(inflight_slots_ + pending_slots_) +
+                                              " + " + std::to_string(slots) +
+                                              " slots, queue size " + std::to_string(size_));
   }
   if (inf_hdr_ != nullptr) record_pop(id, slots);
   inflight_[id] = static_cast<uint16_t>(slots);
@@ -297,8 +300,8 @@ Result<DirectPop> PackedQueue::pop_direct(const GuestMemory& mem, std::span<Dire
                                                        std::to_string(next_avail_) +
                                                        " is still held by the device"));
     }
-    if (inflight_slots_ + 1 > size_) {
-      return stop(fault(QueueFault::RingOverrun, std::to_string(inflight_slots_) +
+    if (inflight_slots_ + pending_slots_ + 1 > size_) {
+      return stop(fault(QueueFault::RingOverrun, std::to_string(inflight_slots_ + pending_slots_) +
                                                      " + 1 slots, queue size " +
                                                      std::to_string(size_)));
     }
@@ -400,7 +403,13 @@ Status PackedQueue::push_deferred(const GuestMemory& mem, uint16_t id, uint16_t 
   // Section 2.8.3: WRITE in a used descriptor says whether the device wrote anything.
   const auto flags =
       static_cast<uint16_t>(packed_used_bits(used_wrap_) | (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
+  // pop() keeps held + pending slots within the ring, so npending_ < pending_.size() here; the
+  // guard keeps the array in bounds whatever happens.
+  if (npending_ == pending_.size()) {
+    if (auto st = publish_used(mem); !st) return st;
+  }
   pending_[npending_++] = PendingUsed{next_used_, id, written, flags};
+  pending_slots_ += desc_count;
   // Section 2.8.6: skip the rest of this buffer's slots, whichever buffer it was.
   uint32_t next = next_used_ + uint32_t{desc_count};
   if (next >= size_) {
@@ -422,6 +431,7 @@ Status PackedQueue::publish_used(const GuestMemory& mem) {
   uint8_t* const base = ring->data();
   const uint32_t n = npending_;
   npending_ = 0;
+  pending_slots_ = 0;
   static_assert(std::endian::native == std::endian::little, "descriptors are little-endian");
   // len, id and flags are bytes 8..15 of a descriptor (8-byte aligned: validate() checked the
   // ring's 16-byte alignment), written as one 8-byte store: the flags that publish a descriptor

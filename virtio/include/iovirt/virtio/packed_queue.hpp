@@ -187,6 +187,7 @@ class PackedQueue final {
   };
   std::vector<PendingUsed> pending_;
   uint32_t npending_ = 0;
+  uint32_t pending_slots_ = 0;  // ring slots they take
 
   // Inflight tracking (attach_inflight). The area's entries hold copies of the in-flight
   // buffers' ring descriptors; which entries are free, how each buffer's entries link and which
