@@ -231,6 +231,19 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
     }
   }
 
+  if (auto st = check_take(id, slots); !st) return std::unexpected(std::move(st.error()));
+  if (inf_hdr_ != nullptr) record_pop(id, slots);
+  inflight_[id] = static_cast<uint16_t>(slots);
+  inflight_slots_ += slots;
+  next_avail_ = static_cast<uint16_t>(pos);
+  avail_wrap_ = wrap;
+  return std::optional<DescriptorChain>(DescriptorChain{id, static_cast<uint16_t>(slots),
+                                                        segs_.segments(), segs_.readable_len(),
+                                                        segs_.writable_len()});
+}
+
+// pop(), pop_direct(): buffer `id` at next_avail, taking `slots` ring slots, may be taken.
+Status PackedQueue::check_take(uint16_t id, uint32_t slots) {
   if (id >= size_) {
     return fault(QueueFault::BufferIdOutOfRange, "id " + std::to_string(id) + " at slot " +
                                                      std::to_string(next_avail_) + ", queue size " +
@@ -248,14 +261,7 @@ Result<std::optional<DescriptorChain>> PackedQueue::pop(const GuestMemory& mem) 
                                               " + " + std::to_string(slots) +
                                               " slots, queue size " + std::to_string(size_));
   }
-  if (inf_hdr_ != nullptr) record_pop(id, slots);
-  inflight_[id] = static_cast<uint16_t>(slots);
-  inflight_slots_ += slots;
-  next_avail_ = static_cast<uint16_t>(pos);
-  avail_wrap_ = wrap;
-  return std::optional<DescriptorChain>(DescriptorChain{id, static_cast<uint16_t>(slots),
-                                                        segs_.segments(), segs_.readable_len(),
-                                                        segs_.writable_len()});
+  return {};
 }
 
 Result<DirectPop> PackedQueue::pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
@@ -290,21 +296,7 @@ Result<DirectPop> PackedQueue::pop_direct(const GuestMemory& mem, std::span<Dire
     PvirtqDesc d;
     std::memcpy(&d, slot, sizeof d);
     d.flags = flags;  // the value read with acquire (the guest may change it meanwhile)
-    if (d.id >= size_) {
-      return stop(fault(QueueFault::BufferIdOutOfRange, "id " + std::to_string(d.id) + " at slot " +
-                                                       std::to_string(next_avail_) +
-                                                       ", queue size " + std::to_string(size_)));
-    }
-    if (inflight_[d.id] != 0) {
-      return stop(fault(QueueFault::BufferIdInUse, "id " + std::to_string(d.id) + " at slot " +
-                                                       std::to_string(next_avail_) +
-                                                       " is still held by the device"));
-    }
-    if (inflight_slots_ + pending_slots_ + 1 > size_) {
-      return stop(fault(QueueFault::RingOverrun, std::to_string(inflight_slots_ + pending_slots_) +
-                                                     " + 1 slots, queue size " +
-                                                     std::to_string(size_)));
-    }
+    if (auto st = check_take(d.id, 1); !st) return stop(std::unexpected(std::move(st.error())));
     auto buf = mem.span(d.addr, d.len);
     if (!buf) {
       return stop(fault(QueueFault::BufferOutsideMemory,
@@ -400,17 +392,26 @@ Status PackedQueue::push_deferred(const GuestMemory& mem, uint16_t id, uint16_t 
   if (!ok) {
     if (auto st = check_push(id, desc_count); !st) return st;
   }
-  // Section 2.8.3: WRITE in a used descriptor says whether the device wrote anything.
-  const auto flags =
-      static_cast<uint16_t>(packed_used_bits(used_wrap_) | (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
   // pop() keeps held + pending slots within the ring, so npending_ < pending_.size() here; the
   // guard keeps the array in bounds whatever happens.
   if (npending_ == pending_.size()) {
     if (auto st = publish_used(mem); !st) return st;
   }
-  pending_[npending_++] = PendingUsed{next_used_, id, written, flags};
+  pending_[npending_++] = PendingUsed{next_used_, id, written, used_flags(written)};
   pending_slots_ += desc_count;
-  // Section 2.8.6: skip the rest of this buffer's slots, whichever buffer it was.
+  retire(id, desc_count);
+  return {};
+}
+
+// Section 2.8.3: WRITE in a used descriptor says whether the device wrote anything.
+uint16_t PackedQueue::used_flags(uint32_t written) const {
+  return static_cast<uint16_t>(packed_used_bits(used_wrap_) |
+                               (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
+}
+
+// Section 2.8.6: next_used skips the rest of this buffer's slots, whichever buffer it was; the
+// buffer is no longer held.
+void PackedQueue::retire(uint16_t id, uint16_t desc_count) {
   uint32_t next = next_used_ + uint32_t{desc_count};
   if (next >= size_) {
     next -= size_;
@@ -420,14 +421,14 @@ Status PackedQueue::push_deferred(const GuestMemory& mem, uint16_t id, uint16_t 
   inflight_[id] = 0;
   inflight_slots_ -= desc_count;
   used_since_signal_ = std::min(used_since_signal_ + desc_count, size_);
-  return {};
 }
 
 Status PackedQueue::publish_used(const GuestMemory& mem) {
   if (auto st = check_usable(); !st) return st;
   if (npending_ == 0) return {};
   auto ring = mem.span(desc_gpa_, pdesc_area_bytes(size_));
-  if (!ring) return fault(QueueFault::RingAccess, "write used descriptor: " + ring.error().message());
+  if (!ring)
+    return fault(QueueFault::RingAccess, "write used descriptor: " + ring.error().message());
   uint8_t* const base = ring->data();
   const uint32_t n = npending_;
   npending_ = 0;
@@ -488,19 +489,10 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
   uint8_t* p = tail->data();
   std::memcpy(p, &written, sizeof(written));
   std::memcpy(p + (offsetof(PvirtqDesc, id) - offsetof(PvirtqDesc, len)), &id, sizeof(id));
-  // Section 2.8.3: WRITE in a used descriptor says whether the device wrote anything.
-  const auto flags =
-      static_cast<uint16_t>(packed_used_bits(used_wrap_) | (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
   auto* fp =
       reinterpret_cast<uint16_t*>(p + (offsetof(PvirtqDesc, flags) - offsetof(PvirtqDesc, len)));
-  std::atomic_ref<uint16_t>(*fp).store(flags, std::memory_order_release);
-  // Section 2.8.6: skip the rest of this buffer's slots, whichever buffer it was.
-  uint32_t next = next_used_ + uint32_t{desc_count};
-  if (next >= size_) {
-    next -= size_;
-    used_wrap_ = !used_wrap_;
-  }
-  next_used_ = static_cast<uint16_t>(next);
+  std::atomic_ref<uint16_t>(*fp).store(used_flags(written), std::memory_order_release);
+  retire(id, desc_count);
   if (inf_hdr_ != nullptr) {
     inf_hdr_->used_idx = next_used_;
     inf_hdr_->used_wrap_counter = used_wrap_ ? 1 : 0;
@@ -511,9 +503,6 @@ Status PackedQueue::push(const GuestMemory& mem, uint16_t id, uint16_t desc_coun
       e = inf_next_[e];
     }
   }
-  inflight_[id] = 0;
-  inflight_slots_ -= desc_count;
-  used_since_signal_ = std::min(used_since_signal_ + desc_count, size_);
   return {};
 }
 

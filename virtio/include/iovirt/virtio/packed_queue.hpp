@@ -149,6 +149,9 @@ class PackedQueue final {
   Status append(const GuestMemory& mem, const PvirtqDesc& d, bool write);
   Status write_device_event(const GuestMemory& mem, uint16_t off_wrap, uint16_t flags);
   Status check_push(uint16_t id, uint16_t desc_count);
+  Status check_take(uint16_t id, uint32_t slots);
+  [[nodiscard]] uint16_t used_flags(uint32_t written) const;
+  void retire(uint16_t id, uint16_t desc_count);
   void record_pop(uint16_t id, uint32_t slots);
   Result<std::optional<DescriptorChain>> pop_resubmit(const GuestMemory& mem);
   void detach_inflight();
