@@ -192,6 +192,24 @@ void check_state(const PackedQueue& q, const std::vector<Held>& held, uint32_t u
   check(q.next_used() < q.size());
 }
 
+// Returns held buffer `pick` (mod the count) with push() or push_deferred(): on success it is no
+// longer held and next_used moved past its slots; a refusal only from a broken or idle queue.
+void push_held(PackedQueue& q, const GuestMemory& mem, std::vector<Held>& held, uint8_t pick,
+               uint32_t len, bool deferred, bool was_broken) {
+  if (held.empty()) return;
+  const size_t i = pick % held.size();
+  const Held h = held[i];
+  const uint16_t before = q.next_used();
+  auto r = deferred ? q.push_deferred(mem, h.id, h.slots, len) : q.push(mem, h.id, h.slots, len);
+  if (r) {
+    check(!was_broken);
+    held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
+    check(q.next_used() == (before + h.slots) % q.size());
+  } else {
+    check(was_broken || !q.ready());
+  }
+}
+
 void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l) {
   using namespace iovirt::virtio;
   std::vector<Held> held;
@@ -253,20 +271,7 @@ void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l
       }
       case 3: {  // push one held buffer, any of them: out-of-order completion
         const uint8_t pick = in.u8();
-        const uint32_t len = in.u32();
-        if (!held.empty()) {
-          const size_t i = pick % held.size();
-          const Held h = held[i];
-          const uint16_t before = q.next_used();
-          auto r = q.push(mem, h.id, h.slots, len);
-          if (r) {
-            check(!was_broken);
-            held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
-            check(q.next_used() == (before + h.slots) % q.size());
-          } else {
-            check(was_broken || !q.ready());
-          }
-        }
+        push_held(q, mem, held, pick, in.u32(), false, was_broken);
         break;
       }
       case 4: {
@@ -334,19 +339,7 @@ void run_ops(Reader& in, PackedQueue& q, const GuestMemory& mem, const Layout& l
       case 15: {  // push_deferred of one held buffer, any of them
         const uint8_t pick = in.u8();
         const uint32_t len = (in.u8() & 1) != 0 ? in.u32() : 0;
-        if (!held.empty()) {
-          const size_t i = pick % held.size();
-          const Held h = held[i];
-          const uint16_t before = q.next_used();
-          auto r = q.push_deferred(mem, h.id, h.slots, len);
-          if (r) {
-            check(!was_broken);
-            held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
-            check(q.next_used() == (before + h.slots) % q.size());
-          } else {
-            check(was_broken || !q.ready());
-          }
-        }
+        push_held(q, mem, held, pick, len, true, was_broken);
         break;
       }
       case 16: {
