@@ -511,14 +511,10 @@ Status VhostUserBackend::apply() {
       // A packed ring also takes both positions from the area (its restore point is nowhere in
       // guest memory).
       std::span<uint8_t> area(inflight_->base + i * inflight_->stride, inflight_->stride);
-      const auto st = packed ? q.packed_queue().attach_inflight(*mem_, area)
-                             : q.split().attach_inflight(*mem_, area);
-      const size_t pending =
-          packed ? q.packed_queue().resubmit_pending() : q.split().resubmit_pending();
-      if (!st) {
+      if (auto st = q.attach_inflight(*mem_, area); !st) {
         log_warn(where + ": not tracking in-flight requests: " + st.error().message());
-      } else if (pending > 0) {
-        log_info(where + ": resubmitting " + std::to_string(pending) +
+      } else if (q.resubmit_pending() > 0) {
+        log_info(where + ": resubmitting " + std::to_string(q.resubmit_pending()) +
                  " request(s) that were in flight");
       }
     }

@@ -38,10 +38,16 @@ static_assert(sizeof(InflightDescSplit) == 16);
 
 inline constexpr uint16_t kInflightVersion = 1;
 
-// Bytes of one queue's area (what GET_INFLIGHT_FD's mmap_size is made of, per queue).
-[[nodiscard]] constexpr size_t inflight_split_queue_bytes(uint16_t queue_size) {
-  const size_t raw = sizeof(InflightSplitHeader) + size_t{queue_size} * sizeof(InflightDescSplit);
+// Bytes of one queue's area (what GET_INFLIGHT_FD's mmap_size is made of, per queue): a header
+// and one entry per descriptor, 64-byte aligned.
+template <class Header, class Desc>
+[[nodiscard]] constexpr size_t inflight_area_bytes(uint16_t queue_size) {
+  const size_t raw = sizeof(Header) + size_t{queue_size} * sizeof(Desc);
   return (raw + 63) & ~size_t{63};
+}
+
+[[nodiscard]] constexpr size_t inflight_split_queue_bytes(uint16_t queue_size) {
+  return inflight_area_bytes<InflightSplitHeader, InflightDescSplit>(queue_size);
 }
 
 // Packed rings (the spec's QueueRegionPacked / DescStatePacked structs). A packed ring's slots
@@ -90,8 +96,7 @@ static_assert(sizeof(InflightDescPacked) == 32);
 inline constexpr uint8_t kInflightPackedCompleting = 2;
 
 [[nodiscard]] constexpr size_t inflight_packed_queue_bytes(uint16_t queue_size) {
-  const size_t raw = sizeof(InflightPackedHeader) + size_t{queue_size} * sizeof(InflightDescPacked);
-  return (raw + 63) & ~size_t{63};
+  return inflight_area_bytes<InflightPackedHeader, InflightDescPacked>(queue_size);
 }
 
 [[nodiscard]] constexpr size_t inflight_queue_bytes(uint16_t queue_size, bool packed) {

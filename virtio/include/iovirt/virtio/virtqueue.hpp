@@ -176,6 +176,15 @@ class Virtqueue final {
     return packed() ? packed_.disable_notification(mem) : split_.disable_notification(mem);
   }
 
+  // Inflight tracking (inflight.hpp) in the layout of the queue's format:
+  // SplitQueue::attach_inflight() / PackedQueue::attach_inflight().
+  Status attach_inflight(const GuestMemory& mem, std::span<uint8_t> area) {
+    return packed() ? packed_.attach_inflight(mem, area) : split_.attach_inflight(mem, area);
+  }
+  [[nodiscard]] size_t resubmit_pending() const {
+    return packed() ? packed_.resubmit_pending() : split_.resubmit_pending();
+  }
+
   [[nodiscard]] SplitQueue& split() { return split_; }
   [[nodiscard]] PackedQueue& packed_queue() { return packed_; }
 
