@@ -130,7 +130,7 @@ start_backend() {  # backend mode
       --poll-us "$POLL_US" >"$WORK/backend.log" 2>&1 &
   else
     # --stats-period: runs until SIGINT without reading stdin; the period is longer than any run.
-    "$TESTPMD" --lcores "0@$BACKEND_CPU,1@$BACKEND_CPU" "${MEM_ARGS[@]}" --no-pci --no-telemetry \
+    stdbuf -oL "$TESTPMD" --lcores "0@$BACKEND_CPU,1@$BACKEND_CPU" "${MEM_ARGS[@]}" --no-pci --no-telemetry \
       --file-prefix "$PREFIX-be" --vdev "net_vhost0,iface=$SOCK" -- --forward-mode="$(dpdk_mode "$2")" \
       --txpkts="$PKT_LEN" --auto-start --nb-cores=1 --total-num-mbufs=8192 --stats-period 86400 \
       >"$WORK/backend.log" 2>&1 </dev/null &
