@@ -75,9 +75,9 @@ class RxChainCache {
   // VIRTIO_F_IN_ORDER negotiated: chains must go back in the order they were taken, so a chain
   // without room for the header cannot be returned ahead of cached ones (the queue fails).
   void set_in_order(bool on) { in_order_ = on; }
-  // Buffers taken a burst at a time get their first `n` bytes prefetched for reading (a device
-  // that compares the header before writing it); 0: none.
-  void set_prefetch_header(uint32_t n) { prefetch_header_ = n; }
+  // Buffers taken a burst at a time get their first `n` bytes prefetched for writing (see
+  // SplitQueue::pop_direct()), so the burst's frames go into lines already held; 0: none.
+  void set_prefetch(uint32_t n) { prefetch_ = n; }
   // Chains that are one writable buffer each are taken a burst at a time (pop_direct) while more
   // than one chain may be cached (MRG_RXBUF): the extra ones serve the frames that follow.
   static constexpr size_t kBatch = 32;
@@ -144,7 +144,7 @@ class RxChainCache {
   size_t max_segs_;
   uint64_t bytes_ = 0;
   bool in_order_ = false;
-  uint32_t prefetch_header_ = 0;
+  uint32_t prefetch_ = 0;
   std::array<DirectChain, kBatch> direct_{};
 };
 

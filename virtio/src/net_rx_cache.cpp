@@ -55,8 +55,8 @@ Status RxChainCache::refill_batch(const GuestMemory& mem, Virtqueue& q, const Ne
                                   size_t room, bool& returned_unused, bool& more) {
   room = std::min(room, direct_.size());
   if (chain0_ + nchains_ + room > chains_.size() || seg0_ + nsegs_ + room > segs_.size()) compact();
-  auto d = prefetch_header_ > 0
-               ? q.pop_direct(mem, std::span(direct_.data(), room), 0, prefetch_header_)
+  auto d = prefetch_ > 0
+               ? q.pop_direct(mem, std::span(direct_.data(), room), 0, prefetch_)
                : q.pop_direct(mem, std::span(direct_.data(), room));
   if (!d) return std::unexpected(std::move(d.error()));
   for (uint32_t i = 0; i < d->count; ++i) {

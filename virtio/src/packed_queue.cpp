@@ -9,6 +9,7 @@
 #include <string>
 
 #include "iovirt/core/hex.hpp"
+#include "buffer_prefetch.hpp"
 
 namespace iovirt::virtio {
 
@@ -305,11 +306,8 @@ Result<DirectPop> PackedQueue::pop_direct(const GuestMemory& mem, std::span<Dire
     }
     const bool write = (flags & VIRTQ_DESC_F_WRITE) != 0;
     out[i] = DirectChain{d.id, Segment{d.addr, d.len, write}, buf->data()};
-    if (prefetch_from != SplitQueue::kNoPrefetch && d.len > prefetch_from && prefetch_len > 0) {
-      const uint64_t last = std::min<uint64_t>(d.len, uint64_t{prefetch_from} + prefetch_len) - 1;
-      __builtin_prefetch(buf->data() + prefetch_from);
-      __builtin_prefetch(buf->data() + last);
-    }
+    if (prefetch_from != SplitQueue::kNoPrefetch)
+      prefetch_buffer(buf->data(), d.len, prefetch_from, prefetch_len, write);
     if (inf_hdr_ != nullptr) {
       pop_descs_[0] = d;
       record_pop(d.id, 1);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "iovirt/core/hex.hpp"
+#include "buffer_prefetch.hpp"
 
 namespace iovirt::virtio {
 
@@ -301,11 +302,8 @@ Result<DirectPop> SplitQueue::pop_direct(const GuestMemory& mem, std::span<Direc
     const bool write = (d.flags & VIRTQ_DESC_F_WRITE) != 0;
     out[i].seg = Segment{d.addr, d.len, write};
     out[i].host = buf->data();
-    if (prefetch_from != kNoPrefetch && d.len > prefetch_from && prefetch_len > 0) {
-      const uint64_t last = std::min<uint64_t>(d.len, uint64_t{prefetch_from} + prefetch_len) - 1;
-      __builtin_prefetch(buf->data() + prefetch_from);
-      __builtin_prefetch(buf->data() + last);
-    }
+    if (prefetch_from != kNoPrefetch)
+      prefetch_buffer(buf->data(), d.len, prefetch_from, prefetch_len, write);
     mark_inflight(out[i].head);
     ++next_avail_;
     ++r.count;

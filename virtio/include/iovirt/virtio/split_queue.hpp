@@ -183,9 +183,11 @@ class SplitQueue final {
   // before the first is looked at — so the cache misses on the driver's fresh descriptors
   // overlap. Same checks and faults as pop(); a chain of any other shape stops the burst (left
   // for pop(), `blocked`), and so do heads recovered by attach_inflight(). With `prefetch_from`,
-  // the first and last line of bytes [prefetch_from, prefetch_from + prefetch_len) of each
-  // buffer (as far as it reaches) are prefetched for reading as soon as its descriptor is read:
-  // a device about to read a frame, or to compare a header before writing it.
+  // every line of bytes [prefetch_from, prefetch_from + prefetch_len) of each buffer (as far as
+  // it reaches) is prefetched as soon as its descriptor is read: for reading when the buffer is
+  // device-readable (a frame about to be copied out), for writing when it is device-writable
+  // (a frame about to be copied in: the lines are asked for exclusive at once, instead of each
+  // store waiting in the store buffer for the line to leave the driver's CPU).
   static constexpr uint32_t kNoPrefetch = UINT32_MAX;
   Result<DirectPop> pop_direct(const GuestMemory& mem, std::span<DirectChain> out,
                                uint32_t prefetch_from = kNoPrefetch, uint32_t prefetch_len = 128);
