@@ -2,6 +2,11 @@
 // eventfd the test polls, standing in for KVM's irqfd.
 #pragma once
 
+#include <poll.h>
+#include <unistd.h>
+
+#include <cstdint>
+
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/virtio/device.hpp"
 
@@ -14,6 +19,13 @@ class CallInterrupt final : public VirtioInterrupt {
   void notify_config() override {}
   int queue_irqfd(uint16_t) override { return fd_.fd(); }
   int fd() const { return fd_.fd(); }
+  // Waits up to `ms` for the back-end's call and drains it; true if one came.
+  bool wait(int ms) const {
+    pollfd p{fd_.fd(), POLLIN, 0};
+    if (::poll(&p, 1, ms) <= 0) return false;
+    uint64_t v = 0;
+    return ::read(fd_.fd(), &v, sizeof v) == static_cast<ssize_t>(sizeof v);
+  }
 
  private:
   EventFd fd_;

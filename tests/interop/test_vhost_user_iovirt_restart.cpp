@@ -8,7 +8,6 @@
 // and the file holds every write.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,27 +20,20 @@
 #include <thread>
 #include <vector>
 
-#include "call_interrupt.hpp"
-#include "iovirt/core/eventfd.hpp"
+#include "driven_queue.hpp"
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/virtio/blk_request.hpp"
 #include "iovirt/virtio/device.hpp"
 #include "iovirt/virtio/ring.hpp"
-#include "iovirt/virtio/testing/driver_packed_queue.hpp"
-#include "iovirt/virtio/testing/driver_queue.hpp"
 #include "iovirt/virtio/vhost_user/frontend.hpp"
-#include "iovirt/virtio/virtqueue.hpp"
 
 namespace iovirt::virtio {
 namespace {
 
 using testing::Buf;
-using testing::CallInterrupt;
-using testing::DriverPackedLayout;
-using testing::DriverPackedQueue;
-using testing::DriverQueue;
-using testing::DriverQueueLayout;
+using testing::DrivenDevice;
+using testing::DrivenQueue;
 
 constexpr uint64_t kMiB = 1ull << 20;
 constexpr uint64_t kImageSize = 4 * kMiB;
@@ -117,39 +109,10 @@ class IovirtVhostRestartTest : public ::testing::TestWithParam<bool> {  // param
         << "iovirt-vhost offers RING_PACKED and INFLIGHT_SHMFD: packed=on must get the packed ring";
     uint64_t features = frontend_->features() & ~feature_bit(VIRTIO_F_EVENT_IDX);
     ASSERT_TRUE(frontend_->negotiate(features));
-
-    auto vq = Virtqueue::create(kQueueSize);
-    ASSERT_TRUE(vq);
-    vq_.emplace(std::move(*vq));
-    ASSERT_TRUE(vq_->set_format(packed ? RingFormat::Packed : RingFormat::Split));
-    ASSERT_TRUE(vq_->set_size(kQueueSize));
-    vq_->set_desc_area(kRingBase);
-    vq_->set_driver_area(kRingBase + 0x1000);
-    vq_->set_device_area(kRingBase + 0x2000);
-    vq_->set_ready(true);
-    if (packed) {
-      auto d = DriverPackedQueue::create(
-          *mem_, DriverPackedLayout{kQueueSize, kRingBase, kRingBase + 0x1000, kRingBase + 0x2000});
-      ASSERT_TRUE(d);
-      packed_.emplace(std::move(*d));
-    } else {
-      auto d = DriverQueue::create(
-          *mem_, DriverQueueLayout{kQueueSize, kRingBase, kRingBase + 0x1000, kRingBase + 0x2000});
-      ASSERT_TRUE(d);
-      split_.emplace(std::move(*d));
-    }
-    auto kick = EventFd::create();
-    auto call = EventFd::create();
-    ASSERT_TRUE(kick && call);
-    kick_.emplace(std::move(*kick));
-    irq_.emplace(std::move(*call));
-    ActivateContext ctx;
-    ctx.mem = &*mem_;
-    ctx.features = features;
-    ctx.queues.push_back(QueueBinding{0, &*vq_, kick_->fd()});
-    ctx.irq = &*irq_;
-    ctx.fail = [this](const std::string& why) { failure_ = why; };
-    ASSERT_TRUE(frontend_->activate(std::move(ctx)));
+    auto q = dev_.add_queue(*mem_, kQueueSize, kRingBase, packed);
+    ASSERT_TRUE(q) << q.error().what();
+    q_ = *q;
+    ASSERT_TRUE(dev_.activate(*frontend_, *mem_, features));
   }
 
   static std::vector<uint8_t> pattern(uint32_t seq) {
@@ -167,10 +130,9 @@ class IovirtVhostRestartTest : public ::testing::TestWithParam<bool> {  // param
     ASSERT_TRUE(mem_->write_obj(hdr + 16, uint8_t{0xee}));
     ASSERT_TRUE(mem_->write(data, pattern(seq)));
     const Buf bufs[] = {{hdr, 16, false}, {data, 512, false}, {hdr + 16, 1, true}};
-    auto id = packed_ ? packed_->add_chain(bufs) : split_->add_chain(bufs);
+    auto id = q_->add_and_kick(bufs);
     ASSERT_TRUE(id) << id.error().what();
     outstanding_.insert(*id);
-    ASSERT_TRUE(kick_->write(1));
   }
   // Takes used buffers until none is outstanding (bounded). A buffer completed twice, or one
   // never submitted, fails the test.
@@ -178,22 +140,12 @@ class IovirtVhostRestartTest : public ::testing::TestWithParam<bool> {  // param
     const auto deadline = std::chrono::steady_clock::now() + limit;
     while (!outstanding_.empty() && std::chrono::steady_clock::now() < deadline) {
       for (;;) {
-        std::optional<uint16_t> id;
-        if (packed_) {
-          auto u = packed_->take_used();
-          ASSERT_TRUE(u) << u.error().what();
-          if (*u) id = (*u)->id;
-        } else {
-          auto u = split_->take_used();
-          ASSERT_TRUE(u) << u.error().what();
-          if (*u) id = static_cast<uint16_t>((*u)->id);
-        }
-        if (!id) break;
-        ASSERT_EQ(outstanding_.erase(*id), 1u) << "buffer " << *id << " completed twice";
+        auto u = q_->take_used();
+        ASSERT_TRUE(u) << u.error().what();
+        if (!*u) break;
+        ASSERT_EQ(outstanding_.erase((*u)->id), 1u) << "buffer " << (*u)->id << " completed twice";
       }
-      pollfd p{irq_->fd(), POLLIN, 0};
-      uint64_t v = 0;
-      if (::poll(&p, 1, 50) > 0) (void)::read(irq_->fd(), &v, sizeof v);
+      dev_.wait_call(50);
     }
     EXPECT_TRUE(outstanding_.empty()) << outstanding_.size() << " request(s) never completed";
   }
@@ -209,14 +161,10 @@ class IovirtVhostRestartTest : public ::testing::TestWithParam<bool> {  // param
   pid_t pid_ = -1;
   MetricsRegistry metrics_;
   std::optional<GuestMemory> mem_;
+  DrivenDevice dev_;  // before the front-end, which points into it
+  DrivenQueue* q_ = nullptr;
   std::unique_ptr<vhost_user::Frontend> frontend_;
-  std::optional<Virtqueue> vq_;
-  std::optional<DriverQueue> split_;
-  std::optional<DriverPackedQueue> packed_;
-  std::optional<EventFd> kick_;
-  std::optional<CallInterrupt> irq_;
   std::set<uint16_t> outstanding_;
-  std::string failure_;
 };
 
 TEST_P(IovirtVhostRestartTest, RingsResumeExactlyAfterTheDaemonIsKilledAndStartedAgain) {
@@ -254,7 +202,7 @@ TEST_P(IovirtVhostRestartTest, RingsResumeExactlyAfterTheDaemonIsKilledAndStarte
     wait_all(std::chrono::seconds(10));
   }
   for (uint32_t s = 0; s < seq; ++s) EXPECT_EQ(sector(s), pattern(s)) << "sector " << s;
-  EXPECT_TRUE(failure_.empty()) << failure_;
+  EXPECT_EQ(dev_.failure(), "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Rings, IovirtVhostRestartTest, ::testing::Values(false, true),

@@ -1,12 +1,11 @@
 // iovirt's vhost-user front-end against a real back-end from Debian: qemu-storage-daemon exporting
-// a file as vhost-user-blk. The test plays the guest driver (DriverQueue on a split ring in a
+// a file as vhost-user-blk. The test plays the guest driver (DrivenQueue: a split ring in a
 // memfd GuestMemory), the front-end hands the rings, the memory fds and the kick/call eventfds to
 // qemu-storage-daemon, and the bytes are checked in the file. Then the daemon is killed with
 // SIGKILL while a request is queued, restarted, and the front-end's reconnect must restore the
 // ring so the queued request completes — the guest's transfer survives a back-end crash.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -20,23 +19,20 @@
 #include <thread>
 #include <vector>
 
-#include "call_interrupt.hpp"
-#include "iovirt/core/eventfd.hpp"
+#include "driven_queue.hpp"
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/virtio/blk_request.hpp"
 #include "iovirt/virtio/device.hpp"
 #include "iovirt/virtio/ring.hpp"
-#include "iovirt/virtio/testing/driver_queue.hpp"
 #include "iovirt/virtio/vhost_user/frontend.hpp"
-#include "iovirt/virtio/virtqueue.hpp"
 
 namespace iovirt::virtio {
 namespace {
 
 using testing::Buf;
-using testing::DriverQueue;
-using testing::DriverQueueLayout;
+using testing::DrivenDevice;
+using testing::DrivenQueue;
 
 constexpr uint64_t kMiB = 1ull << 20;
 constexpr uint64_t kImageSize = 4 * kMiB;
@@ -44,8 +40,6 @@ constexpr uint64_t kRingBase = 0x10000;
 constexpr uint16_t kQueueSize = 64;
 
 const char* kQsd = "/usr/bin/qemu-storage-daemon";
-
-using testing::CallInterrupt;  // the call fd the back-end writes (call_interrupt.hpp)
 
 class QsdTest : public ::testing::Test {
  protected:
@@ -116,31 +110,10 @@ class QsdTest : public ::testing::Test {
     EXPECT_EQ(c.capacity, kImageSize / 512);
     const uint64_t features = frontend_->features() & ~feature_bit(VIRTIO_F_EVENT_IDX);
     ASSERT_TRUE(frontend_->negotiate(features));
-
-    auto vq = Virtqueue::create(kQueueSize);
-    ASSERT_TRUE(vq);
-    vq_.emplace(std::move(*vq));
-    ASSERT_TRUE(vq_->set_size(kQueueSize));
-    vq_->set_desc_area(kRingBase);
-    vq_->set_driver_area(kRingBase + 0x1000);
-    vq_->set_device_area(kRingBase + 0x2000);
-    vq_->set_ready(true);
-    auto drv = DriverQueue::create(*mem_, DriverQueueLayout{kQueueSize, kRingBase, kRingBase + 0x1000,
-                                                           kRingBase + 0x2000});
-    ASSERT_TRUE(drv);
-    drv_.emplace(std::move(*drv));
-    auto kick = EventFd::create();
-    auto call = EventFd::create();
-    ASSERT_TRUE(kick && call);
-    kick_.emplace(std::move(*kick));
-    irq_.emplace(std::move(*call));
-    ActivateContext ctx;
-    ctx.mem = &*mem_;
-    ctx.features = features;
-    ctx.queues.push_back(QueueBinding{0, &*vq_, kick_->fd()});
-    ctx.irq = &*irq_;
-    ctx.fail = [this](const std::string& why) { failure_ = why; };
-    ASSERT_TRUE(frontend_->activate(std::move(ctx)));
+    auto q = dev_.add_queue(*mem_, kQueueSize, kRingBase, false);
+    ASSERT_TRUE(q) << q.error().what();
+    q_ = *q;
+    ASSERT_TRUE(dev_.activate(*frontend_, *mem_, features));
   }
 
   // Queues one request (header, data, status) and kicks; returns the status byte's address.
@@ -151,18 +124,16 @@ class QsdTest : public ::testing::Test {
     EXPECT_TRUE(mem_->write_obj(hdr, blk::BlkReqHeader{type, 0, sector}));
     EXPECT_TRUE(mem_->write_obj(status, uint8_t{0xee}));
     const Buf bufs[] = {{hdr, 16, false}, {data, len, type == blk::VIRTIO_BLK_T_IN}, {status, 1, true}};
-    EXPECT_TRUE(drv_->add_chain(bufs));
-    EXPECT_TRUE(kick_->write(1));
+    EXPECT_TRUE(q_->add_and_kick(bufs));
     return status;
   }
   // Waits (bounded) for one used element, via the call eventfd the back-end signals.
   bool wait_used(std::chrono::seconds limit) {
     const auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
-      auto e = drv_->take_used();
+      auto e = q_->take_used();
       if (e && e->has_value()) return true;
-      pollfd p{irq_->fd(), POLLIN, 0};
-      if (::poll(&p, 1, 100) > 0) (void)::read(irq_->fd(), &scratch_, sizeof scratch_);
+      dev_.wait_call(100);
     }
     return false;
   }
@@ -188,14 +159,10 @@ class QsdTest : public ::testing::Test {
   pid_t pid_ = -1;
   MetricsRegistry metrics_;
   std::optional<GuestMemory> mem_;
+  DrivenDevice dev_;  // before the front-end, which points into it
+  DrivenQueue* q_ = nullptr;
   std::unique_ptr<vhost_user::Frontend> frontend_;
-  std::optional<Virtqueue> vq_;
-  std::optional<DriverQueue> drv_;
-  std::optional<EventFd> kick_;
-  std::optional<CallInterrupt> irq_;
-  std::string failure_;
   uint64_t next_ = 0x100000;
-  uint64_t scratch_ = 0;
 };
 
 TEST_F(QsdTest, WriteAndReadBackThroughTheDaemon) {
@@ -213,7 +180,7 @@ TEST_F(QsdTest, WriteAndReadBackThroughTheDaemon) {
   std::vector<uint8_t> back(4096);
   ASSERT_TRUE(mem_->read(0x300000, back));
   EXPECT_EQ(back, data);
-  EXPECT_TRUE(failure_.empty()) << failure_;
+  EXPECT_EQ(dev_.failure(), "");
 }
 
 TEST_F(QsdTest, ATransferSurvivesTheDaemonBeingKilledAndRestarted) {
@@ -244,7 +211,7 @@ TEST_F(QsdTest, ATransferSurvivesTheDaemonBeingKilledAndRestarted) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(frontend_->connected());
   EXPECT_EQ(frontend_->reconnects(), 1u);
-  EXPECT_TRUE(failure_.empty()) << failure_;
+  EXPECT_EQ(dev_.failure(), "");
 }
 
 TEST_F(QsdTest, NoBackendIsAOneLineErrorNamingTheSocket) {

@@ -2,7 +2,7 @@
 // PMD in dpdk-testpmd (package dpdk-dev), forwarding mode "io" on its single port, which sends
 // every frame it receives from the guest's tx queue straight back into the guest's rx queue.
 //
-// The test plays the guest driver (DriverQueue on split rings in a memfd GuestMemory): it sends
+// The test plays the guest driver (DrivenQueue: split rings in a memfd GuestMemory): it sends
 // frames of known, distinct bytes (each behind the 12-byte VERSION_1 virtio_net_hdr, virtio 1.2
 // section 5.1.6) on tx queue 1 and must get exactly those frames back, in order, on rx queue 0 —
 // which proves the front-end handed DPDK the right memory table, ring addresses, and kick/call
@@ -10,7 +10,6 @@
 // and restarted; the front-end reconnects by itself, restores the rings from the used indexes, and a
 // frame queued while no back-end existed still comes back.
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -24,16 +23,13 @@
 #include <thread>
 #include <vector>
 
-#include "call_interrupt.hpp"
-#include "iovirt/core/eventfd.hpp"
+#include "driven_queue.hpp"
 #include "iovirt/core/guest_memory.hpp"
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/virtio/device.hpp"
 #include "iovirt/virtio/net.hpp"
 #include "iovirt/virtio/ring.hpp"
-#include "iovirt/virtio/testing/driver_queue.hpp"
 #include "iovirt/virtio/vhost_user/frontend.hpp"
-#include "iovirt/virtio/virtqueue.hpp"
 #include "testpmd_process.hpp"
 
 namespace iovirt::virtio {
@@ -41,8 +37,8 @@ namespace {
 
 using interop::Testpmd;
 using testing::Buf;
-using testing::DriverQueue;
-using testing::DriverQueueLayout;
+using testing::DrivenDevice;
+using testing::DrivenQueue;
 
 constexpr uint64_t kMiB = 1ull << 20;
 constexpr uint16_t kQueueSize = 64;
@@ -53,8 +49,6 @@ constexpr uint64_t kRxBufBase = 0x100000;
 constexpr uint64_t kTxBufBase = 0x200000;
 constexpr uint32_t kBufSize = 2048;  // one whole frame per rx buffer (no MRG_RXBUF)
 constexpr std::array<uint8_t, 6> kMac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
-
-using testing::CallInterrupt;  // the call fd the back-end writes (call_interrupt.hpp)
 
 // Frame `seq`: to the guest's MAC, from a made-up one, EtherType 0x88b5 (IEEE local experimental),
 // then the sequence number and bytes that depend on it; lengths vary from 60 to 1514.
@@ -141,43 +135,21 @@ class TestpmdVhostTest : public ::testing::Test {
     const uint64_t features = frontend_->features() & wanted;
     ASSERT_TRUE(frontend_->negotiate(features));
     negotiated_ = features;
-    auto call = EventFd::create();
-    ASSERT_TRUE(call);
-    irq_.emplace(std::move(*call));
-    ActivateContext ctx;
-    ctx.mem = &*mem_;
-    ctx.features = features;
-    for (uint16_t q : {kRx, kTx}) {
-      auto vq = Virtqueue::create(kQueueSize);
-      ASSERT_TRUE(vq);
-      vq_[q].emplace(std::move(*vq));
-      ASSERT_TRUE(vq_[q]->set_size(kQueueSize));
-      vq_[q]->set_desc_area(kRingBase[q]);
-      vq_[q]->set_driver_area(kRingBase[q] + 0x1000);
-      vq_[q]->set_device_area(kRingBase[q] + 0x2000);
-      vq_[q]->set_ready(true);
-      auto drv = DriverQueue::create(
-          *mem_, DriverQueueLayout{kQueueSize, kRingBase[q], kRingBase[q] + 0x1000, kRingBase[q] + 0x2000});
-      ASSERT_TRUE(drv);
-      drv_[q].emplace(std::move(*drv));
-      auto kick = EventFd::create();
-      ASSERT_TRUE(kick);
-      kick_[q].emplace(std::move(*kick));
-      ctx.queues.push_back(QueueBinding{q, &*vq_[q], kick_[q]->fd()});
+    for (uint16_t q : {kRx, kTx}) {  // added in index order: rx0 is queue 0, tx0 queue 1
+      auto dq = dev_.add_queue(*mem_, kQueueSize, kRingBase[q], has(features, VIRTIO_F_RING_PACKED));
+      ASSERT_TRUE(dq) << dq.error().what();
+      q_[q] = *dq;
     }
-    ctx.irq = &*irq_;
-    ctx.fail = [this](const std::string& why) { failure_ = why; };
     // Every rx buffer posted before the device starts, as a driver does (section 5.1.6.3).
     for (uint16_t i = 0; i < kQueueSize; ++i) post_rx(kRxBufBase + uint64_t{i} * kBufSize);
-    ASSERT_TRUE(frontend_->activate(std::move(ctx)));
+    ASSERT_TRUE(dev_.activate(*frontend_, *mem_, features));
   }
 
   void post_rx(uint64_t gpa) {
     const Buf b[] = {{gpa, kBufSize, true}};
-    auto head = drv_[kRx]->add_chain(b);
+    auto head = q_[kRx]->add_and_kick(b);
     ASSERT_TRUE(head) << head.error().what();
     rx_buf_[*head] = gpa;
-    (void)kick_[kRx]->write(1);
   }
 
   // Queues frame `seq` (header + frame in one descriptor) if a tx slot is free.
@@ -189,7 +161,7 @@ class TestpmdVhostTest : public ::testing::Test {
     EXPECT_TRUE(mem_->write_obj(gpa, hdr));
     EXPECT_TRUE(mem_->write(gpa + kNetHdrSize, frame));
     const Buf b[] = {{gpa, static_cast<uint32_t>(kNetHdrSize + frame.size()), false}};
-    auto head = drv_[kTx]->add_chain(b);
+    auto head = q_[kTx]->add_and_kick(b);
     if (!head) {
       ADD_FAILURE() << head.error().what();
       return false;
@@ -197,7 +169,6 @@ class TestpmdVhostTest : public ::testing::Test {
     tx_free_.pop_front();
     tx_buf_[*head] = gpa;
     ++sent_;
-    (void)kick_[kTx]->write(1);
     return true;
   }
 
@@ -205,7 +176,7 @@ class TestpmdVhostTest : public ::testing::Test {
   // rx buffers go straight back to the device.
   void reap() {
     for (;;) {
-      auto e = drv_[kTx]->take_used();
+      auto e = q_[kTx]->take_used();
       ASSERT_TRUE(e) << e.error().what();
       if (!*e) break;
       auto it = tx_buf_.find(static_cast<uint16_t>((*e)->id));
@@ -214,7 +185,7 @@ class TestpmdVhostTest : public ::testing::Test {
       tx_buf_.erase(it);
     }
     for (;;) {
-      auto e = drv_[kRx]->take_used();
+      auto e = q_[kRx]->take_used();
       ASSERT_TRUE(e) << e.error().what();
       if (!*e) break;
       auto it = rx_buf_.find(static_cast<uint16_t>((*e)->id));
@@ -249,8 +220,7 @@ class TestpmdVhostTest : public ::testing::Test {
       // buffer for (it does not retry), so more would lose frames whenever this thread is slow to
       // give buffers back (it is, under ASan).
       while (next < first + count && sent_ - received_.size() < kQueueSize && send(next)) ++next;
-      pollfd p{irq_->fd(), POLLIN, 0};
-      if (::poll(&p, 1, 20) > 0) (void)::read(irq_->fd(), &scratch_, sizeof scratch_);
+      dev_.wait_call(20);
       reap();
       if (::testing::Test::HasFatalFailure()) return;
     }
@@ -276,19 +246,15 @@ class TestpmdVhostTest : public ::testing::Test {
   Testpmd testpmd_;
   MetricsRegistry metrics_;
   std::optional<GuestMemory> mem_;
+  DrivenDevice dev_;  // before the front-end, which points into it
+  DrivenQueue* q_[2] = {};
   std::unique_ptr<vhost_user::Frontend> frontend_;
-  std::optional<Virtqueue> vq_[2];
-  std::optional<DriverQueue> drv_[2];
   bool packed_ = false;  // packed=on for the front-end
-  std::optional<EventFd> kick_[2];
-  std::optional<CallInterrupt> irq_;
   std::map<uint16_t, uint64_t> rx_buf_, tx_buf_;  // head -> buffer
   std::deque<uint64_t> tx_free_;
   std::vector<std::vector<uint8_t>> received_;
   size_t sent_ = 0;
-  std::string failure_;
   uint64_t negotiated_ = 0;
-  uint64_t scratch_ = 0;
 };
 
 // The driver acks VERSION_1 only (so the 12-byte header): no offloads, no merged rx buffers (each
@@ -305,7 +271,7 @@ TEST_F(TestpmdVhostTest, FramesComeBackByteForByteThroughTestpmdIoForward) {
   send_and_collect(0, kFrames, std::chrono::seconds(20));
   if (HasFatalFailure()) return;
   expect_received(0, kFrames, 0);
-  EXPECT_TRUE(failure_.empty()) << failure_;
+  EXPECT_EQ(dev_.failure(), "");
   EXPECT_TRUE(frontend_->connected());
   // testpmd saw every frame once, in and out.
   ASSERT_TRUE(testpmd_.stop()) << testpmd_.log();
@@ -331,7 +297,7 @@ TEST_F(TestpmdVhostTest, PackedOnWithoutAnInflightAreaGetsTheSplitRing) {
   send_and_collect(0, kQueueSize, std::chrono::seconds(20));
   if (HasFatalFailure()) return;
   expect_received(0, kQueueSize, 0);
-  EXPECT_TRUE(failure_.empty()) << failure_;
+  EXPECT_EQ(dev_.failure(), "");
 }
 
 // Merged rx buffers negotiated (virtio 1.2 section 5.1.6.3.1): the header keeps its 12 bytes and
@@ -350,7 +316,7 @@ TEST_F(TestpmdVhostTest, FramesComeBackWithMergedRxBuffersNegotiated) {
   if (HasFatalFailure()) return;
   expect_received(0, kFrames, 0);
   EXPECT_EQ(frontend_->reconnects(), 0u);
-  EXPECT_TRUE(failure_.empty()) << failure_;
+  EXPECT_EQ(dev_.failure(), "");
 }
 
 // What Linux's virtio_net acks when offered: the MAC and link status (config-space features the
@@ -372,7 +338,7 @@ TEST_F(TestpmdVhostTest, ALinuxLikeDriverAckingMacStatusAndMergedRxBuffersGetsIt
   if (HasFatalFailure()) return;
   expect_received(0, kFrames, 0);
   EXPECT_EQ(frontend_->reconnects(), 0u);
-  EXPECT_TRUE(failure_.empty()) << failure_;
+  EXPECT_EQ(dev_.failure(), "");
 }
 
 TEST_F(TestpmdVhostTest, TrafficResumesAfterTestpmdIsKilledAndRestarted) {
@@ -396,8 +362,7 @@ TEST_F(TestpmdVhostTest, TrafficResumesAfterTestpmdIsKilledAndRestarted) {
   // The 4 queued frames come back once the new testpmd has the rings, then 16 more.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (received_.size() < 20 && std::chrono::steady_clock::now() < deadline) {
-    pollfd p{irq_->fd(), POLLIN, 0};
-    if (::poll(&p, 1, 20) > 0) (void)::read(irq_->fd(), &scratch_, sizeof scratch_);
+    dev_.wait_call(20);
     reap();
     if (HasFatalFailure()) return;
   }
@@ -410,7 +375,7 @@ TEST_F(TestpmdVhostTest, TrafficResumesAfterTestpmdIsKilledAndRestarted) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(frontend_->connected());
   EXPECT_EQ(frontend_->reconnects(), 1u);
-  EXPECT_TRUE(failure_.empty()) << failure_;
+  EXPECT_EQ(dev_.failure(), "");
 }
 
 }  // namespace
