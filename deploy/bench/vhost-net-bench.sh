@@ -11,7 +11,7 @@
 # check), BENCH_WARMUP, BENCH_MODES, BENCH_BACKENDS, BENCH_POLL_US.
 #
 # Build first (an optimised build): cmake -S . -B build-rel -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
-#   && ninja -C build-rel -j2 iovirt-vhost
+#   && ninja -C build-rel -j2 iovirt-vhost iovirt-cpu-distance
 #
 # Modes (each: RUNS runs of T seconds after W seconds of warm-up, alternating the back-ends, every
 # process started fresh; the generator pinned to --gen-cpu, the back-end to --backend-cpu):
@@ -39,6 +39,11 @@
 #
 # --packed: virtio-user drives packed rings (packed_vq=1, virtio 1.2 section 2.8) instead of split
 # ones, against both back-ends.
+# Before each run the script measures how far apart the two CPUs are (iovirt-cpu-distance, a
+# cache line's round trip; built with the benchmarks), and the table gives its range over each
+# back-end's runs: figures taken at different distances do not compare (on a VM, the host may
+# move the vCPUs between runs: 60 ns and 340 ns were both seen on one machine in one hour).
+#
 # Memory: hugepages by default (2 MiB, --in-memory: no files left in /dev/hugepages; the script
 # raises vm.nr_hugepages if fewer than 512 are free and mounts hugetlbfs if absent), so the guest
 # memory virtio-user shares with the back-end is hugepage-backed for both back-ends; --no-huge uses
@@ -60,7 +65,7 @@ FWD_BURSTS=4
 PACKED=0
 TESTPMD=/usr/bin/dpdk-testpmd
 
-usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,50p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) BUILD=$2; shift 2 ;;
@@ -190,7 +195,19 @@ generate() {  # backend mode
     bursts=$(grep -o 'RX-bursts : .*' "$WORK/gen.log" | tail -n 1 || true)
     share=$(echo "$bursts" | grep -o '[0-9]*% of 0 pkts' | grep -o '^[0-9]*' || true)
   fi
-  echo "$1 $mode $pps ${share:-0}" | tee -a "$RES" >&2
+  echo "$1 $mode $pps ${share:-0} ${DIST:--}" | tee -a "$RES" >&2
+}
+
+# How far apart the two CPUs are right now (ns per cache-line round trip), measured before each
+# run with nothing else running: on a VM the host may move the vCPUs, and every figure moves with
+# it. '-' without the tool (ninja -C $BUILD iovirt-cpu-distance).
+DISTANCE_BIN=$BUILD/tests/bench/iovirt-cpu-distance
+cpu_distance() {
+  if [ -x "$DISTANCE_BIN" ]; then
+    "$DISTANCE_BIN" --cpus "$GEN_CPU,$BACKEND_CPU" --rounds 20000 2>/dev/null || echo -
+  else
+    echo -
+  fi
 }
 
 echo "vhost-net-bench: modes [$MODES], back-ends [$BACKENDS], $RUNS runs x $SECS s (+$WARMUP s warm-up)," \
@@ -199,7 +216,8 @@ echo "vhost-net-bench: modes [$MODES], back-ends [$BACKENDS], $RUNS runs x $SECS
 for mode in $MODES; do
   for r in $(seq 1 "$RUNS"); do
     for be in $BACKENDS; do
-      echo "vhost-net-bench: $mode run $r/$RUNS: $be" >&2
+      DIST=$(cpu_distance)
+      echo "vhost-net-bench: $mode run $r/$RUNS: $be (CPUs $GEN_CPU and $BACKEND_CPU: $DIST ns round trip)" >&2
       start_backend "$be" "$mode"
       generate "$be" "$mode" || { stop_backend; exit 1; }
       stop_backend
@@ -212,10 +230,13 @@ import statistics, sys
 res, runs, secs, poll_us, pkt_len, bursts, packed = sys.argv[1:]
 rows = {}
 share = {}
+dist = {}
 for line in open(res):
-    be, mode, pps, sh = line.split()
+    be, mode, pps, sh, d = line.split()
     rows.setdefault((mode, be), []).append(float(pps))
     share.setdefault((mode, be), []).append(float(sh))
+    if d != "-":
+        dist.setdefault((mode, be), []).append(float(d))
 def med(k):
     v = rows.get(k, [])
     return statistics.median(v) / 1e6 if v else float("nan")
@@ -228,8 +249,8 @@ ring = "packed" if packed == "1" else "split"
 print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair, {ring} rings; "
       f"front-end: DPDK virtio-user (testpmd); iovirt-vhost --poll-us {poll_us}")
 print()
-print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK | front-end bursts (iovirt / DPDK) |")
-print("|---|---|---|---|---|")
+print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK | front-end bursts (iovirt / DPDK) | CPU round trip ns (iovirt / DPDK runs) |")
+print("|---|---|---|---|---|---|")
 for mode in ("tx", "rx", "fwd"):
     if not any(k[0] == mode for k in rows):
         continue
@@ -241,5 +262,9 @@ for mode in ("tx", "rx", "fwd"):
         v = share.get((mode, be), [])
         return f"{statistics.median(v):.0f}%" if v else "n/a"
     kind = "tx bursts whole" if mode == "tx" else "rx polls empty"
-    print(f"| {mode}: {what[mode]} | {fi} | {fd} | {ratio} | {kind}: {sh('iovirt')} / {sh('dpdk')} |")
+    def dd(be):
+        v = dist.get((mode, be), [])
+        return f"{min(v):.0f}-{max(v):.0f}" if v else "n/a"
+    print(f"| {mode}: {what[mode]} | {fi} | {fd} | {ratio} | {kind}: {sh('iovirt')} / {sh('dpdk')} "
+          f"| {dd('iovirt')} / {dd('dpdk')} |")
 EOF
