@@ -110,10 +110,19 @@ class Testpmd {
         ::dup2(out, STDOUT_FILENO);
         ::dup2(out, STDERR_FILENO);
       }
+      // Line-buffered: testpmd's stdout is a file here, and its own lines (forwarding started,
+      // link checks done) would otherwise still sit in its stdio buffer when a failing test
+      // prints the log.
+      // stdbuf (coreutils) execs testpmd in the same process, so pid_ stays testpmd's.
+      std::string stdbuf_bin = "/usr/bin/stdbuf", line_buffered = "-oL";
       std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
+      if (::access(stdbuf_bin.c_str(), X_OK) == 0) {
+        argv.push_back(stdbuf_bin.data());
+        argv.push_back(line_buffered.data());
+      }
+      for (auto& a : args) argv.push_back(a.data());  // args[0] is testpmd's path
       argv.push_back(nullptr);
-      ::execv(kTestpmd, argv.data());
+      ::execv(argv[0], argv.data());
       ::_exit(127);
     }
     ::close(in[0]);
