@@ -3,9 +3,6 @@
 #pragma once
 
 #include <poll.h>
-#include <unistd.h>
-
-#include <cstdint>
 
 #include "iovirt/core/eventfd.hpp"
 #include "iovirt/virtio/device.hpp"
@@ -23,8 +20,7 @@ class CallInterrupt final : public VirtioInterrupt {
   bool wait(int ms) const {
     pollfd p{fd_.fd(), POLLIN, 0};
     if (::poll(&p, 1, ms) <= 0) return false;
-    uint64_t v = 0;
-    return ::read(fd_.fd(), &v, sizeof v) == static_cast<ssize_t>(sizeof v);
+    return fd_.read().has_value();
   }
 
  private:

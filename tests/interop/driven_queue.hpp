@@ -46,21 +46,20 @@ class DrivenQueue final {
     if (auto st = vq->set_format(packed ? RingFormat::Packed : RingFormat::Split); !st)
       return std::unexpected(std::move(st.error()));
     if (auto st = vq->set_size(size); !st) return std::unexpected(std::move(st.error()));
+    const uint64_t driver = ring_base + 0x1000, device = ring_base + 0x2000;
     vq->set_desc_area(ring_base);
-    vq->set_driver_area(ring_base + 0x1000);
-    vq->set_device_area(ring_base + 0x2000);
+    vq->set_driver_area(driver);
+    vq->set_device_area(device);
     vq->set_ready(true);
     auto kick = EventFd::create();
     if (!kick) return std::unexpected(std::move(kick.error()));
     DrivenQueue q(std::move(*vq), std::move(*kick));
     if (packed) {
-      auto d = DriverPackedQueue::create(
-          mem, DriverPackedLayout{size, ring_base, ring_base + 0x1000, ring_base + 0x2000});
+      auto d = DriverPackedQueue::create(mem, DriverPackedLayout{size, ring_base, driver, device});
       if (!d) return std::unexpected(std::move(d.error()));
       q.packed_.emplace(std::move(*d));
     } else {
-      auto d = DriverQueue::create(
-          mem, DriverQueueLayout{size, ring_base, ring_base + 0x1000, ring_base + 0x2000});
+      auto d = DriverQueue::create(mem, DriverQueueLayout{size, ring_base, driver, device});
       if (!d) return std::unexpected(std::move(d.error()));
       q.split_.emplace(std::move(*d));
     }
@@ -108,7 +107,8 @@ class DrivenQueue final {
 // it: keep it where it is while the front-end runs.
 class DrivenDevice final {
  public:
-  // Adds queue number queues() with its rings at ring_base (see DrivenQueue::create()).
+  // Adds the next queue (numbered in the order added) with its rings at ring_base (see
+  // DrivenQueue::create()).
   Result<DrivenQueue*> add_queue(const GuestMemory& mem, uint16_t size, uint64_t ring_base,
                                  bool packed) {
     auto q = DrivenQueue::create(mem, size, ring_base, packed);
@@ -116,8 +116,6 @@ class DrivenDevice final {
     queues_.push_back(std::make_unique<DrivenQueue>(std::move(*q)));
     return queues_.back().get();
   }
-  [[nodiscard]] size_t queues() const { return queues_.size(); }
-  DrivenQueue& queue(size_t i) { return *queues_.at(i); }
 
   // The features are negotiated: hands guest memory, every queue and the call eventfd to the
   // front-end.
