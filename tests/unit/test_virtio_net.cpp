@@ -937,6 +937,45 @@ PacketPortFactory loopback_ports() {
   };
 }
 
+// The loopback port on its own: frames come back in the order sent, across the end of its ring
+// (3 slots asked for: the ring is 4, indexed under a mask), and the ones beyond its depth are
+// dropped and their buffers go back to the pool (its 3 + 128 buffers are all allocatable again).
+TEST(LoopbackPortTest, KeepsOrderAcrossTheRingEndAndDropsBeyondItsDepth) {
+  auto port = make_loopback_port(3);
+  uint32_t next = 0;
+  auto send = [&](uint32_t n) {
+    std::vector<PacketBuf> bufs(n);
+    ASSERT_EQ(port->alloc(bufs), n);
+    for (PacketBuf& b : bufs) {
+      std::memcpy(b.data, &next, sizeof next);
+      b.len = sizeof next;
+      ++next;
+    }
+    port->transmit(bufs);
+  };
+  auto take = [&](uint32_t n) {
+    std::vector<PacketBuf> bufs(n);
+    const uint32_t got = port->receive(bufs);
+    std::vector<uint32_t> seq;
+    for (uint32_t i = 0; i < got; ++i) {
+      uint32_t v = 0;
+      std::memcpy(&v, bufs[i].data, sizeof v);
+      seq.push_back(v);
+    }
+    port->release(std::span(bufs.data(), got));
+    return seq;
+  };
+  send(5);  // 0, 1, 2 queued; 3 and 4 dropped
+  EXPECT_EQ(take(2), (std::vector<uint32_t>{0, 1}));
+  send(3);  // 5, 6 queued behind 2 (slots 3 and 0: across the end); 7 dropped
+  EXPECT_EQ(take(8), (std::vector<uint32_t>{2, 5, 6}));
+  EXPECT_TRUE(take(1).empty());
+  std::vector<PacketBuf> all(3 + 128 + 1);
+  const uint32_t n = port->alloc(all);
+  EXPECT_EQ(n, 3u + 128u);
+  port->release(std::span(all.data(), n));
+}
+
 class NetPortTest : public NetTest, public ::testing::WithParamInterface<uint32_t> {};
 
 TEST_F(NetTest, PortOffersNoOffloads) {

@@ -69,7 +69,8 @@ using PacketPortFactory =
 // ---- Built-in ports (packet_ports.cpp) ----
 
 // Every frame transmitted comes back as a received frame on the same pair (io-forward to itself,
-// like testpmd's io mode on one port). `depth` frames queue at most; more are dropped.
+// like testpmd's io mode on one port). `depth` frames (at most 2^20) queue at most; more are
+// dropped.
 std::unique_ptr<PacketPort> make_loopback_port(uint32_t depth = 1024);
 
 // Drops every frame transmitted after it was copied into the port's buffer (testpmd rxonly).
