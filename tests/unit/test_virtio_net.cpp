@@ -1177,6 +1177,37 @@ TEST_F(NetTest, PortOneBufferAndSplitFramesKeepTheirOrder) {
   EXPECT_TRUE(failures().empty());
 }
 
+// The port backend copies a run of frames that each fit one cached rx buffer before it returns
+// their buffers; a frame that needs several buffers ends the run and takes the merging path, and
+// the run after it starts at the right buffer. One burst of mixed sizes into 256-byte buffers.
+TEST_F(NetTest, PortRxRunOfOneBufferFramesStopsAtAFrameThatSpansBuffers) {
+  NEED_DEVICE(port_config(loopback_ports()));
+  const uint64_t f = base_features() | feature_bit(VIRTIO_F_IN_ORDER) |
+                     feature_bit(net_feature::kMrgRxbuf);
+  ASSERT_TRUE(activate(f, 2).has_value());
+  for (int i = 0; i < 48; ++i) post_rx(0, 256);
+  kick(0);
+  const std::array<uint8_t, kNetHdrSize> h{};
+  // Frame bytes + 12-byte header against 256-byte buffers: 1, 1, 3, 1, 1, 1, 4, 1, 2, 1.
+  const size_t sizes[] = {60, 100, 600, 60, 244, 61, 1000, 200, 245, 90};
+  const uint16_t buffers[] = {1, 1, 3, 1, 1, 1, 4, 1, 2, 1};
+  std::vector<std::vector<uint8_t>> sent;
+  for (size_t i = 0; i < std::size(sizes); ++i) {
+    sent.push_back(make_frame(kBroadcast, sizes[i], static_cast<uint8_t>(i)));
+    queue_tx_one(1, h, sent.back());
+  }
+  kick(1);
+  for (size_t i = 0; i < sent.size(); ++i) {
+    auto got = guest_recv(0);
+    ASSERT_TRUE(got.has_value()) << "frame " << i;
+    EXPECT_EQ(got->frame, sent[i]) << "frame " << i;
+    EXPECT_EQ(got->hdr.num_buffers, buffers[i]) << "frame " << i;
+    EXPECT_EQ(got->lens.size(), buffers[i]) << "frame " << i;
+  }
+  EXPECT_EQ(ns.dev->net_metrics().rx_dropped->value(), 0u);
+  EXPECT_TRUE(failures().empty());
+}
+
 // An rx buffer too small for the header goes back unused at once, unless VIRTIO_F_IN_ORDER is
 // negotiated and buffers taken before it are still held: returning it would overtake them, so
 // the queue fails with the reason.

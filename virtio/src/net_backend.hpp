@@ -115,6 +115,18 @@ class RxChainCache {
     drop_front(1);
     return {};
   }
+  // The same for the i-th cached chain, for a run of frames one per chain: the caller writes
+  // them all, then give_firsts() returns the first written.size() chains, chain i with
+  // written[i] bytes.
+  [[nodiscard]] uint8_t* buffer_if_fits(size_t i, uint64_t n) const {
+    if (i >= nchains_) return nullptr;
+    const Chain& c = chains_[chain0_ + i];
+    // Chain i's segment is segment i while chains 0..i-1 are one segment each: the caller asks
+    // for i = 0, 1, ... and stops at the first nullptr.
+    if (c.nseg != 1 || segs_[seg0_ + i].iov_len < n) return nullptr;
+    return static_cast<uint8_t*>(segs_[seg0_ + i].iov_base);
+  }
+  Status give_firsts(const GuestMemory& mem, Virtqueue& q, std::span<const uint32_t> written);
 
  private:
   struct Chain {

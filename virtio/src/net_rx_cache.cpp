@@ -148,6 +148,17 @@ Status RxChainCache::give(const GuestMemory& mem, Virtqueue& q, uint64_t n, uint
   return {};
 }
 
+Status RxChainCache::give_firsts(const GuestMemory& mem, Virtqueue& q,
+                                 std::span<const uint32_t> written) {
+  const Chain* chains = chains_.data() + chain0_;
+  for (size_t i = 0; i < written.size(); ++i) {
+    if (auto st = q.push_deferred(mem, chains[i].head, chains[i].desc_count, written[i]); !st)
+      return st;
+  }
+  drop_front(written.size());
+  return {};
+}
+
 void RxChainCache::drop_front(size_t k) {
   size_t segs = 0;
   for (size_t i = chain0_; i < chain0_ + k; ++i) {
