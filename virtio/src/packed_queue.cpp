@@ -297,7 +297,11 @@ Result<DirectPop> PackedQueue::pop_direct(const GuestMemory& mem, std::span<Dire
     PvirtqDesc d;
     std::memcpy(&d, slot, sizeof d);
     d.flags = flags;  // the value read with acquire (the guest may change it meanwhile)
-    if (auto st = check_take(d.id, 1); !st) return stop(std::unexpected(std::move(st.error())));
+    // check_take()'s three tests inline (it reports the fault): a call per buffer that builds
+    // a Status in memory showed in io-forward (packed, 13.8 -> 14.8 Mpps).
+    if (d.id >= size_ || inflight_[d.id] != 0 || inflight_slots_ + pending_slots_ + 1 > size_) {
+      if (auto st = check_take(d.id, 1); !st) return stop(std::unexpected(std::move(st.error())));
+    }
     auto buf = mem.span(d.addr, d.len);
     if (!buf) {
       return stop(fault(QueueFault::BufferOutsideMemory,
