@@ -100,24 +100,10 @@ class RxChainCache {
   // Returns the first chains that hold n bytes to the driver (publication deferred) after
   // writing num_buffers into the first one's header; counts them in `chains_used`.
   Status give(const GuestMemory& mem, Virtqueue& q, uint64_t n, uint64_t& chains_used);
-  // The common case without the walks: the first cached chain's buffer when it is one segment
-  // of at least n bytes, else nullptr; give_first() returns that chain with n bytes written
-  // (the caller wrote the whole frame, num_buffers = 1 included).
-  [[nodiscard]] uint8_t* first_if_fits(uint64_t n) const {
-    if (nchains_ == 0) return nullptr;
-    const Chain& c = chains_[chain0_];
-    if (c.nseg != 1 || segs_[seg0_].iov_len < n) return nullptr;
-    return static_cast<uint8_t*>(segs_[seg0_].iov_base);
-  }
-  Status give_first(const GuestMemory& mem, Virtqueue& q, uint32_t n) {
-    const Chain& c = chains_[chain0_];
-    if (auto st = q.push_deferred(mem, c.head, c.desc_count, n); !st) return st;
-    drop_front(1);
-    return {};
-  }
-  // The same for the i-th cached chain, for a run of frames one per chain: the caller writes
-  // them all, then give_firsts() returns the first written.size() chains, chain i with
-  // written[i] bytes.
+  // The common case without the walks, for a run of frames one per chain: the i-th cached
+  // chain's buffer when it is one segment of at least n bytes, else nullptr. The caller writes
+  // the whole frames (num_buffers = 1 included), then give_firsts() returns the first
+  // written.size() chains, chain i with written[i] bytes.
   [[nodiscard]] uint8_t* buffer_if_fits(size_t i, uint64_t n) const {
     if (i >= nchains_) return nullptr;
     const Chain& c = chains_[chain0_ + i];

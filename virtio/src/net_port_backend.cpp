@@ -308,20 +308,12 @@ struct PortBackend::Worker {
     std::memcpy(p + kNetHdrSize, f.data, f.len);
   }
 
-  // Copies one frame behind a fresh header into the first cached chains and returns them;
-  // counts them in `chains` (the metric is bumped once per burst: a locked add per frame
-  // would wait for every store into the guest's buffers before it).
+  // Copies one frame that the first cached chain does not hold alone (MRG_RXBUF spans chains;
+  // a chain of several buffers) behind a fresh header into the first cached chains and returns
+  // them; counts them in `chains` (the metric is bumped once per burst: a locked add per frame
+  // would wait for every store into the guest's buffers before it). A frame that one buffer
+  // holds goes through rx_deliver_run().
   bool rx_deliver(ServedQueue& s, const PacketBuf& f, uint64_t& chains) {
-    const uint64_t need = kNetHdrSize + uint64_t{f.len};
-    if (uint8_t* p = rxc->first_if_fits(need)) {  // one buffer holds it: no walk
-      copy_one_buffer(p, f);
-      if (auto st = rxc->give_first(*ctx->mem, *s.q, static_cast<uint32_t>(need)); !st) {
-        fail_queue(s, st.error().message());
-        return false;
-      }
-      ++chains;
-      return true;
-    }
     const VirtioNetHdr hdr{};  // num_buffers is filled by give()
     rxc->write(0, &hdr, kNetHdrSize);
     rxc->write(kNetHdrSize, f.data, f.len);
@@ -379,19 +371,18 @@ struct PortBackend::Worker {
     while (rx_pos < rx_n) {
       const PacketBuf& f = rx_frames[rx_pos];
       const uint64_t need = kNetHdrSize + uint64_t{f.len};
-      if (rxc->chains() > 1) {
-        if (const uint32_t k = rx_deliver_run(s, bytes); k > 0) {
-          if (k == UINT32_MAX) return true;
-          chains += k;
-          work = true;
-          continue;
-        }
+      if (const uint32_t k = rx_deliver_run(s, bytes); k > 0) {
+        if (k == UINT32_MAX) return true;
+        chains += k;
+        work = true;
+        continue;
       }
       if (rxc->chains() == 0 || rxc->bytes() < need) {  // else the cache holds it already
         if (auto st = rxc->refill(*ctx->mem, *s.q, *nm, rx_chains_limit(), need, pushed); !st) {
           fail_queue(s, st.error().message());
           return true;
         }
+        if (rxc->buffer_if_fits(0, need) != nullptr) continue;  // rx_deliver_run() takes it
       }
       if (rxc->bytes() < need) {
         if (!rxc->capped(rx_chains_limit())) {
