@@ -18,6 +18,7 @@
 #include "iovirt/core/log.hpp"
 #include "iovirt/core/metrics.hpp"
 #include "iovirt/core/metrics_http.hpp"
+#include "iovirt/core/tsc.hpp"
 #include "iovirt/virtio/blk.hpp"
 #include "iovirt/virtio/dpdk_port.hpp"
 #include "iovirt/virtio/net.hpp"
@@ -147,6 +148,9 @@ int run_net(const iovirt::VhostNetOptions& o) {
   cfg.frontend_owns_ctrl = true;  // vhost-user: the front-end serves the control queue
   auto dev = VirtioNet::create(cfg, metrics, "net0");
   if (!dev) return die(dev.error());
+  const uint64_t hz = tsc_hz();
+  metrics.gauge("iovirt_tsc_hz", "TSC ticks per second (the unit of the *_cycles_total counters)")
+      .set(static_cast<int64_t>(hz));
   const int rc = serve(**dev, metrics, o.socket, o.metrics, set, "vhost-user-net (" + cfg.port_name + ")");
   // Totals per queue, for people and for scripts (the same figures as the Prometheus counters).
   for (uint16_t q = 0; q < 2 * o.queues; ++q) {
@@ -156,6 +160,15 @@ int run_net(const iovirt::VhostNetOptions& o) {
     std::fprintf(stderr, "iovirt-vhost: net0 queue %u (%s%u): %llu chains, %llu bytes\n", q,
                  q % 2 == 0 ? "rx" : "tx", q / 2, static_cast<unsigned long long>(chains),
                  static_cast<unsigned long long>(bytes));
+  }
+  // The polling workers' busy time, in testpmd --record-core-cycles' terms: TSC cycles in rounds
+  // that moved frames.
+  for (uint16_t p = 0; p < (*dev)->net_metrics().workers.size(); ++p) {
+    const NetMetrics::Worker& w = (*dev)->net_metrics().workers[p];
+    std::fprintf(stderr, "iovirt-vhost: net0 pair %u worker: %llu busy cycles in %llu rounds at %llu MHz\n", p,
+                 static_cast<unsigned long long>(w.busy_cycles->value()),
+                 static_cast<unsigned long long>(w.busy_rounds->value()),
+                 static_cast<unsigned long long>((hz + 500000) / 1000000));
   }
   std::fprintf(stderr, "iovirt-vhost: net0 tx dropped %llu, rx dropped %llu\n",
                static_cast<unsigned long long>((*dev)->net_metrics().tx_dropped->value()),

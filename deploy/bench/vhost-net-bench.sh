@@ -36,6 +36,12 @@
 # back-end, the share of the front-end's tx bursts that went into the ring whole (tx; near 100%:
 # the ring was never full, so the back-end kept up and the figure is the generator's own limit)
 # or of its rx polls that found nothing (rx, fwd; near 100%: the front-end waited for the back-end).
+# A second table gives each back-end's cost: busy TSC cycles per frame, i.e. the cycles of the
+# polling rounds (iovirt-vhost's worker, its exit line) or bursts (testpmd --record-core-cycles)
+# that moved frames, over the frames moved. Where the generator sets the pace (tx) the Mpps ratio
+# is 1 whatever the back-ends cost; this figure still tells them apart (a back-end that polls
+# faster than frames arrive finds smaller bursts, and pays its per-burst costs over fewer frames,
+# so it is if anything against the faster one).
 #
 # --packed: virtio-user drives packed rings (packed_vq=1, virtio 1.2 section 2.8) instead of split
 # ones, against both back-ends.
@@ -137,7 +143,7 @@ start_backend() {  # backend mode
     # --stats-period: runs until SIGINT without reading stdin; the period is longer than any run.
     stdbuf -oL "$TESTPMD" --lcores "0@$BACKEND_CPU,1@$BACKEND_CPU" "${MEM_ARGS[@]}" --no-pci --no-telemetry \
       --file-prefix "$PREFIX-be" --vdev "net_vhost0,iface=$SOCK" -- --forward-mode="$(dpdk_mode "$2")" \
-      --txpkts="$PKT_LEN" --auto-start --nb-cores=1 --total-num-mbufs=8192 --stats-period 86400 \
+      --txpkts="$PKT_LEN" --auto-start --nb-cores=1 --total-num-mbufs=8192 --stats-period 86400 --record-core-cycles \
       >"$WORK/backend.log" 2>&1 </dev/null &
   fi
   BACKEND_PID=$!
@@ -195,7 +201,28 @@ generate() {  # backend mode
     bursts=$(grep -o 'RX-bursts : .*' "$WORK/gen.log" | tail -n 1 || true)
     share=$(echo "$bursts" | grep -o '[0-9]*% of 0 pkts' | grep -o '^[0-9]*' || true)
   fi
-  echo "$1 $mode $pps ${share:-0} ${DIST:--}" | tee -a "$RES" >&2
+  RESULT="$1 $mode $pps ${share:-0} ${DIST:--}"
+}
+
+# The back-end's busy TSC cycles per frame, from its log once it has stopped: iovirt-vhost's exit
+# lines (its worker's cycles in rounds that moved frames, and the queues' chain counts); testpmd's
+# --record-core-cycles line ("CPU cycles/packet=..."), which counts the cycles of the bursts that
+# received something. '-' for testpmd txonly (rx mode), which counts every burst, also those the
+# full ring refused, so its figure is not the same measure.
+busy_cycles() {  # backend mode
+  local log=$WORK/backend.log v
+  if [ "$1" = dpdk ]; then
+    [ "$2" = rx ] && { echo -; return; }
+    v=$(grep -o 'CPU cycles/packet=[0-9.]*' "$log" | tail -n 1 | cut -d= -f2 || true)
+  else
+    # Frames per mode: received from the front-end (tx, fwd: queue 1) or delivered to it (rx: queue 0).
+    local q=1
+    [ "$2" = rx ] && q=0
+    v=$(awk -v q="$q" '/net0 queue / && $4 == q { chains = $6 }
+                       /net0 pair 0 worker:/ { busy = $6 }
+                       END { if (chains > 0 && busy != "") printf "%.1f", busy / chains }' "$log")
+  fi
+  echo "${v:--}"
 }
 
 # How far apart the two CPUs are right now (ns per cache-line round trip), measured before each
@@ -221,6 +248,7 @@ for mode in $MODES; do
       start_backend "$be" "$mode"
       generate "$be" "$mode" || { stop_backend; exit 1; }
       stop_backend
+      echo "$RESULT $(busy_cycles "$be" "$mode")" | tee -a "$RES" >&2
     done
   done
 done
@@ -231,8 +259,11 @@ res, runs, secs, poll_us, pkt_len, bursts, packed = sys.argv[1:]
 rows = {}
 share = {}
 dist = {}
+cyc = {}
 for line in open(res):
-    be, mode, pps, sh, d = line.split()
+    be, mode, pps, sh, d, c = line.split()
+    if c != "-":
+        cyc.setdefault((mode, be), []).append(float(c))
     rows.setdefault((mode, be), []).append(float(pps))
     share.setdefault((mode, be), []).append(float(sh))
     if d != "-":
@@ -267,4 +298,23 @@ for mode in ("tx", "rx", "fwd"):
         return f"{min(v):.0f}-{max(v):.0f}" if v else "n/a"
     print(f"| {mode}: {what[mode]} | {fi} | {fd} | {ratio} | {kind}: {sh('iovirt')} / {sh('dpdk')} "
           f"| {dd('iovirt')} / {dd('dpdk')} |")
+print()
+print("Back-end cost: busy TSC cycles per frame (median), counted the same way on both sides: the cycles")
+print("of the polling rounds (iovirt-vhost's worker) or bursts (testpmd --record-core-cycles) that moved")
+print("frames, over the frames moved (fwd: each frame once). Where the generator sets the pace (tx), the")
+print("Mpps ratio is 1 by construction and this is the figure that tells the back-ends apart.")
+print()
+print("| mode | iovirt-vhost cycles/frame | DPDK net_vhost cycles/frame | DPDK/iovirt |")
+print("|---|---|---|---|")
+for mode in ("tx", "rx", "fwd"):
+    if not any(k[0] == mode for k in rows):
+        continue
+    def mc(be):
+        v = cyc.get((mode, be), [])
+        return statistics.median(v) if v else float("nan")
+    ci, cd = mc("iovirt"), mc("dpdk")
+    fi = f"{ci:.1f}" if ci == ci else "n/a"
+    fd = f"{cd:.1f}" if cd == cd else ("n/a (txonly counts every burst)" if mode == "rx" else "n/a")
+    ratio = f"{cd / ci:.2f}x" if ci == ci and cd == cd and ci > 0 else "n/a"
+    print(f"| {mode} | {fi} | {fd} | {ratio} |")
 EOF

@@ -1066,6 +1066,39 @@ TEST_F(NetTest, PortSinkCountsTheFramesItCopied) {
   EXPECT_EQ(std::atomic_ref(counters->bytes).load(), bytes);
 }
 
+// The worker's busy-cycle counters (iovirt_net_worker_busy_*): rounds that moved frames count,
+// idle polling does not, and the figures reach the counters once the worker goes idle.
+TEST_F(NetTest, PortWorkerCountsOnlyTheRoundsThatMovedFrames) {
+  auto counters = std::make_shared<SinkCounters>();
+  NEED_DEVICE(port_config([counters](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
+    return make_sink_port(counters);
+  }));
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  ASSERT_EQ(ns.dev->net_metrics().workers.size(), 1u);
+  const NetMetrics::Worker& w = ns.dev->net_metrics().workers[0];
+  std::this_thread::sleep_for(30ms);  // thousands of idle polling rounds
+  EXPECT_EQ(w.busy_rounds->value(), 0u);
+  EXPECT_EQ(w.busy_cycles->value(), 0u);
+
+  std::array<uint8_t, kNetHdrSize> h{};
+  for (int i = 0; i < 10; ++i) {
+    send_tx(1, h, make_frame(kBroadcast, 64, 1));
+    ASSERT_TRUE(wait_used(1).has_value());
+  }
+  ASSERT_TRUE(wait_for([&] { return w.busy_rounds->value() > 0; }));
+  ASSERT_TRUE(wait_for([&] { return std::atomic_ref(counters->frames).load() == 10; }));
+  std::this_thread::sleep_for(30ms);
+  const uint64_t rounds = w.busy_rounds->value();
+  const uint64_t cycles = w.busy_cycles->value();
+  EXPECT_GE(rounds, 1u);
+  EXPECT_LE(rounds, 10u) << "only rounds that took a frame";
+  EXPECT_GE(cycles, rounds);
+  std::this_thread::sleep_for(30ms);
+  EXPECT_EQ(w.busy_rounds->value(), rounds) << "idle rounds counted";
+  EXPECT_EQ(w.busy_cycles->value(), cycles) << "idle cycles counted";
+  EXPECT_TRUE(failures().empty());
+}
+
 TEST_F(NetTest, PortSourceFillsEveryRxBufferAndWaitsForMore) {
   NEED_DEVICE(port_config([](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
     return make_source_port(128);

@@ -22,20 +22,32 @@ constexpr uint16_t kMaxQueuePairs = 256;
 
 }  // namespace
 
-NetMetrics NetMetrics::create(MetricsRegistry& m, std::string_view device) {
+NetMetrics NetMetrics::create(MetricsRegistry& m, std::string_view device, uint16_t pairs) {
   Labels l{{"device", std::string(device)}};
-  return NetMetrics{
+  NetMetrics nm{
       &m.counter("iovirt_net_tx_dropped_total", "TX frames dropped (bad header, tap refused)", l),
       &m.counter("iovirt_net_rx_dropped_total", "RX frames that did not fit the guest buffers", l),
       &m.counter("iovirt_net_rx_bad_chains_total", "RX chains without room for a header", l),
       &m.counter("iovirt_net_ctrl_commands_total", "Control-queue requests", l),
-      &m.counter("iovirt_net_ctrl_errors_total", "Control-queue requests answered ERR", l)};
+      &m.counter("iovirt_net_ctrl_errors_total", "Control-queue requests answered ERR", l),
+      {}};
+  for (uint16_t p = 0; p < pairs; ++p) {
+    Labels pl{{"device", std::string(device)}, {"pair", std::to_string(p)}};
+    nm.workers.push_back(NetMetrics::Worker{
+        &m.counter("iovirt_net_worker_busy_cycles_total",
+                   "TSC cycles the pair's polling worker spent in rounds that moved frames "
+                   "(divide by iovirt_tsc_hz for seconds)",
+                   pl),
+        &m.counter("iovirt_net_worker_busy_rounds_total",
+                   "Rounds of the pair's polling worker that moved frames", pl)});
+  }
+  return nm;
 }
 
 VirtioNet::VirtioNet(NetConfig cfg, MetricsRegistry& metrics, std::string name)
     : cfg_(std::move(cfg)),
       name_(std::move(name)),
-      net_metrics_(NetMetrics::create(metrics, name_)) {}
+      net_metrics_(NetMetrics::create(metrics, name_, cfg_.port ? cfg_.queue_pairs : 0)) {}
 
 VirtioNet::~VirtioNet() {
   reset();

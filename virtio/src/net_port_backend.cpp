@@ -29,6 +29,7 @@
 #include <cstring>
 
 #include "iovirt/core/log.hpp"
+#include "iovirt/core/tsc.hpp"
 #include "net_backend.hpp"
 
 namespace iovirt::virtio {
@@ -40,6 +41,7 @@ constexpr unsigned kTxBursts = 8;    // bursts per round before rx gets a turn
 constexpr size_t kMaxRxChains = 64;  // one frame may span this many chains (MRG_RXBUF)
 constexpr unsigned kIdleEventCheck = 1024;  // polling rounds between looks at the control kick
 constexpr unsigned kClockEvery = 32;        // idle rounds between looks at the clock
+constexpr unsigned kFlushRounds = 256;      // busy rounds between updates of the cycle counters
 
 using Clock = std::chrono::steady_clock;
 
@@ -72,6 +74,12 @@ struct PortBackend::Worker {
   Fd ep;
   std::thread thread;
   bool warned_tx = false;
+
+  // Busy-cycle accounting, kept here and added to the counters (locked adds) when the worker goes
+  // idle and every kFlushRounds busy rounds.
+  const NetMetrics::Worker* wm = nullptr;
+  uint64_t busy_cycles = 0;
+  uint64_t busy_rounds = 0;
 
   // TX: port buffers allocated ahead (tx_free) and the burst being filled (tx_out).
   std::array<PacketBuf, kBurst> tx_free{};
@@ -490,15 +498,24 @@ struct PortBackend::Worker {
     quiet_notifications();
     auto idle_since = Clock::now();
     unsigned idle_rounds = 0;  // rounds without work since the last work (no clock read per round)
+    uint64_t t0 = tsc_now();  // the round's start: the last busy round's end, or read afresh
     while (!stopping.load(std::memory_order_relaxed)) {
+      if (idle_rounds != 0) t0 = tsc_now();
       bool work = false;
       if (tx_live()) work = tx_round();
       if (rx_live()) work = rx_round() || work;
       if (work) {
+        const uint64_t t1 = tsc_now();
+        busy_cycles += t1 - t0;
+        t0 = t1;
+        if (++busy_rounds == kFlushRounds) flush_cycles();
         idle_rounds = 0;
         continue;
       }
-      if (++idle_rounds == 1) idle_since = Clock::now();
+      if (++idle_rounds == 1) {
+        idle_since = Clock::now();
+        flush_cycles();
+      }
       // Idle. A control kick or a stop is looked for now and then without sleeping.
       if (idle_rounds % kIdleEventCheck == 0 && !handle_events(0)) return;
       const bool polled_port = port_wake == PacketPort::kRxPolled && rx_live() && !rx_waiting;
@@ -515,10 +532,20 @@ struct PortBackend::Worker {
       if (!handle_events(-1)) return;
       quiet_notifications();
       idle_rounds = 0;
+      t0 = tsc_now();
     }
   }
 
+  void flush_cycles() {
+    if (wm != nullptr && busy_rounds != 0) {
+      wm->busy_cycles->inc(busy_cycles);
+      wm->busy_rounds->inc(busy_rounds);
+    }
+    busy_cycles = busy_rounds = 0;
+  }
+
   void release_all() {
+    flush_cycles();
     if (tx_nfree > 0) port->release(std::span(tx_free.data(), tx_nfree));
     tx_nfree = 0;
     if (rx_pos < rx_n) port->release(std::span(rx_frames.data() + rx_pos, rx_n - rx_pos));
@@ -542,6 +569,7 @@ Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, Activate
     w->dev = &dev;
     w->ctx = &b->ctx_;
     w->nm = &nm;
+    if (p < nm.workers.size()) w->wm = &nm.workers[p];
     w->port = std::move(ports[p]);
     w->pq = pairs[p];
     w->pair = static_cast<uint16_t>(p);

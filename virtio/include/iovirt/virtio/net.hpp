@@ -186,7 +186,14 @@ struct NetMetrics {
   Counter* rx_bad_chains;  // RX chains without a writable byte, returned unused
   Counter* ctrl_commands;  // control-queue requests
   Counter* ctrl_errors;    // control-queue requests answered VIRTIO_NET_ERR
-  static NetMetrics create(MetricsRegistry& m, std::string_view device);
+  // Per queue pair, for a polling port worker: TSC cycles in rounds that moved at least one frame
+  // and the number of those rounds (testpmd's --record-core-cycles counts the same way).
+  struct Worker {
+    Counter* busy_cycles;
+    Counter* busy_rounds;
+  };
+  std::vector<Worker> workers;
+  static NetMetrics create(MetricsRegistry& m, std::string_view device, uint16_t pairs = 0);
 };
 
 class VirtioNet final : public VirtioDevice {
