@@ -6,12 +6,6 @@ namespace iovirt {
 
 namespace {
 
-uint64_t monotonic_raw_ns() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 uint64_t measure() {
 #if defined(__x86_64__) || defined(__i386__)
   constexpr uint64_t kWindowNs = 20'000'000;

@@ -8,13 +8,18 @@
 
 namespace iovirt {
 
+// CLOCK_MONOTONIC_RAW in nanoseconds: the clock tsc_hz() is measured against.
+inline uint64_t monotonic_raw_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
 inline uint64_t tsc_now() {
 #if defined(__x86_64__) || defined(__i386__)
   return __builtin_ia32_rdtsc();
 #else
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+  return monotonic_raw_ns();
 #endif
 }
 
