@@ -367,7 +367,7 @@ lab_vnet_start() {
             mkfifo "$VU_DIR/testpmd.in" || return 1
             dpdk-testpmd --lcores 0@0,1@0 --no-huge -m 128 --no-pci --file-prefix lab-net \
                 --vdev "net_vhost0,iface=$VU_NET_SOCK" --vdev "net_tap0,iface=$tap" \
-                -- --forward-mode=io --total-num-mbufs=8192 --nb-cores=1 \
+                -- --forward-mode=io --no-flush-rx --total-num-mbufs=8192 --nb-cores=1 \
                 0<>"$VU_DIR/testpmd.in" >>"$VU_DIR/net.log" 2>&1 &
             ;;
     esac
