@@ -4,7 +4,7 @@
 # (DPDK's virtio-net driver in user space), 64-byte frames, 1 queue pair.
 #
 #   sudo deploy/bench/vhost-net-bench.sh [--build DIR] [--runs N] [--seconds T] [--warmup W]
-#        [--modes "tx rx fwd"] [--backends "iovirt dpdk"] [--poll-us N] [--pkt-len L]
+#        [--modes "tx rx fwd rtt"] [--backends "iovirt dpdk"] [--poll-us N] [--pkt-len L]
 #        [--gen-cpu C] [--backend-cpu S] [--no-huge] [--fwd-bursts B] [--packed]
 #
 # Environment overrides: BENCH_RUNS, BENCH_SECONDS (e.g. BENCH_RUNS=1 BENCH_SECONDS=3 for a quick
@@ -29,6 +29,11 @@
 #        figure is bound by the round trip of both sides, so it is the one most disturbed by other
 #        load on the two CPUs (a descheduled side stalls the loop); on a shared machine compare
 #        only figures taken together, and raise --fwd-bursts (at most 7: 224 frames in a 256 ring).
+#   rtt  fwd with one frame circulating (virtio-user --burst=1, start tx_first 1): a latency figure.
+#        Each frame crosses the front-end's tx ring, the back-end, and its rx ring, and the front-end
+#        sends it straight back, so 1 / (frames per second) is one round trip through the back-end
+#        and the front-end, including four cross-CPU cache-line transfers (the CPU round trip
+#        column, twice). Not in the default modes: --modes "tx rx fwd rtt".
 # Rates are testpmd's own "show port stats" Rx-pps/Tx-pps of the virtio-user port: the second
 # "show" prints the counters' change divided by the TSC time since the first, i.e. exactly the T
 # second window. Both back-ends are measured by the same code in the same process.
@@ -130,9 +135,9 @@ trap cleanup EXIT
 : > "$RES"
 
 # The back-end's DPDK (testpmd) or iovirt role per mode.
-dpdk_mode() { case $1 in tx) echo rxonly ;; rx) echo txonly ;; fwd) echo io ;; esac; }
-iovirt_backend() { case $1 in tx) echo sink ;; rx) echo "source=$PKT_LEN" ;; fwd) echo ring-loopback ;; esac; }
-gen_mode() { case $1 in tx) echo txonly ;; rx) echo rxonly ;; fwd) echo io ;; esac; }
+dpdk_mode() { case $1 in tx) echo rxonly ;; rx) echo txonly ;; fwd|rtt) echo io ;; esac; }
+iovirt_backend() { case $1 in tx) echo sink ;; rx) echo "source=$PKT_LEN" ;; fwd|rtt) echo ring-loopback ;; esac; }
+gen_mode() { case $1 in tx) echo txonly ;; rx) echo rxonly ;; fwd|rtt) echo io ;; esac; }
 
 start_backend() {  # backend mode
   rm -f "$SOCK"
@@ -166,8 +171,9 @@ stop_backend() {
 
 # The generator: interactive testpmd fed a timed script; prints the window's pps.
 generate() {  # backend mode
-  local mode=$2 start=start field=Tx-pps
+  local mode=$2 start=start field=Tx-pps burst=32
   [ "$mode" = fwd ] && start="start tx_first $FWD_BURSTS"
+  [ "$mode" = rtt ] && { start="start tx_first 1"; burst=1; }
   [ "$mode" != tx ] && field=Rx-pps
   {
     echo "$start"
@@ -181,7 +187,7 @@ generate() {  # backend mode
   } | taskset -c "$GEN_CPU" "$TESTPMD" --lcores "0@$GEN_CPU,1@$GEN_CPU" "${MEM_ARGS[@]}" --single-file-segments \
         --no-pci --no-telemetry --file-prefix "$PREFIX-gen" \
         --vdev "net_virtio_user0,path=$SOCK,queues=1,queue_size=256$([ "$PACKED" = 1 ] && echo ,packed_vq=1)" -- -i --forward-mode="$(gen_mode "$mode")" \
-        --txpkts="$PKT_LEN" --nb-cores=1 --total-num-mbufs=8192 --record-burst-stats >"$WORK/gen.log" 2>&1 || true
+        --burst="$burst" --txpkts="$PKT_LEN" --nb-cores=1 --total-num-mbufs=8192 --record-burst-stats >"$WORK/gen.log" 2>&1 || true
   rm -rf "/var/run/dpdk/$PREFIX-gen"
   local pps
   pps=$(grep -o "$field: *[0-9]*" "$WORK/gen.log" | tail -n 1 | grep -o '[0-9]*$' || true)
@@ -275,6 +281,7 @@ what = {
     "tx": "front-end txonly -> back-end drop (sink / rxonly)",
     "rx": "back-end generates (source / txonly) -> front-end rxonly",
     "fwd": f"back-end forwards back (ring-loopback / io), {int(bursts) * 32} frames circulating",
+    "rtt": "fwd with one frame circulating",
 }
 ring = "packed" if packed == "1" else "split"
 print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair, {ring} rings; "
@@ -282,7 +289,7 @@ print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair, 
 print()
 print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK | front-end bursts (iovirt / DPDK) | CPU round trip ns (iovirt / DPDK runs) |")
 print("|---|---|---|---|---|---|")
-for mode in ("tx", "rx", "fwd"):
+for mode in ("tx", "rx", "fwd", "rtt"):
     if not any(k[0] == mode for k in rows):
         continue
     i, d = med((mode, "iovirt")), med((mode, "dpdk"))
@@ -306,7 +313,7 @@ print("Mpps ratio is 1 by construction and this is the figure that tells the bac
 print()
 print("| mode | iovirt-vhost cycles/frame | DPDK net_vhost cycles/frame | DPDK/iovirt |")
 print("|---|---|---|---|")
-for mode in ("tx", "rx", "fwd"):
+for mode in ("tx", "rx", "fwd", "rtt"):
     if not any(k[0] == mode for k in rows):
         continue
     def mc(be):
@@ -317,4 +324,15 @@ for mode in ("tx", "rx", "fwd"):
     fd = f"{cd:.1f}" if cd == cd else ("n/a (txonly counts every burst)" if mode == "rx" else "n/a")
     ratio = f"{cd / ci:.2f}x" if ci == ci and cd == cd and ci > 0 else "n/a"
     print(f"| {mode} | {fi} | {fd} | {ratio} |")
+if any(k[0] == "rtt" for k in rows):
+    print()
+    print("Round trip with one frame circulating (rtt): 1 / frames per second, median of the runs.")
+    print()
+    print("| iovirt-vhost us | DPDK net_vhost us | DPDK/iovirt |")
+    print("|---|---|---|")
+    i, d = med(("rtt", "iovirt")), med(("rtt", "dpdk"))
+    ui = 1 / i if i == i and i > 0 else float("nan")
+    ud = 1 / d if d == d and d > 0 else float("nan")
+    ratio = f"{ud / ui:.2f}x" if ui == ui and ud == ud else "n/a"
+    print(f"| {ui:.2f} | {ud:.2f} | {ratio} |")
 EOF
