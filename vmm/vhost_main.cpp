@@ -145,6 +145,7 @@ int run_net(const iovirt::VhostNetOptions& o) {
   cfg.queue_pairs = o.queues;
   cfg.queue_size = o.queue_size;
   cfg.poll_us = o.poll_us;
+  cfg.poll_gap_ns = o.poll_gap_ns;
   cfg.frontend_owns_ctrl = true;  // vhost-user: the front-end serves the control queue
   auto dev = VirtioNet::create(cfg, metrics, "net0");
   if (!dev) return die(dev.error());

@@ -4,11 +4,13 @@
 # (DPDK's virtio-net driver in user space), 64-byte frames, 1 queue pair.
 #
 #   sudo deploy/bench/vhost-net-bench.sh [--build DIR] [--runs N] [--seconds T] [--warmup W]
-#        [--modes "tx rx fwd rtt"] [--backends "iovirt dpdk"] [--poll-us N] [--pkt-len L]
-#        [--gen-cpu C] [--backend-cpu S] [--no-huge] [--fwd-bursts B] [--packed]
+#        [--modes "tx rx fwd rtt"] [--backends "iovirt dpdk"] [--poll-us N] [--poll-gap-ns G]
+#        [--pkt-len L] [--gen-cpu C] [--backend-cpu S] [--no-huge] [--fwd-bursts B] [--packed]
 #
 # Environment overrides: BENCH_RUNS, BENCH_SECONDS (e.g. BENCH_RUNS=1 BENCH_SECONDS=3 for a quick
-# check), BENCH_WARMUP, BENCH_MODES, BENCH_BACKENDS, BENCH_POLL_US.
+# check), BENCH_WARMUP, BENCH_MODES, BENCH_BACKENDS, BENCH_POLL_US, BENCH_POLL_GAP_NS.
+# --poll-gap-ns G is passed to iovirt-vhost (default 0: poll back to back, as testpmd does); the
+# table header says which was used. Compare its rtt too: a gap adds up to G to a frame's latency.
 #
 # Build first (an optimised build): cmake -S . -B build-rel -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 #   && ninja -C build-rel -j2 iovirt-vhost iovirt-cpu-distance
@@ -68,6 +70,7 @@ WARMUP=${BENCH_WARMUP:-1}
 MODES=${BENCH_MODES:-"tx rx fwd"}
 BACKENDS=${BENCH_BACKENDS:-"iovirt dpdk"}
 POLL_US=${BENCH_POLL_US:-1000}
+POLL_GAP_NS=${BENCH_POLL_GAP_NS:-0}
 PKT_LEN=64
 GEN_CPU=0
 BACKEND_CPU=1
@@ -86,6 +89,7 @@ while [ $# -gt 0 ]; do
     --modes) MODES=$2; shift 2 ;;
     --backends) BACKENDS=$2; shift 2 ;;
     --poll-us) POLL_US=$2; shift 2 ;;
+    --poll-gap-ns) POLL_GAP_NS=$2; shift 2 ;;
     --pkt-len) PKT_LEN=$2; shift 2 ;;
     --gen-cpu) GEN_CPU=$2; shift 2 ;;
     --backend-cpu) BACKEND_CPU=$2; shift 2 ;;
@@ -143,7 +147,7 @@ start_backend() {  # backend mode
   rm -f "$SOCK"
   if [ "$1" = iovirt ]; then
     IOVIRT_LOG=warn taskset -c "$BACKEND_CPU" "$VHOST" net --socket "$SOCK" --backend "$(iovirt_backend "$2")" \
-      --poll-us "$POLL_US" >"$WORK/backend.log" 2>&1 &
+      --poll-us "$POLL_US" --poll-gap-ns "$POLL_GAP_NS" >"$WORK/backend.log" 2>&1 &
   else
     # --stats-period: runs until SIGINT without reading stdin; the period is longer than any run.
     stdbuf -oL "$TESTPMD" --lcores "0@$BACKEND_CPU,1@$BACKEND_CPU" "${MEM_ARGS[@]}" --no-pci --no-telemetry \
@@ -259,9 +263,9 @@ for mode in $MODES; do
   done
 done
 
-python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$PKT_LEN" "$FWD_BURSTS" "$PACKED" <<'EOF'
+python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$PKT_LEN" "$FWD_BURSTS" "$PACKED" "$POLL_GAP_NS" <<'EOF'
 import statistics, sys
-res, runs, secs, poll_us, pkt_len, bursts, packed = sys.argv[1:]
+res, runs, secs, poll_us, pkt_len, bursts, packed, gap_ns = sys.argv[1:]
 rows = {}
 share = {}
 dist = {}
@@ -285,7 +289,7 @@ what = {
 }
 ring = "packed" if packed == "1" else "split"
 print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair, {ring} rings; "
-      f"front-end: DPDK virtio-user (testpmd); iovirt-vhost --poll-us {poll_us}")
+      f"front-end: DPDK virtio-user (testpmd); iovirt-vhost --poll-us {poll_us} --poll-gap-ns {gap_ns}")
 print()
 print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK | front-end bursts (iovirt / DPDK) | CPU round trip ns (iovirt / DPDK runs) |")
 print("|---|---|---|---|---|---|")

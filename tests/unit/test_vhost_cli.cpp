@@ -41,7 +41,7 @@ TEST(VhostCli, BlkWithEveryOption) {
 TEST(VhostCli, NetWithEveryOption) {
   auto r = parse({"net", "--socket=/run/n.sock", "--backend", "source=128", "--queues", "2",
                   "--queue-size", "256", "--mac", "52:54:00:12:34:56", "--poll-us", "20",
-                  "--metrics", "127.0.0.1:9101"});
+                  "--poll-gap-ns=4000", "--metrics", "127.0.0.1:9101"});
   ASSERT_TRUE(r.has_value()) << r.error().message();
   EXPECT_EQ(r->command, VhostCommand::Net);
   EXPECT_EQ(r->net.socket, "/run/n.sock");
@@ -52,6 +52,7 @@ TEST(VhostCli, NetWithEveryOption) {
   ASSERT_TRUE(r->net.mac.has_value());
   EXPECT_EQ((*r->net.mac)[5], 0x56);
   EXPECT_EQ(r->net.poll_us, 20u);
+  EXPECT_EQ(r->net.poll_gap_ns, 4000u);
   EXPECT_EQ(r->net.metrics, "127.0.0.1:9101");
 }
 
@@ -106,6 +107,9 @@ TEST(VhostCli, Refusals) {
   expect_error({"net", "--socket", "s", "--backend", "sink", "--mac", "52:54"}, "six hex bytes");
   expect_error({"net", "--socket", "s", "--backend", "sink", "--file", "f"}, "unknown option");
   expect_error({"net", "--socket", "s", "--backend", "sink", "--queues", "65"}, "--queues");
+  expect_error({"net", "--socket", "s", "--backend", "sink", "--poll-gap-ns", "1000001"},
+               "--poll-gap-ns: 1000001 is not in 0..1000000");
+  expect_error({"blk", "--socket", "s", "--file", "f", "--poll-gap-ns", "10"}, "unknown option");
   expect_error({"blk", "--file", "f"}, "--socket PATH is required");
   expect_error({"blk", "--socket", "s"}, "--file FILE is required");
   expect_error({"blk", "--socket", "s", "--file", "f", "--queues", "0"}, "--queues");

@@ -1099,6 +1099,78 @@ TEST_F(NetTest, PortWorkerCountsOnlyTheRoundsThatMovedFrames) {
   EXPECT_TRUE(failures().empty());
 }
 
+// NetConfig::poll_gap_ns (iovirt-vhost --poll-gap-ns): while busy-polling, a round that found
+// nothing is followed by the gap, so over an idle stretch the worker looks at the port (and the
+// rings) at most once per gap, where it would otherwise poll back to back (a million times in
+// 50 ms). Frames sent around the gaps all come back. The bound is elapsed / gap + 2: a slow or
+// descheduled worker polls less, never more.
+TEST_F(NetTest, PortPollGapSpacesTheIdlePolls) {
+  class CountingPort final : public PacketPort {
+   public:
+    CountingPort(std::unique_ptr<PacketPort> inner, std::shared_ptr<std::atomic<uint64_t>> polls)
+        : inner_(std::move(inner)), polls_(std::move(polls)) {}
+    std::string describe() const override { return "counting " + inner_->describe(); }
+    uint32_t alloc(std::span<PacketBuf> b) override { return inner_->alloc(b); }
+    void transmit(std::span<PacketBuf> b) override { inner_->transmit(b); }
+    uint32_t receive(std::span<PacketBuf> b) override {
+      polls_->fetch_add(1, std::memory_order_relaxed);
+      return inner_->receive(b);
+    }
+    void release(std::span<PacketBuf> b) override { inner_->release(b); }
+    int rx_wake() const override { return inner_->rx_wake(); }
+    uint32_t max_frame() const override { return inner_->max_frame(); }
+
+   private:
+    std::unique_ptr<PacketPort> inner_;
+    std::shared_ptr<std::atomic<uint64_t>> polls_;
+  };
+  constexpr uint32_t kGapNs = 20'000;
+  auto polls = std::make_shared<std::atomic<uint64_t>>(0);
+  NetConfig cfg = port_config(
+      [polls](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
+        return std::make_unique<CountingPort>(make_loopback_port(64), polls);
+      },
+      1'000'000);  // a 1 s polling window: the worker does not sleep during the test
+  cfg.poll_gap_ns = kGapNs;
+  NEED_DEVICE(cfg);
+  ASSERT_TRUE(activate(base_features(), 2).has_value());
+  for (int i = 0; i < 8; ++i) post_rx(0, 2048);
+  kick(0);
+  std::array<uint8_t, kNetHdrSize> h{};
+  auto round_trip = [&](int i) {
+    const auto frame = make_frame(kBroadcast, 60 + static_cast<size_t>(i) * 40, static_cast<uint8_t>(i));
+    send_tx(1, h, frame);
+    auto got = guest_recv(0);
+    ASSERT_TRUE(got.has_value()) << "frame " << i;
+    EXPECT_EQ(got->frame, frame) << "frame " << i;
+    ASSERT_TRUE(wait_used(1).has_value());
+  };
+  for (int i = 0; i < 4; ++i) round_trip(i);
+  if (HasFatalFailure()) return;
+
+  const uint64_t before = polls->load();
+  const auto t0 = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(50ms);
+  const uint64_t during = polls->load() - before;
+  const auto elapsed_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+  EXPECT_LE(during, elapsed_ns / kGapNs + 2) << "polls in " << elapsed_ns << " ns with a " << kGapNs
+                                             << " ns gap";
+  EXPECT_GE(during, 1u) << "the worker stopped polling inside its window";
+
+  for (int i = 4; i < 8; ++i) round_trip(i);
+  EXPECT_TRUE(failures().empty());
+}
+
+TEST_F(NetTest, PortRejectsAPollGapAboveTheLimit) {
+  NetConfig cfg = port_config(loopback_ports(), 100);
+  cfg.poll_gap_ns = NetConfig::kMaxPollGapNs + 1;
+  auto d = VirtioNet::create(cfg, metrics, "net1");
+  ASSERT_FALSE(d.has_value());
+  EXPECT_NE(d.error().message().find("poll_gap_ns 1000001 is above the limit"), std::string::npos)
+      << d.error().message();
+}
+
 TEST_F(NetTest, PortSourceFillsEveryRxBufferAndWaitsForMore) {
   NEED_DEVICE(port_config([](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
     return make_source_port(128);

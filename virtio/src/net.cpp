@@ -64,6 +64,11 @@ Result<std::unique_ptr<VirtioNet>> VirtioNet::create(const NetConfig& cfg, Metri
       (cfg.queue_size & (cfg.queue_size - 1)) != 0) {
     return fail(where + ": queue_size must be a power of 2 up to 32768", EINVAL);
   }
+  if (cfg.poll_gap_ns > NetConfig::kMaxPollGapNs) {
+    return fail(where + ": poll_gap_ns " + std::to_string(cfg.poll_gap_ns) + " is above the limit of " +
+                    std::to_string(NetConfig::kMaxPollGapNs),
+                EINVAL);
+  }
   std::unique_ptr<VirtioNet> d(new VirtioNet(cfg, metrics, std::move(name)));
 
   if (cfg.port && cfg.vhost) {
@@ -301,7 +306,7 @@ Status VirtioNet::activate_ports(ActivateContext ctx, std::vector<PairQueues> pa
   }
   if (served.empty()) return {};
   auto b = PortBackend::start(*this, std::move(ctx), std::move(served), std::move(ports), ctrl,
-                              net_metrics_, pairs_in_use_, cfg_.poll_us);
+                              net_metrics_, pairs_in_use_, cfg_.poll_us, cfg_.poll_gap_ns);
   if (!b) return std::unexpected(std::move(b.error()).context(name_));
   port_backend_ = std::move(*b);
   return {};

@@ -182,7 +182,7 @@ class PortBackend final {
                                                     std::vector<std::unique_ptr<PacketPort>> ports,
                                                     std::optional<ServedQueue> ctrl,
                                                     const NetMetrics& nm, uint16_t max_pairs,
-                                                    uint32_t poll_us);
+                                                    uint32_t poll_us, uint32_t poll_gap_ns);
   ~PortBackend();
   PortBackend(const PortBackend&) = delete;
   PortBackend& operator=(const PortBackend&) = delete;

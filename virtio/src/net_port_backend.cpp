@@ -15,7 +15,9 @@
 // Polling: driver notifications stay disabled while the worker runs; after a round without work
 // it busy-polls for poll_us, then re-enables notifications race-free (enable, re-check) and
 // sleeps in epoll on the kicks. A port whose frames arrive with no fd (a NIC PMD) is polled for
-// ever, as DPDK itself does. Interrupts are decided once per burst (needs_notification).
+// ever, as DPDK itself does. With a poll gap (NetConfig::poll_gap_ns) an empty polling round is
+// followed by that long spinning on PAUSE without touching the rings or the port. Interrupts are
+// decided once per burst (needs_notification).
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>
@@ -68,6 +70,7 @@ struct PortBackend::Worker {
   bool mrg = false;
   bool mq = false;
   Clock::duration poll_window{};
+  uint64_t gap_cycles = 0;  // TSC cycles between empty polling rounds (0: none)
   int port_wake = PacketPort::kRxAfterTransmit;
   std::atomic<bool> stopping{false};
   EventFd stop_fd;
@@ -522,7 +525,13 @@ struct PortBackend::Worker {
       const bool in_window = poll_window > Clock::duration::zero() &&
                              (idle_rounds % kClockEvery != 0 || Clock::now() - idle_since < poll_window);
       if (polled_port || in_window) {
-        cpu_relax();
+        if (gap_cycles == 0) {
+          cpu_relax();
+        } else {
+          const uint64_t until = tsc_now() + gap_cycles;
+          do cpu_relax();
+          while (tsc_now() < until);
+        }
         continue;
       }
       if (!arm_for_sleep()) {
@@ -558,7 +567,7 @@ Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, Activate
                                                         std::vector<std::unique_ptr<PacketPort>> ports,
                                                         std::optional<ServedQueue> ctrl,
                                                         const NetMetrics& nm, uint16_t max_pairs,
-                                                        uint32_t poll_us) {
+                                                        uint32_t poll_us, uint32_t poll_gap_ns) {
   std::unique_ptr<PortBackend> b(new PortBackend(std::move(ctx)));
   const bool mrg = has(b->ctx_.features, net_feature::kMrgRxbuf);
   const bool mq = has(b->ctx_.features, net_feature::kMq);
@@ -577,6 +586,7 @@ Result<std::unique_ptr<PortBackend>> PortBackend::start(VirtioNet& dev, Activate
     w->mrg = mrg;
     w->mq = mq;
     w->poll_window = std::chrono::microseconds(poll_us);
+    if (poll_gap_ns != 0) w->gap_cycles = std::max<uint64_t>(1, tsc_hz() / 1000 * poll_gap_ns / 1'000'000);
     w->port_wake = w->port->rx_wake();
     if (p == 0) w->ctrl = ctrl;
     uint32_t qmax = 0;

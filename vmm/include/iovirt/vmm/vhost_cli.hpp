@@ -40,6 +40,7 @@ struct VhostNetOptions {
   uint16_t queue_size = 1024;
   std::optional<std::array<uint8_t, 6>> mac;
   uint32_t poll_us = 0;
+  uint32_t poll_gap_ns = 0;  // --poll-gap-ns (NetConfig::poll_gap_ns)
   std::string metrics;
 };
 
