@@ -4,13 +4,16 @@
 # (DPDK's virtio-net driver in user space), 64-byte frames, 1 queue pair.
 #
 #   sudo deploy/bench/vhost-net-bench.sh [--build DIR] [--runs N] [--seconds T] [--warmup W]
-#        [--modes "tx rx fwd rtt"] [--backends "iovirt dpdk"] [--poll-us N] [--poll-gap-ns G]
+#        [--modes "tx rx fwd rtt"] [--backends "iovirt iovirt-gap dpdk"] [--poll-us N] [--poll-gap-ns G]
 #        [--pkt-len L] [--gen-cpu C] [--backend-cpu S] [--no-huge] [--fwd-bursts B] [--packed]
 #
 # Environment overrides: BENCH_RUNS, BENCH_SECONDS (e.g. BENCH_RUNS=1 BENCH_SECONDS=3 for a quick
 # check), BENCH_WARMUP, BENCH_MODES, BENCH_BACKENDS, BENCH_POLL_US, BENCH_POLL_GAP_NS.
-# --poll-gap-ns G is passed to iovirt-vhost (default 0: poll back to back, as testpmd does); the
-# table header says which was used. Compare its rtt too: a gap adds up to G to a frame's latency.
+# Back-ends: iovirt (iovirt-vhost as it starts by default: --poll-gap-ns 0, polling back to back
+# as testpmd does), iovirt-gap (iovirt-vhost --poll-gap-ns G, default 4000: after a run of 32 frames
+# or more it waits G ns between empty polls; see its --help) and dpdk; the tables give every one
+# present and each iovirt-vhost's ratio to DPDK. Compare rtt too: a gap can add up to G to a
+# frame's latency under load (a frame at a time gets no gap).
 #
 # Build first (an optimised build): cmake -S . -B build-rel -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 #   && ninja -C build-rel -j2 iovirt-vhost iovirt-cpu-distance
@@ -68,9 +71,9 @@ RUNS=${BENCH_RUNS:-5}
 SECS=${BENCH_SECONDS:-10}
 WARMUP=${BENCH_WARMUP:-1}
 MODES=${BENCH_MODES:-"tx rx fwd"}
-BACKENDS=${BENCH_BACKENDS:-"iovirt dpdk"}
+BACKENDS=${BENCH_BACKENDS:-"iovirt iovirt-gap dpdk"}
 POLL_US=${BENCH_POLL_US:-1000}
-POLL_GAP_NS=${BENCH_POLL_GAP_NS:-0}
+POLL_GAP_NS=${BENCH_POLL_GAP_NS:-4000}
 PKT_LEN=64
 GEN_CPU=0
 BACKEND_CPU=1
@@ -104,8 +107,11 @@ done
 VHOST=$BUILD/vmm/iovirt-vhost
 [ -x "$TESTPMD" ] || { echo "vhost-net-bench: $TESTPMD missing (apt-get install dpdk-dev)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "vhost-net-bench: python3 missing" >&2; exit 1; }
+for be in $BACKENDS; do
+  case $be in iovirt|iovirt-gap|dpdk) ;; *) echo "vhost-net-bench: unknown back-end '$be' (iovirt, iovirt-gap, dpdk)" >&2; exit 2 ;; esac
+done
 case " $BACKENDS " in
-  *" iovirt "*)
+  *" iovirt "*|*" iovirt-gap "*)
     [ -x "$VHOST" ] || { echo "vhost-net-bench: $VHOST not built (ninja -C $BUILD iovirt-vhost), or pass --backends dpdk" >&2; exit 1; }
     "$VHOST" net --help >/dev/null 2>&1 || { echo "vhost-net-bench: $VHOST has no 'net' command (too old a build?)" >&2; exit 1; } ;;
 esac
@@ -145,9 +151,11 @@ gen_mode() { case $1 in tx) echo txonly ;; rx) echo rxonly ;; fwd|rtt) echo io ;
 
 start_backend() {  # backend mode
   rm -f "$SOCK"
-  if [ "$1" = iovirt ]; then
+  if [ "$1" != dpdk ]; then
+    local gap=0
+    [ "$1" = iovirt-gap ] && gap=$POLL_GAP_NS
     IOVIRT_LOG=warn taskset -c "$BACKEND_CPU" "$VHOST" net --socket "$SOCK" --backend "$(iovirt_backend "$2")" \
-      --poll-us "$POLL_US" --poll-gap-ns "$POLL_GAP_NS" >"$WORK/backend.log" 2>&1 &
+      --poll-us "$POLL_US" --poll-gap-ns "$gap" >"$WORK/backend.log" 2>&1 &
   else
     # --stats-period: runs until SIGINT without reading stdin; the period is longer than any run.
     stdbuf -oL "$TESTPMD" --lcores "0@$BACKEND_CPU,1@$BACKEND_CPU" "${MEM_ARGS[@]}" --no-pci --no-telemetry \
@@ -266,10 +274,7 @@ done
 python3 - "$RES" "$RUNS" "$SECS" "$POLL_US" "$PKT_LEN" "$FWD_BURSTS" "$PACKED" "$POLL_GAP_NS" <<'EOF'
 import statistics, sys
 res, runs, secs, poll_us, pkt_len, bursts, packed, gap_ns = sys.argv[1:]
-rows = {}
-share = {}
-dist = {}
-cyc = {}
+rows, share, dist, cyc = {}, {}, {}, {}
 for line in open(res):
     be, mode, pps, sh, d, c = line.split()
     if c != "-":
@@ -278,9 +283,18 @@ for line in open(res):
     share.setdefault((mode, be), []).append(float(sh))
     if d != "-":
         dist.setdefault((mode, be), []).append(float(d))
+names = {"iovirt": "iovirt-vhost", "iovirt-gap": f"iovirt-vhost gap {gap_ns} ns", "dpdk": "DPDK net_vhost"}
+bes = [b for b in ("iovirt", "iovirt-gap", "dpdk") if any(k[1] == b for k in rows)]
+ours = [b for b in bes if b != "dpdk"]
+has_dpdk = "dpdk" in bes
+modes = [m for m in ("tx", "rx", "fwd", "rtt") if any(k[0] == m for k in rows)]
 def med(k):
     v = rows.get(k, [])
     return statistics.median(v) / 1e6 if v else float("nan")
+def f2(v):
+    return f"{v:.2f}" if v == v else "n/a"
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a == a and b == b and b > 0 else "n/a"
 what = {
     "tx": "front-end txonly -> back-end drop (sink / rxonly)",
     "rx": "back-end generates (source / txonly) -> front-end rxonly",
@@ -289,54 +303,56 @@ what = {
 }
 ring = "packed" if packed == "1" else "split"
 print(f"medians of {runs} runs x {secs} s; {pkt_len}-byte frames, 1 queue pair, {ring} rings; "
-      f"front-end: DPDK virtio-user (testpmd); iovirt-vhost --poll-us {poll_us} --poll-gap-ns {gap_ns}")
+      f"front-end: DPDK virtio-user (testpmd); iovirt-vhost --poll-us {poll_us}")
 print()
-print("| mode | iovirt-vhost Mpps | DPDK net_vhost Mpps | iovirt/DPDK | front-end bursts (iovirt / DPDK) | CPU round trip ns (iovirt / DPDK runs) |")
-print("|---|---|---|---|---|---|")
-for mode in ("tx", "rx", "fwd", "rtt"):
-    if not any(k[0] == mode for k in rows):
-        continue
-    i, d = med((mode, "iovirt")), med((mode, "dpdk"))
-    ratio = f"{i / d:.2f}x" if i == i and d == d and d > 0 else "n/a"
-    fi = f"{i:.2f}" if i == i else "n/a"
-    fd = f"{d:.2f}" if d == d else "n/a"
+ratio_cols = [f"{names[b]}/DPDK" for b in ours] if has_dpdk else []
+print("| mode | " + " | ".join(f"{names[b]} Mpps" for b in bes) + "".join(f" | {c}" for c in ratio_cols) +
+      " | front-end bursts (" + " / ".join(names[b] for b in bes) + ") | CPU round trip ns (runs) |")
+print("|---" * (1 + len(bes) + len(ratio_cols) + 2) + "|")
+for mode in modes:
     def sh(be):
         v = share.get((mode, be), [])
         return f"{statistics.median(v):.0f}%" if v else "n/a"
-    kind = "tx bursts whole" if mode == "tx" else "rx polls empty"
     def dd(be):
         v = dist.get((mode, be), [])
         return f"{min(v):.0f}-{max(v):.0f}" if v else "n/a"
-    print(f"| {mode}: {what[mode]} | {fi} | {fd} | {ratio} | {kind}: {sh('iovirt')} / {sh('dpdk')} "
-          f"| {dd('iovirt')} / {dd('dpdk')} |")
+    kind = "tx bursts whole" if mode == "tx" else "rx polls empty"
+    cells = [f2(med((mode, b))) for b in bes]
+    if has_dpdk:
+        cells += [ratio(med((mode, b)), med((mode, "dpdk"))) for b in ours]
+    cells.append(f"{kind}: " + " / ".join(sh(b) for b in bes))
+    cells.append(" / ".join(dd(b) for b in bes))
+    print(f"| {mode}: {what[mode]} | " + " | ".join(cells) + " |")
 print()
 print("Back-end cost: busy TSC cycles per frame (median), counted the same way on both sides: the cycles")
 print("of the polling rounds (iovirt-vhost's worker) or bursts (testpmd --record-core-cycles) that moved")
 print("frames, over the frames moved (fwd: each frame once). Where the generator sets the pace (tx), the")
 print("Mpps ratio is 1 by construction and this is the figure that tells the back-ends apart.")
 print()
-print("| mode | iovirt-vhost cycles/frame | DPDK net_vhost cycles/frame | DPDK/iovirt |")
-print("|---|---|---|---|")
-for mode in ("tx", "rx", "fwd", "rtt"):
-    if not any(k[0] == mode for k in rows):
-        continue
+ratio_cols = [f"DPDK/{names[b]}" for b in ours] if has_dpdk else []
+print("| mode | " + " | ".join(f"{names[b]} cycles/frame" for b in bes) + "".join(f" | {c}" for c in ratio_cols) + " |")
+print("|---" * (1 + len(bes) + len(ratio_cols)) + "|")
+for mode in modes:
     def mc(be):
         v = cyc.get((mode, be), [])
         return statistics.median(v) if v else float("nan")
-    ci, cd = mc("iovirt"), mc("dpdk")
-    fi = f"{ci:.1f}" if ci == ci else "n/a"
-    fd = f"{cd:.1f}" if cd == cd else ("n/a (txonly counts every burst)" if mode == "rx" else "n/a")
-    ratio = f"{cd / ci:.2f}x" if ci == ci and cd == cd and ci > 0 else "n/a"
-    print(f"| {mode} | {fi} | {fd} | {ratio} |")
-if any(k[0] == "rtt" for k in rows):
+    cells = []
+    for b in bes:
+        v = mc(b)
+        cells.append(f"{v:.1f}" if v == v else ("n/a (txonly counts every burst)" if b == "dpdk" and mode == "rx" else "n/a"))
+    if has_dpdk:
+        cells += [ratio(mc("dpdk"), mc(b)) for b in ours]
+    print(f"| {mode} | " + " | ".join(cells) + " |")
+if "rtt" in modes:
     print()
     print("Round trip with one frame circulating (rtt): 1 / frames per second, median of the runs.")
     print()
-    print("| iovirt-vhost us | DPDK net_vhost us | DPDK/iovirt |")
-    print("|---|---|---|")
-    i, d = med(("rtt", "iovirt")), med(("rtt", "dpdk"))
-    ui = 1 / i if i == i and i > 0 else float("nan")
-    ud = 1 / d if d == d and d > 0 else float("nan")
-    ratio = f"{ud / ui:.2f}x" if ui == ui and ud == ud else "n/a"
-    print(f"| {ui:.2f} | {ud:.2f} | {ratio} |")
+    us = {b: (1 / med(("rtt", b)) if med(("rtt", b)) > 0 else float("nan")) for b in bes}
+    ratio_cols = [f"DPDK/{names[b]}" for b in ours] if has_dpdk else []
+    print("| " + " | ".join(f"{names[b]} us" for b in bes) + "".join(f" | {c}" for c in ratio_cols) + " |")
+    print("|---" * (len(bes) + len(ratio_cols)) + "|")
+    cells = [f2(us[b]) for b in bes]
+    if has_dpdk:
+        cells += [ratio(us["dpdk"], us[b]) for b in ours]
+    print("| " + " | ".join(cells) + " |")
 EOF

@@ -1099,12 +1099,14 @@ TEST_F(NetTest, PortWorkerCountsOnlyTheRoundsThatMovedFrames) {
   EXPECT_TRUE(failures().empty());
 }
 
-// NetConfig::poll_gap_ns (iovirt-vhost --poll-gap-ns): while busy-polling, a round that found
-// nothing is followed by the gap, so over an idle stretch the worker looks at the port (and the
-// rings) at most once per gap, where it would otherwise poll back to back (a million times in
-// 50 ms). Frames sent around the gaps all come back. The bound is elapsed / gap + 2: a slow or
-// descheduled worker polls less, never more.
-TEST_F(NetTest, PortPollGapSpacesTheIdlePolls) {
+// NetConfig::poll_gap_ns (iovirt-vhost --poll-gap-ns): while busy-polling, once the busy rounds
+// since the last empty one have moved a burst or more, each empty round after them is followed by
+// the gap, so over an idle stretch the
+// worker looks at the port (and the rings) at most once per gap; after a round that moved a frame
+// or two it polls back to back (hundreds of thousands of times in 50 ms), so a frame at a time
+// pays no gap. Bounds: elapsed / gap + 2 at most with the gap (a slow or descheduled worker polls
+// less, never more), and more than that without. Every frame comes back intact throughout.
+TEST_F(NetTest, PortPollGapFollowsABurstNotASingleFrame) {
   class CountingPort final : public PacketPort {
    public:
     CountingPort(std::unique_ptr<PacketPort> inner, std::shared_ptr<std::atomic<uint64_t>> polls)
@@ -1124,7 +1126,8 @@ TEST_F(NetTest, PortPollGapSpacesTheIdlePolls) {
     std::unique_ptr<PacketPort> inner_;
     std::shared_ptr<std::atomic<uint64_t>> polls_;
   };
-  constexpr uint32_t kGapNs = 20'000;
+  constexpr uint32_t kGapNs = 200'000;
+  constexpr int kBurstFrames = 40;  // more than one 32-frame burst, published with one idx store
   auto polls = std::make_shared<std::atomic<uint64_t>>(0);
   NetConfig cfg = port_config(
       [polls](uint16_t, uint16_t) -> Result<std::unique_ptr<PacketPort>> {
@@ -1134,31 +1137,54 @@ TEST_F(NetTest, PortPollGapSpacesTheIdlePolls) {
   cfg.poll_gap_ns = kGapNs;
   NEED_DEVICE(cfg);
   ASSERT_TRUE(activate(base_features(), 2).has_value());
-  for (int i = 0; i < 8; ++i) post_rx(0, 2048);
+  for (int i = 0; i < kBurstFrames + 8; ++i) post_rx(0, 2048);
   kick(0);
   std::array<uint8_t, kNetHdrSize> h{};
-  auto round_trip = [&](int i) {
-    const auto frame = make_frame(kBroadcast, 60 + static_cast<size_t>(i) * 40, static_cast<uint8_t>(i));
-    send_tx(1, h, frame);
-    auto got = guest_recv(0);
-    ASSERT_TRUE(got.has_value()) << "frame " << i;
-    EXPECT_EQ(got->frame, frame) << "frame " << i;
-    ASSERT_TRUE(wait_used(1).has_value());
+  auto frame_of = [](int i) {
+    return make_frame(kBroadcast, 60 + static_cast<size_t>(i) * 30, static_cast<uint8_t>(i));
   };
-  for (int i = 0; i < 4; ++i) round_trip(i);
+  auto collect = [&](int first, int n) {
+    for (int i = first; i < first + n; ++i) {
+      auto got = guest_recv(0);
+      ASSERT_TRUE(got.has_value()) << "frame " << i;
+      EXPECT_EQ(got->frame, frame_of(i)) << "frame " << i;
+      ASSERT_TRUE(wait_used(1).has_value());
+    }
+  };
+  // Polls of the port over 50 ms of nothing, and the time they took.
+  auto idle_polls = [&] {
+    const uint64_t before = polls->load();
+    const auto t0 = std::chrono::steady_clock::now();
+    std::this_thread::sleep_for(50ms);
+    const uint64_t n = polls->load() - before;
+    const auto dt = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
+    return std::pair{n, static_cast<uint64_t>(dt.count())};
+  };
+
+  send_tx(1, h, frame_of(0));
+  collect(0, 1);
   if (HasFatalFailure()) return;
+  auto [light, t_light] = idle_polls();
+  EXPECT_GT(light, t_light / kGapNs + 2) << "gaps after a single frame (" << light << " polls in "
+                                         << t_light << " ns)";
 
-  const uint64_t before = polls->load();
-  const auto t0 = std::chrono::steady_clock::now();
-  std::this_thread::sleep_for(50ms);
-  const uint64_t during = polls->load() - before;
-  const auto elapsed_ns = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
-  EXPECT_LE(during, elapsed_ns / kGapNs + 2) << "polls in " << elapsed_ns << " ns with a " << kGapNs
-                                             << " ns gap";
-  EXPECT_GE(during, 1u) << "the worker stopped polling inside its window";
+  queues[1]->drv->hold_avail();
+  for (int i = 1; i <= kBurstFrames; ++i) queue_tx_one(1, h, frame_of(i));
+  ASSERT_TRUE(queues[1]->drv->release_avail().has_value());
+  kick(1);
+  collect(1, kBurstFrames);
+  if (HasFatalFailure()) return;
+  auto [heavy, t_heavy] = idle_polls();
+  EXPECT_LE(heavy, t_heavy / kGapNs + 2) << heavy << " polls in " << t_heavy << " ns with a " << kGapNs
+                                         << " ns gap after a burst";
+  EXPECT_GE(heavy, 1u) << "the worker stopped polling inside its window";
 
-  for (int i = 4; i < 8; ++i) round_trip(i);
+  // A frame at a time again: it waits out at most the gap it lands in, and then no more gaps.
+  send_tx(1, h, frame_of(kBurstFrames + 1));
+  collect(kBurstFrames + 1, 1);
+  if (HasFatalFailure()) return;
+  auto [light2, t_light2] = idle_polls();
+  EXPECT_GT(light2, t_light2 / kGapNs + 2) << "gaps went on after a single frame";
   EXPECT_TRUE(failures().empty());
 }
 

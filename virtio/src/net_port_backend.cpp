@@ -15,9 +15,12 @@
 // Polling: driver notifications stay disabled while the worker runs; after a round without work
 // it busy-polls for poll_us, then re-enables notifications race-free (enable, re-check) and
 // sleeps in epoll on the kicks. A port whose frames arrive with no fd (a NIC PMD) is polled for
-// ever, as DPDK itself does. With a poll gap (NetConfig::poll_gap_ns) an empty polling round is
-// followed by that long spinning on PAUSE without touching the rings or the port. Interrupts are
-// decided once per burst (needs_notification).
+// ever, as DPDK itself does. With a poll gap (NetConfig::poll_gap_ns), once the busy rounds since
+// the last empty one have moved a burst or more, the empty rounds after them are each followed by
+// that long spinning on PAUSE without touching the rings or the port; after a run that moved
+// fewer, there is no gap: a stream is taken in larger batches, a frame at a time is still polled
+// back to back. Interrupts are decided once per burst
+// (needs_notification).
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>
@@ -71,6 +74,7 @@ struct PortBackend::Worker {
   bool mq = false;
   Clock::duration poll_window{};
   uint64_t gap_cycles = 0;  // TSC cycles between empty polling rounds (0: none)
+  uint32_t round_frames = 0;  // frames the current round moved (tx taken + rx delivered)
   int port_wake = PacketPort::kRxAfterTransmit;
   std::atomic<bool> stopping{false};
   EventFd stop_fd;
@@ -295,7 +299,10 @@ struct PortBackend::Worker {
     bool work = false;
     for (unsigned i = 0; i < kTxBursts && tx_live(); ++i) {
       const int n = tx_burst();
-      if (n > 0) work = true;
+      if (n > 0) {
+        work = true;
+        round_frames += static_cast<uint32_t>(n);
+      }
       if (n < static_cast<int>(kBurst)) break;
     }
     return work;
@@ -410,6 +417,7 @@ struct PortBackend::Worker {
       work = true;
     }
     if (rx_pos > first) port->release(std::span(rx_frames.data() + first, rx_pos - first));
+    round_frames += rx_pos - first;
     if (rx_pos == rx_n) rx_waiting = false;
     s.m->chains->inc(chains);
     s.m->bytes->inc(bytes);
@@ -500,14 +508,20 @@ struct PortBackend::Worker {
     serve_ctrl();  // requests queued before the thread started
     quiet_notifications();
     auto idle_since = Clock::now();
+    const unsigned event_every = gap_cycles == 0 ? kIdleEventCheck : 16;
+    const unsigned clock_every = gap_cycles == 0 ? kClockEvery : 1;
     unsigned idle_rounds = 0;  // rounds without work since the last work (no clock read per round)
+    uint32_t run_frames = 0;   // frames moved since the last empty round (counted up to kBurst)
+    bool heavy = false;        // that run of busy rounds moved a burst or more: gaps apply
     uint64_t t0 = tsc_now();  // the round's start: the last busy round's end, or read afresh
     while (!stopping.load(std::memory_order_relaxed)) {
       if (idle_rounds != 0) t0 = tsc_now();
+      round_frames = 0;
       bool work = false;
       if (tx_live()) work = tx_round();
       if (rx_live()) work = rx_round() || work;
       if (work) {
+        run_frames = std::min(run_frames + round_frames, kBurst);
         const uint64_t t1 = tsc_now();
         busy_cycles += t1 - t0;
         t0 = t1;
@@ -518,14 +532,17 @@ struct PortBackend::Worker {
       if (++idle_rounds == 1) {
         idle_since = Clock::now();
         flush_cycles();
+        heavy = run_frames >= kBurst;
+        run_frames = 0;
       }
-      // Idle. A control kick or a stop is looked for now and then without sleeping.
-      if (idle_rounds % kIdleEventCheck == 0 && !handle_events(0)) return;
+      // Idle. A control kick or a stop is looked for now and then without sleeping (rounds
+      // separated by a gap are few, so then more often in rounds: at most 16 gaps apart).
+      if (idle_rounds % event_every == 0 && !handle_events(0)) return;
       const bool polled_port = port_wake == PacketPort::kRxPolled && rx_live() && !rx_waiting;
       const bool in_window = poll_window > Clock::duration::zero() &&
-                             (idle_rounds % kClockEvery != 0 || Clock::now() - idle_since < poll_window);
+                             (idle_rounds % clock_every != 0 || Clock::now() - idle_since < poll_window);
       if (polled_port || in_window) {
-        if (gap_cycles == 0) {
+        if (gap_cycles == 0 || !heavy) {
           cpu_relax();
         } else {
           const uint64_t until = tsc_now() + gap_cycles;

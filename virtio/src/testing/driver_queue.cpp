@@ -77,6 +77,14 @@ Result<uint16_t> DriverQueue::add_indirect_chain(std::span<const Buf> bufs, uint
 }
 
 Status DriverQueue::publish_head(uint16_t head) {
+  if (held_) {
+    if (auto st = set_avail_ring_entry(static_cast<uint16_t>(shadow_idx_ & (layout_.size - 1)), head);
+        !st) {
+      return st;
+    }
+    ++shadow_idx_;
+    return {};
+  }
   if (auto st = set_avail_ring_entry(static_cast<uint16_t>(avail_idx_ & (layout_.size - 1)), head);
       !st) {
     return st;
@@ -115,6 +123,12 @@ Status DriverQueue::write_table(uint64_t gpa, std::span<const VirtqDesc> table) 
 
 Status DriverQueue::set_avail_ring_entry(uint16_t slot, uint16_t head) {
   return mem_->write_obj(layout_.avail_gpa + avail_ring_offset(slot), head);
+}
+
+Status DriverQueue::release_avail() {
+  held_ = false;
+  std::atomic_thread_fence(std::memory_order_release);  // the entries before idx (2.7.13.3)
+  return set_avail_idx(shadow_idx_);
 }
 
 Status DriverQueue::set_avail_idx(uint16_t idx) {

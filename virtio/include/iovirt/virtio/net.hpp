@@ -160,10 +160,12 @@ struct NetConfig {
   PacketPortFactory port;
   std::string port_name;  // for logs: "ring-loopback", "dpdk ..."
   uint32_t poll_us = 0;   // port backend: busy-poll this long after the last work (0: never)
-  // Port backend, while busy-polling: after a round that found nothing, leave the rings and the
-  // port alone this long (spinning on PAUSE) before looking again (0: look again at once). A poll
-  // reads the descriptor lines the driver may be writing; fewer polls slow a fast driver less, at
-  // the cost of up to this much latency for a frame that arrives in the gap. At most kMaxPollGapNs.
+  // Port backend, while busy-polling: once the rounds since the last empty one have moved a burst
+  // (32 frames) or more, leave the rings and the port alone this long (spinning on PAUSE) after
+  // each round that found nothing, before looking again (0: look again at once). A poll reads the
+  // descriptor lines the driver may be writing; fewer polls slow a fast driver less, at the cost
+  // of up to this much latency for a frame that arrives in the gap. Runs of fewer frames get no
+  // gap. At most kMaxPollGapNs.
   uint32_t poll_gap_ns = 0;
   static constexpr uint32_t kMaxPollGapNs = 1'000'000;
   std::optional<std::array<uint8_t, 6>> mac;

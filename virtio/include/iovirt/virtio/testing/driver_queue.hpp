@@ -43,6 +43,13 @@ class DriverQueue final {
   Result<uint16_t> add_indirect_chain(std::span<const Buf> bufs, uint64_t table_gpa);
   // Next used element the device published, or nullopt.
   Result<std::optional<VirtqUsedElem>> take_used();
+  // Batching, as a driver adding a burst does: while held, add_chain() fills ring entries but
+  // leaves avail idx alone; release_avail() publishes them all with one idx store.
+  void hold_avail() {
+    held_ = true;
+    shadow_idx_ = avail_idx_;
+  }
+  Status release_avail();
 
   // --- raw access for hostile tests ---
   Status write_desc(uint16_t index, const VirtqDesc& d);
@@ -66,6 +73,8 @@ class DriverQueue final {
   const GuestMemory* mem_;
   DriverQueueLayout layout_;
   uint16_t avail_idx_ = 0;
+  uint16_t shadow_idx_ = 0;  // ring entries written while held (avail_idx_ until released)
+  bool held_ = false;
   uint16_t last_used_ = 0;
   uint16_t next_free_ = 0;
   uint32_t num_free_;
