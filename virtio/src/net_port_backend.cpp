@@ -19,8 +19,7 @@
 // the last empty one have moved a burst or more, the empty rounds after them are each followed by
 // that long spinning on PAUSE without touching the rings or the port; after a run that moved
 // fewer, there is no gap: a stream is taken in larger batches, a frame at a time is still polled
-// back to back. Interrupts are decided once per burst
-// (needs_notification).
+// back to back. Interrupts are decided once per burst (needs_notification).
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>

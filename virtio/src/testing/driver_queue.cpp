@@ -126,6 +126,7 @@ Status DriverQueue::set_avail_ring_entry(uint16_t slot, uint16_t head) {
 }
 
 Status DriverQueue::release_avail() {
+  if (!held_) return {};
   held_ = false;
   std::atomic_thread_fence(std::memory_order_release);  // the entries before idx (2.7.13.3)
   return set_avail_idx(shadow_idx_);
