@@ -18,6 +18,7 @@
 // in-flight table is sized once by create().
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -116,7 +117,20 @@ class PackedQueue final {
   // takes the whole batch at once instead of pulling each descriptor's line back while the
   // device still writes the next one into it. With inflight tracking attached: push().
   Status push_deferred(const GuestMemory& mem, uint16_t id, uint16_t desc_count,
-                       uint32_t written);
+                       uint32_t written) {
+    // Inline for the common case (a burst pushes per buffer, twice per forwarded frame): a
+    // healthy queue without inflight tracking, `id` held with exactly desc_count slots, room in
+    // the batch. Everything else, errors included, takes the checked path.
+    if (fault_ == QueueFault::None && ready_ && inf_hdr_ == nullptr && id < size_ &&
+        desc_count != 0 && inflight_[id] == desc_count && resubmit_.empty() &&
+        npending_ < pending_.size()) {
+      pending_[npending_++] = PendingUsed{next_used_, id, written, used_flags(written)};
+      pending_slots_ += desc_count;
+      retire(id, desc_count);
+      return {};
+    }
+    return push_deferred_slow(mem, id, desc_count, written);
+  }
   Status publish_used(const GuestMemory& mem);
   // Whether to interrupt the driver now for the used descriptors written since the last
   // decision (section 2.8.10): the driver event suppression flags, and with EVENT_IDX its
@@ -150,8 +164,25 @@ class PackedQueue final {
   Status write_device_event(const GuestMemory& mem, uint16_t off_wrap, uint16_t flags);
   Status check_push(uint16_t id, uint16_t desc_count);
   Status check_take(uint16_t id, uint32_t slots);
-  [[nodiscard]] uint16_t used_flags(uint32_t written) const;
-  void retire(uint16_t id, uint16_t desc_count);
+  Status push_deferred_slow(const GuestMemory& mem, uint16_t id, uint16_t desc_count,
+                            uint32_t written);
+  // Section 2.8.3: WRITE in a used descriptor says whether the device wrote anything.
+  [[nodiscard]] uint16_t used_flags(uint32_t written) const {
+    return static_cast<uint16_t>(packed_used_bits(used_wrap_) | (written != 0 ? VIRTQ_DESC_F_WRITE : 0));
+  }
+  // Section 2.8.6: next_used skips the rest of this buffer's slots, whichever buffer it was; the
+  // buffer is no longer held.
+  void retire(uint16_t id, uint16_t desc_count) {
+    uint32_t next = next_used_ + uint32_t{desc_count};
+    if (next >= size_) {
+      next -= size_;
+      used_wrap_ = !used_wrap_;
+    }
+    next_used_ = static_cast<uint16_t>(next);
+    inflight_[id] = 0;
+    inflight_slots_ -= desc_count;
+    used_since_signal_ = std::min(used_since_signal_ + desc_count, size_);
+  }
   void record_pop(uint16_t id, uint32_t slots);
   Result<std::optional<DescriptorChain>> pop_resubmit(const GuestMemory& mem);
   void detach_inflight();
