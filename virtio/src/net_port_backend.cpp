@@ -73,7 +73,9 @@ struct PortBackend::Worker {
   bool mq = false;
   Clock::duration poll_window{};
   uint64_t gap_cycles = 0;  // TSC cycles between empty polling rounds (0: none)
-  uint32_t round_frames = 0;  // frames the current round moved (tx taken + rx delivered)
+  // Frames moved (tx taken + rx delivered) since the last empty round, held at kBurst at most
+  // once a round ends: whether the gap applies (poll_gap_ns).
+  uint32_t run_frames = 0;
   int port_wake = PacketPort::kRxAfterTransmit;
   std::atomic<bool> stopping{false};
   EventFd stop_fd;
@@ -300,7 +302,7 @@ struct PortBackend::Worker {
       const int n = tx_burst();
       if (n > 0) {
         work = true;
-        round_frames += static_cast<uint32_t>(n);
+        run_frames += static_cast<uint32_t>(n);
       }
       if (n < static_cast<int>(kBurst)) break;
     }
@@ -416,7 +418,7 @@ struct PortBackend::Worker {
       work = true;
     }
     if (rx_pos > first) port->release(std::span(rx_frames.data() + first, rx_pos - first));
-    round_frames += rx_pos - first;
+    run_frames += rx_pos - first;
     if (rx_pos == rx_n) rx_waiting = false;
     s.m->chains->inc(chains);
     s.m->bytes->inc(bytes);
@@ -510,17 +512,15 @@ struct PortBackend::Worker {
     const unsigned event_every = gap_cycles == 0 ? kIdleEventCheck : 16;
     const unsigned clock_every = gap_cycles == 0 ? kClockEvery : 1;
     unsigned idle_rounds = 0;  // rounds without work since the last work (no clock read per round)
-    uint32_t run_frames = 0;   // frames moved since the last empty round (counted up to kBurst)
     bool heavy = false;        // that run of busy rounds moved a burst or more: gaps apply
     uint64_t t0 = tsc_now();  // the round's start: the last busy round's end, or read afresh
     while (!stopping.load(std::memory_order_relaxed)) {
       if (idle_rounds != 0) t0 = tsc_now();
-      round_frames = 0;
       bool work = false;
       if (tx_live()) work = tx_round();
       if (rx_live()) work = rx_round() || work;
       if (work) {
-        run_frames = std::min(run_frames + round_frames, kBurst);
+        run_frames = std::min(run_frames, kBurst);
         const uint64_t t1 = tsc_now();
         busy_cycles += t1 - t0;
         t0 = t1;

@@ -390,13 +390,9 @@ Status PackedQueue::check_push(uint16_t id, uint16_t desc_count) {
 Status PackedQueue::push_deferred_slow(const GuestMemory& mem, uint16_t id, uint16_t desc_count,
                                        uint32_t written) {
   if (inf_hdr_ != nullptr) return push(mem, id, desc_count, written);
-  // The checks of check_push() without building a Status on the way (a burst of 32 per call of
-  // the worker); anything unusual takes check_push() for its fault.
-  const bool ok = fault_ == QueueFault::None && ready_ && id < size_ && desc_count != 0 &&
-                  inflight_[id] == desc_count && resubmit_.empty();
-  if (!ok) {
-    if (auto st = check_push(id, desc_count); !st) return st;
-  }
+  // The inline push_deferred() did not take it: a fault, an id not held, recovered buffers still
+  // to be returned, or a full batch. check_push() reports the first three.
+  if (auto st = check_push(id, desc_count); !st) return st;
   // pop() keeps held + pending slots within the ring, so npending_ < pending_.size() here; the
   // guard keeps the array in bounds whatever happens.
   if (npending_ == pending_.size()) {

@@ -77,17 +77,13 @@ Result<uint16_t> DriverQueue::add_indirect_chain(std::span<const Buf> bufs, uint
 }
 
 Status DriverQueue::publish_head(uint16_t head) {
-  if (held_) {
-    if (auto st = set_avail_ring_entry(static_cast<uint16_t>(shadow_idx_ & (layout_.size - 1)), head);
-        !st) {
-      return st;
-    }
+  const uint16_t at = held_ ? shadow_idx_ : avail_idx_;
+  if (auto st = set_avail_ring_entry(static_cast<uint16_t>(at & (layout_.size - 1)), head); !st) {
+    return st;
+  }
+  if (held_) {  // published by release_avail()
     ++shadow_idx_;
     return {};
-  }
-  if (auto st = set_avail_ring_entry(static_cast<uint16_t>(avail_idx_ & (layout_.size - 1)), head);
-      !st) {
-    return st;
   }
   // Section 2.7.13.3: the ring entry before idx.
   std::atomic_thread_fence(std::memory_order_release);
